@@ -1,0 +1,189 @@
+"""Presets, the command-line shape every script shares, and the run folder's checkpoints.
+
+Every script takes `--preset NAME --out DIR --device auto|cpu|cuda|mps --seed S` and
+`--set KEY=VALUE` to override one preset value (repeatable, for quick ablations).
+A run folder (default runs/<preset>) holds every stage's checkpoint: teacher.pt,
+stage1.pt, stage2_N512.pt ... and one metrics.jsonl.
+
+    python config.py                  # list the presets
+    python config.py --preset cpu     # print one preset in full
+"""
+import argparse
+import ast
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+# ---------------------------------------------------------------- presets
+# Shared defaults; each preset below overrides what differs. Sources:
+#   [SH]  Salimans & Ho 2022, official configs `diffusion_distillation/config/*_base.py`
+#   [CFG] Ho & Salimans 2022, "Classifier-Free Diffusion Guidance" (p_uncond 0.1)
+#   [M]   Meng et al. 2023, "On Distillation of Guided Diffusion Models" (w in [0, 4] in pixel space)
+#   [here] chosen by measuring on the 2-core CPU machine this project is developed on.
+_BASE = dict(
+    # data
+    dataset="fashion",            # fashion | cifar10 | imagenet64
+    resolution=16,                # images are resized once at load time
+    randflip=False,               # random horizontal flip
+    # U-Net (unet.py)
+    ch=32,                        # base width
+    ch_mult=(1, 2, 2),            # width multiplier per resolution level
+    num_res_blocks=1,             # ResBlocks per level
+    attn_resolutions=(),          # self-attention at these feature-map sizes
+    attn_head_dim=0,              # 0 = a single head
+    dropout=0.1,                  # teacher only; students use 0 [SH distill configs]
+    # teacher training (guidance.py)
+    p_uncond=0.1,                 # label -> null class with this probability [CFG]
+    loss_weight="snr_trunc",      # ddpm.LOSS_WEIGHTS; max(SNR, 1) is the official choice [SH]
+    batch_size=128,
+    lr=2e-4,                      # [SH] cifar_base
+    warmup=1000,                  # linear lr warm-up steps [SH]
+    weight_decay=0.0,
+    grad_clip=1.0,                # [SH]
+    ema_decay=0.9999,             # [SH]; EMA warm-up min(decay, (1+k)/(10+k)) makes it usable early
+    teacher_iters=100_000,
+    ckpt_every=1000,              # checkpoint + sample grid every K steps
+    # guidance and sampling
+    teacher_N=1024,               # the teacher's sampler steps, start of progressive halving [M]
+    w_min=0.0, w_max=4.0,         # guidance range w ~ U[w_min, w_max] [M] (pixel space)
+    grid_w=(0.0, 1.0, 3.0),       # rows of every sample grid
+    grid_steps=128,               # DDIM steps for the grids written during training
+)
+
+PRESETS = {
+    # The whole pipeline in a few minutes; what the tests use. Quality is not the point.
+    "smoke": dict(resolution=8, ch=16, ch_mult=(1, 2), dropout=0.0, batch_size=64, lr=1e-3,
+                  warmup=20, ema_decay=0.99, teacher_iters=150, ckpt_every=75, grid_steps=16),
+    # The default: Fashion-MNIST 16x16, ~0.6M parameters, sized for ~60 minutes for the whole
+    # pipeline on 2 CPU cores [here]; measured times are in the README.
+    "cpu": dict(resolution=16, ch=32, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(4,),
+                dropout=0.1, batch_size=128, lr=1e-3, warmup=200, ema_decay=0.999,
+                teacher_iters=6000, ckpt_every=1000, grid_steps=128),
+    # Paper scale, for GPU users. Architecture and optimizer from [SH] cifar_base.py;
+    # class-conditional with CFG as in [M]. teacher_iters is not fixed by the official
+    # configs (UNVERIFIED choice: 400k at batch 128).
+    "cifar10": dict(dataset="cifar10", resolution=32, randflip=True, ch=256, ch_mult=(1, 1, 1),
+                    num_res_blocks=3, attn_resolutions=(8, 16), dropout=0.2, batch_size=128,
+                    lr=2e-4, warmup=1000, weight_decay=0.001, teacher_iters=400_000,
+                    ckpt_every=10_000),
+    # [SH] imagenet64_base.py (as used by [M] for the guided ImageNet 64x64 teacher);
+    # teacher_iters UNVERIFIED (not in the official config): 500k at batch 2048.
+    "imagenet64": dict(dataset="imagenet64", resolution=64, randflip=True, ch=192,
+                       ch_mult=(1, 2, 3, 4), num_res_blocks=3, attn_resolutions=(8, 16, 32),
+                       attn_head_dim=64, dropout=0.1, batch_size=2048, lr=3e-4, warmup=1000,
+                       teacher_iters=500_000, ckpt_every=10_000),
+}
+DEFAULT_PRESET = "cpu"
+
+
+class UserError(Exception):
+    """Bad input from the user: printed as one line by `run_cli`, never as a traceback."""
+
+
+def get_config(preset, overrides=()):
+    """The preset's dict with `KEY=VALUE` overrides applied (values parsed as Python literals)."""
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    cfg = {**_BASE, **PRESETS[preset], "preset": preset}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or key not in cfg:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(cfg)}")
+        try:
+            cfg[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            cfg[key] = value  # a bare word such as v_mse
+    return cfg
+
+
+# ---------------------------------------------------------------- the shared command line
+def add_common_args(parser):
+    """--preset, --out, --device, --seed, --set: the same on every script."""
+    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
+                        help="hyper-parameter preset (default: %(default)s; smoke is for tests)")
+    parser.add_argument("--out", default=None,
+                        help="run folder holding every stage's checkpoints (default: runs/<preset>)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                        help="auto picks cuda, then mps, then cpu")
+    parser.add_argument("--seed", type=int, default=0, help="seed for weights, data order and noise")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one preset value, e.g. --set lr=3e-4 (repeatable)")
+    return parser
+
+
+def setup(args):
+    """Parsed common args -> (cfg, run folder Path, torch.device)."""
+    cfg = get_config(args.preset, args.set)
+    out = Path(args.out or Path("runs") / args.preset)
+    return cfg, out, pick_device(args.device)
+
+
+def pick_device(name="auto"):
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps: MPS is not available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def run_cli(main):
+    """Run main(); a UserError becomes one line on stderr and exit code 2."""
+    try:
+        main()
+    except UserError as e:
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+# ---------------------------------------------------------------- checkpoints
+# A checkpoint is a dict of primitives and state_dicts, so torch.load(weights_only=True)
+# reads it: stage, N (sampler steps), w_range, config, model, ema, optimizer, step, rng.
+def save_checkpoint(ckpt, path):
+    """Write atomically: a temp file in the same folder, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(ckpt, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, stage=None):
+    """Read a checkpoint safely (weights_only=True) onto the CPU; check its stage."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}; train it first (see README) or check --out")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, wrong format, pickled code ...
+        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}); "
+                        "delete it and rerun the stage that writes it") from None
+    if not isinstance(ckpt, dict) or "stage" not in ckpt:
+        raise UserError(f"{path} is not a distill-guided checkpoint (no 'stage' key)")
+    if stage is not None and not str(ckpt["stage"]).startswith(stage):
+        raise UserError(f"{path} holds stage {ckpt['stage']!r}, but this needs {stage!r}")
+    return ckpt
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=list(PRESETS))
+    args = parser.parse_args()
+    for name in [args.preset] if args.preset else PRESETS:
+        cfg = get_config(name)
+        print(f"[{name}]" + ("" if args.preset else f"  {cfg['dataset']} {cfg['resolution']}px, "
+                             f"ch={cfg['ch']} x {cfg['ch_mult']}, {cfg['teacher_iters']} teacher iters"))
+        if args.preset:
+            for k, v in cfg.items():
+                print(f"  {k:18s} {v}")

@@ -1,0 +1,214 @@
+"""The diffusion math: schedule, parameterizations, DDIM / ancestral steps, loss weights.
+
+No nn.Module lives here: every function takes tensors and returns tensors, so the same
+code serves the teacher, the guided teacher, every distilled student and the exact
+Gaussian-mixture denoiser of the tests. Continuous time t in [0, 1], variance preserving,
+as in Salimans & Ho (ICLR 2022, arXiv 2202.00512), Sec. 2 and App. B, and Meng et al.
+(CVPR 2023, arXiv 2210.03142), Sec. 2.
+
+Notation (code name = paper symbol):
+
+    x          x            clean data, scaled to [-1, 1]                   (B, C, H, W)
+    eps        epsilon      standard Gaussian noise                         (B, C, H, W)
+    t          t            time in [0, 1]; t = 0 data, t = 1 noise         (B,)
+    logsnr     lambda_t     log(alpha_t^2 / sigma_t^2), clipped to [-20, 20] (B,)
+    alpha      alpha_t      sqrt(sigmoid(lambda_t))   (signal scale)
+    sigma      sigma_t      sqrt(sigmoid(-lambda_t))  (noise scale); alpha^2 + sigma^2 = 1
+    z_t        z_t          alpha_t x + sigma_t eps                         (B, C, H, W)
+    v          v            alpha_t eps - sigma_t x   (what the U-Net predicts)
+    x_hat      x_hat        a prediction of x from z_t (the denoiser)
+    w          w            guidance weight: w = 0 is unguided; diffusers' scale = 1 + w
+    N          N            number of sampler steps on the grid t_i = i / N
+
+A "predictor" is any function `x_hat = predict(z_t, t)`; the sampling loops below take one,
+so the guided teacher (2 network calls) and a distilled student (1 call) share them.
+
+Run `python ddpm.py` to print the schedule at a few times.
+"""
+import math
+
+import torch
+
+LOGSNR_MIN, LOGSNR_MAX = -20.0, 20.0
+
+
+def _bcast(a, x):
+    """Reshape a per-example tensor (B,) so it broadcasts against x (B, ...)."""
+    return a.reshape(a.shape + (1,) * (x.ndim - a.ndim))  # (B, 1, 1, 1) for images
+
+
+# ---------------------------------------------------------------- schedule (PAPER_NOTES §1)
+def logsnr_schedule(t, logsnr_min=LOGSNR_MIN, logsnr_max=LOGSNR_MAX):
+    """Truncated cosine schedule: lambda(t) = -2 log tan(a t + b).
+
+    b and a are chosen so that lambda(0) = logsnr_max and lambda(1) = logsnr_min
+    (official `schedules.py`); between the ends alpha_t ~ cos(pi t / 2).
+    """
+    b = math.atan(math.exp(-0.5 * logsnr_max))
+    a = math.atan(math.exp(-0.5 * logsnr_min)) - b
+    logsnr = -2.0 * torch.log(torch.tan(a * t + b))  # (B,)
+    return logsnr.clamp(logsnr_min, logsnr_max)  # float32 rounding overshoots the ends by ~1e-3
+
+
+def alpha_sigma(logsnr):
+    """alpha_t^2 = sigmoid(lambda_t), sigma_t^2 = sigmoid(-lambda_t)."""
+    return torch.sigmoid(logsnr).sqrt(), torch.sigmoid(-logsnr).sqrt()  # (B,), (B,)
+
+
+def alpha_sigma_at(t, like):
+    """alpha_t, sigma_t at time t, shaped to broadcast against the tensor `like`."""
+    alpha, sigma = alpha_sigma(logsnr_schedule(t))
+    return _bcast(alpha, like), _bcast(sigma, like)  # (B, 1, 1, 1) each
+
+
+# ---------------------------------------------------------------- forward process and conversions
+def q_sample(x, t, eps):
+    """Forward noising z_t = alpha_t x + sigma_t eps."""
+    alpha, sigma = alpha_sigma_at(t, x)
+    return alpha * x + sigma * eps  # (B, C, H, W)
+
+
+def v_from_x_eps(x, eps, t):
+    """v = alpha_t eps - sigma_t x (the network's regression target)."""
+    alpha, sigma = alpha_sigma_at(t, x)
+    return alpha * eps - sigma * x
+
+
+def x_from_v(z_t, v, t):
+    """x = alpha_t z_t - sigma_t v. Safe at t = 1, where eps-prediction divides by alpha ~ 0."""
+    alpha, sigma = alpha_sigma_at(t, z_t)
+    return alpha * z_t - sigma * v
+
+
+def eps_from_v(z_t, v, t):
+    """eps = sigma_t z_t + alpha_t v."""
+    alpha, sigma = alpha_sigma_at(t, z_t)
+    return sigma * z_t + alpha * v
+
+
+def eps_from_x(z_t, x, t):
+    """eps = (z_t - alpha_t x) / sigma_t (sigma_t >= 4.5e-5 thanks to the truncation)."""
+    alpha, sigma = alpha_sigma_at(t, z_t)
+    return (z_t - alpha * x) / sigma
+
+
+def v_from_x(z_t, x, t):
+    """v implied by z_t and x: the student's x-space target, moved to v space."""
+    return v_from_x_eps(x, eps_from_x(z_t, x, t), t)
+
+
+# ---------------------------------------------------------------- one sampler step (PAPER_NOTES §2)
+def ddim_step(z_t, x_hat, t, s):
+    """Deterministic DDIM step t -> s: z_s = alpha_s x_hat + sigma_s eps_hat.
+
+    Notation map to diffusers' DDIMScheduler.step: alpha_prod_t = alpha_t^2,
+    pred_original_sample = x_hat, pred_epsilon = eps_hat, eta = 0.
+    """
+    # 1. The noise that x_hat implies at time t.
+    eps_hat = eps_from_x(z_t, x_hat, t)  # (B, C, H, W)
+    # 2. Re-noise x_hat to time s with that same noise.
+    alpha_s, sigma_s = alpha_sigma_at(s, z_t)
+    return alpha_s * x_hat + sigma_s * eps_hat  # (B, C, H, W)
+
+
+def ancestral_step(z_t, x_hat, t, s, noise, variance="large"):
+    """Ancestral step t -> s: a draw from q(z_s | z_t, x = x_hat).
+
+    With r = exp(lambda_t - lambda_s) = SNR_t / SNR_s (< 1):
+    mean = r (alpha_s / alpha_t) z_t + (1 - r) alpha_s x_hat,
+    var  = (1 - r) sigma_s^2 ('small', the true posterior) or (1 - r) sigma_t^2 ('large').
+    """
+    logsnr_t, logsnr_s = logsnr_schedule(t), logsnr_schedule(s)
+    r = _bcast(torch.exp(logsnr_t - logsnr_s), z_t)  # (B, 1, 1, 1)
+    alpha_t, sigma_t = (_bcast(u, z_t) for u in alpha_sigma(logsnr_t))
+    alpha_s, sigma_s = (_bcast(u, z_t) for u in alpha_sigma(logsnr_s))
+    mean = r * (alpha_s / alpha_t) * z_t + (1 - r) * alpha_s * x_hat  # (B, C, H, W)
+    var = (1 - r) * (sigma_s**2 if variance == "small" else sigma_t**2)  # (B, 1, 1, 1)
+    return mean + var.sqrt() * noise
+
+
+# ---------------------------------------------------------------- N-step sampling loops
+@torch.no_grad()
+def sample_ddim(predict, z_1, N, clip=True, progress=None):
+    """N deterministic DDIM steps on the grid t_i = i / N, from z_1 to x.
+
+    predict(z_t, t) -> x_hat with t of shape (B,). The last step (t = 1/N -> 0) returns
+    x_hat itself. clip: clamp x_hat to [-1, 1] at every step (sampling only, never in a loss).
+    """
+    z_t = z_1  # (B, C, H, W)
+    for i in _steps(N, progress):
+        t = torch.full((z_t.shape[0],), i / N, device=z_t.device)  # (B,)
+        s = torch.full_like(t, (i - 1) / N)
+        x_hat = predict(z_t, t)
+        if clip:
+            x_hat = x_hat.clamp(-1, 1)
+        z_t = ddim_step(z_t, x_hat, t, s) if i > 1 else x_hat
+    return z_t
+
+
+@torch.no_grad()
+def sample_ancestral(predict, z_1, N, clip=True, variance="large", noise=None, progress=None):
+    """N ancestral steps on the grid t_i = i / N; the last step returns x_hat.
+
+    noise(i) -> a standard normal tensor like z_1 for step i (default torch.randn_like);
+    pass per-image generators through it to make image k independent of the batch size.
+    """
+    noise = noise or (lambda i: torch.randn_like(z_1))
+    z_t = z_1
+    for i in _steps(N, progress):
+        t = torch.full((z_t.shape[0],), i / N, device=z_t.device)  # (B,)
+        s = torch.full_like(t, (i - 1) / N)
+        x_hat = predict(z_t, t)
+        if clip:
+            x_hat = x_hat.clamp(-1, 1)
+        z_t = ancestral_step(z_t, x_hat, t, s, noise(i), variance) if i > 1 else x_hat
+    return z_t
+
+
+def _steps(N, progress):
+    """i = N, N-1, ..., 1, with a tqdm bar when progress is a description string."""
+    steps = range(N, 0, -1)
+    if progress:
+        from tqdm import tqdm
+
+        steps = tqdm(steps, desc=progress, leave=False)
+    return steps
+
+
+# ---------------------------------------------------------------- loss weights (PAPER_NOTES §1)
+LOSS_WEIGHTS = ("snr_trunc", "v_mse", "snr", "constant")
+
+
+def loss_weight(logsnr, kind):
+    """omega(lambda_t) for an x-space loss omega * ||x - x_hat||^2.
+
+    snr_trunc: max(SNR, 1)   official distillation default ("truncated SNR")
+    v_mse:     1 + SNR       identical to ||v - v_hat||^2
+    snr:       SNR           identical to ||eps - eps_hat||^2
+    constant:  1             plain x-space MSE
+    """
+    snr = torch.exp(logsnr)  # (B,)
+    if kind == "snr_trunc":
+        return snr.clamp(min=1.0)
+    if kind == "v_mse":
+        return 1.0 + snr
+    if kind == "snr":
+        return snr
+    if kind == "constant":
+        return torch.ones_like(snr)
+    raise ValueError(f"unknown loss weighting {kind!r}; choose one of {LOSS_WEIGHTS}")
+
+
+def weighted_x_loss(x_hat, x, t, kind):
+    """Mean over the batch of omega(lambda_t) * mean_pixels (x_hat - x)^2 -> scalar."""
+    per_example = (x_hat - x).pow(2).flatten(1).mean(1)  # (B,)
+    return (loss_weight(logsnr_schedule(t), kind) * per_example).mean()
+
+
+if __name__ == "__main__":
+    t = torch.tensor([0.0, 0.01, 0.25, 0.5, 0.75, 0.99, 1.0])
+    lam = logsnr_schedule(t)
+    alpha, sigma = alpha_sigma(lam)
+    print(f"{'t':>6} {'logsnr':>9} {'alpha':>10} {'sigma':>10} {'cos(pi t/2)':>12}")
+    for row in zip(t, lam, alpha, sigma, torch.cos(math.pi * t / 2)):
+        print("{:6.2f} {:9.3f} {:10.6f} {:10.6f} {:12.6f}".format(*map(float, row)))

@@ -1,0 +1,172 @@
+"""A compact U-Net that predicts v from (z_t, t, class, w).
+
+The architecture of DDPM / the official `diffusion_distillation/unet.py`, small:
+ResBlocks (GroupNorm, SiLU, dropout) with the conditioning embedding added after the first
+conv, self-attention (after the ResBlock, and always in the middle) at the feature-map sizes in `attn_resolutions`, strided-conv down,
+nearest-neighbour up. Conditioning, summed into one embedding `emb` of width 4*ch:
+  - time:  sinusoidal features of 1000*t -> MLP (the official code feeds
+           arctan(exp(-lambda/2)) / (pi/2), which equals t for the cosine schedule).
+  - class: an embedding table with n_classes + 1 rows; row n_classes is the *null class*
+           used for the unconditional branch of classifier-free guidance.
+  - w:     (students only, Meng et al. Sec. 4.1) sinusoidal features of 1000*w -> MLP whose
+           last layer starts at zero, so a fresh w-student equals its teacher for every w.
+
+    python unet.py                    # parameter count and output shape for the cpu preset
+    python unet.py --preset cifar10
+"""
+import argparse
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def timestep_embedding(t, dim, scale=1000.0, max_period=10_000.0):
+    """Sinusoidal features of scale * t (as in DDPM / the Transformer)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)  # (dim/2,)
+    args = scale * t.float()[:, None] * freqs[None]  # (B, dim/2)
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=1)  # (B, dim)
+
+
+def norm(c):
+    return nn.GroupNorm(min(32, c // 4), c)
+
+
+class Attention(nn.Module):
+    def __init__(self, c, head_dim=0):
+        super().__init__()
+        self.heads = c // head_dim if head_dim else 1
+        self.norm, self.qkv, self.proj = norm(c), nn.Conv2d(c, 3 * c, 1), nn.Conv2d(c, c, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W)
+        q, k, v = qkv.transpose(-1, -2).unbind(1)  # (B, heads, HW, C/heads) each
+        h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, C/heads)
+        h = h.transpose(-1, -2).reshape(B, C, H, W)
+        return x + self.proj(h)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice, conditioning added in between; optional self-attention after."""
+
+    def __init__(self, c_in, c_out, emb_ch, dropout, attn=False, head_dim=0):
+        super().__init__()
+        self.norm1, self.conv1 = norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.emb = nn.Linear(emb_ch, c_out)
+        self.norm2, self.conv2 = norm(c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.dropout = nn.Dropout(dropout)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.attn = Attention(c_out, head_dim) if attn else nn.Identity()
+        nn.init.zeros_(self.conv2.weight)  # each block starts as the identity
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x, emb):
+        h = self.conv1(F.silu(self.norm1(x)))  # (B, c_out, H, W)
+        h = h + self.emb(F.silu(emb))[:, :, None, None]  # add the conditioning
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.attn(self.skip(x) + h)
+
+
+class UNet(nn.Module):
+    """v_hat = UNet(z_t, t, y, w): z_t (B, C, H, W), t (B,) in [0, 1], y (B,) long, w (B,) or None."""
+
+    def __init__(self, in_ch=1, resolution=16, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
+                 attn_resolutions=(), attn_head_dim=0, dropout=0.0, n_classes=10, w_cond=False):
+        super().__init__()
+        self.ch, self.n_classes, self.null_class = ch, n_classes, n_classes
+        emb_ch = 4 * ch
+        self.time_mlp = nn.Sequential(nn.Linear(ch, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
+        self.class_emb = nn.Embedding(n_classes + 1, emb_ch)  # last row: the null class
+        self.w_mlp = None
+        if w_cond:
+            self.add_w_embedding()
+
+        # Down path: remember every feature map for the skips.
+        self.conv_in = nn.Conv2d(in_ch, ch, 3, padding=1)
+        self.down, skips, c, res = nn.ModuleList(), [ch], ch, resolution
+        for level, mult in enumerate(ch_mult):
+            for _ in range(num_res_blocks):
+                self.down.append(ResBlock(c, ch * mult, emb_ch, dropout, res in attn_resolutions,
+                                          attn_head_dim))
+                c = ch * mult
+                skips.append(c)
+            if level < len(ch_mult) - 1:
+                self.down.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+                skips.append(c)
+                res //= 2
+        self.mid = nn.ModuleList([ResBlock(c, c, emb_ch, dropout, True, attn_head_dim),
+                                  ResBlock(c, c, emb_ch, dropout)])
+        # Up path: one more block per level, each eating one skip.
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(ch_mult))):
+            for _ in range(num_res_blocks + 1):
+                self.up.append(ResBlock(c + skips.pop(), ch * mult, emb_ch, dropout,
+                                        res in attn_resolutions, attn_head_dim))
+                c = ch * mult
+            if level > 0:
+                self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                                             nn.Conv2d(c, c, 3, padding=1)))
+                res *= 2
+        self.norm_out, self.conv_out = norm(c), nn.Conv2d(c, in_ch, 3, padding=1)
+
+    def add_w_embedding(self):
+        """Add the guidance-weight MLP; its last layer is zero so outputs do not change yet."""
+        emb_ch = 4 * self.ch
+        self.w_mlp = nn.Sequential(nn.Linear(self.ch, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
+        nn.init.zeros_(self.w_mlp[-1].weight)
+        nn.init.zeros_(self.w_mlp[-1].bias)
+        return self
+
+    def forward(self, z_t, t, y, w=None):
+        # Conditioning: time + class (+ w), one vector per example.
+        emb = self.time_mlp(timestep_embedding(t, self.ch)) + self.class_emb(y)  # (B, 4ch)
+        if self.w_mlp is not None:
+            if w is None:
+                raise ValueError("this U-Net is w-conditioned: pass w (B,)")
+            emb = emb + self.w_mlp(timestep_embedding(w, self.ch))
+
+        # Down, middle, up with skip connections.
+        h = self.conv_in(z_t)  # (B, ch, H, W)
+        hs = [h]
+        for layer in self.down:  # ResBlocks and strided convs
+            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            hs.append(h)
+        for layer in self.mid:
+            h = layer(h, emb)
+        for layer in self.up:
+            if isinstance(layer, ResBlock):
+                h = layer(torch.cat([h, hs.pop()], dim=1), emb)  # in: (B, c + c_skip, h, w)
+            else:  # upsample
+                h = layer(h)
+        return self.conv_out(F.silu(self.norm_out(h)))  # v_hat (B, C, H, W)
+
+
+def from_config(cfg, w_cond=False):
+    """The U-Net a preset describes."""
+    from data import DATASETS
+
+    info = DATASETS[cfg["dataset"]]
+    return UNet(in_ch=info["channels"], resolution=cfg["resolution"], ch=cfg["ch"],
+                ch_mult=tuple(cfg["ch_mult"]), num_res_blocks=cfg["num_res_blocks"],
+                attn_resolutions=tuple(cfg["attn_resolutions"]), attn_head_dim=cfg["attn_head_dim"],
+                dropout=cfg["dropout"], n_classes=info["n_classes"], w_cond=w_cond)
+
+
+if __name__ == "__main__":
+    from config import DEFAULT_PRESET, PRESETS, get_config
+
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS))
+    cfg = get_config(parser.parse_args().preset)
+    net = from_config(cfg, w_cond=True)
+    B, r = 2, cfg["resolution"]
+    z = torch.randn(B, net.conv_out.out_channels, r, r)
+    v = net(z, torch.rand(B), torch.zeros(B, dtype=torch.long), torch.ones(B))
+    print(f"{sum(p.numel() for p in net.parameters()) / 1e6:.3f}M parameters; "
+          f"z_t {tuple(z.shape)} -> v_hat {tuple(v.shape)}")
