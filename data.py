@@ -107,7 +107,7 @@ def load_dataset(name, resolution, data_dir="data", train=True):
     if name not in _LOADERS:
         raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(_LOADERS)}")
     images, labels = _LOADERS[name](data_dir, train)
-    x = torch.from_numpy(np.ascontiguousarray(images))  # (N, C, H, W) uint8
+    x = torch.from_numpy(np.array(images))  # (N, C, H, W) uint8, a writable copy
     if x.shape[-1] != resolution:  # resize once, with antialiasing, in chunks
         x = torch.cat([F.interpolate(c.float(), size=(resolution, resolution), mode="bilinear",
                                      antialias=True, align_corners=False).round().clamp(0, 255).byte()

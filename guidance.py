@@ -111,8 +111,10 @@ def save_grid(make_predict, path, cfg, device, steps, w_values=None, seed=0):
     y = torch.arange(n_cols, device=device).repeat(len(w_values))  # (rows*cols,)
     w = torch.tensor(w_values, device=device).repeat_interleave(n_cols)  # (rows*cols,)
     x = ddpm.sample_ddim(make_predict(y, w), z_1.contiguous(memory_format=torch.channels_last), steps)
+    scale = max(1, 64 // r)  # small images are shown at >= 64 px, nearest-neighbour
+    x = torch.nn.functional.interpolate(x.float().cpu(), scale_factor=scale, mode="nearest")
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image((x.float().cpu() + 1) / 2, path, nrow=n_cols)
+    save_image((x + 1) / 2, path, nrow=n_cols, padding=2 * scale)
 
 
 # ---------------------------------------------------------------- teacher training
@@ -151,7 +153,7 @@ def train(cfg, out, device, seed=0, resume=True, data_dir="data", progress=True)
 
     B, null = cfg["batch_size"], model.null_class
     bar = tqdm(range(start, iters), initial=start, total=iters, desc="teacher", disable=not progress)
-    losses, t0 = [], time.time()
+    losses, running, t0 = [], 0.0, time.time()
     for step in bar:
         # Data: a batch; each label becomes the null class with probability p_uncond.
         x, y = random_batch(images, labels, B, gens["data"], cfg["randflip"], device)  # (B, C, H, W), (B,)
@@ -180,7 +182,8 @@ def train(cfg, out, device, seed=0, resume=True, data_dir="data", progress=True)
         opt.step()
         ema_update(ema, model, cfg["ema_decay"], step)
         losses.append(loss.item())
-        bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.4f}")
+        running = 0.99 * running + 0.01 * losses[-1] if step > start else losses[-1]
+        bar.set_postfix(loss=f"{running:.4f}")
 
         # Every ckpt_every steps and at the end: checkpoint, metrics line, sample grid.
         done = step + 1

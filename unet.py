@@ -31,7 +31,9 @@ def timestep_embedding(t, dim, scale=1000.0, max_period=10_000.0):
 
 
 def norm(c):
-    return nn.GroupNorm(min(32, c // 4), c)
+    """GroupNorm with the most groups (at most 32) that leave >= 4 channels per group."""
+    groups = max(g for g in range(1, min(32, c // 4) + 1) if c % g == 0)
+    return nn.GroupNorm(groups, c)
 
 
 class Attention(nn.Module):

@@ -1,0 +1,1 @@
+# Lets tests import the top-level scripts (ddpm, unet, ...) and tests.analytic.
