@@ -1,0 +1,64 @@
+"""The v-prediction U-Net: shapes, the null class, the zero-initialized w embedding."""
+import torch
+
+from config import get_config
+from unet import UNet, from_config
+
+
+def _randomize_output(net):
+    """The output conv and each block's last conv start at zero; give them weights so that
+    the conditioning can show in the output."""
+    g = torch.Generator().manual_seed(0)
+    for name, p in net.named_parameters():
+        if p.abs().sum() == 0 and "w_mlp" not in name:
+            p.data = 0.05 * torch.randn(p.shape, generator=g)
+    return net
+
+
+def _inputs(B=4, C=1, r=8):
+    g = torch.Generator().manual_seed(1)
+    return (torch.randn(B, C, r, r, generator=g), torch.rand(B, generator=g),
+            torch.randint(10, (B,), generator=g))
+
+
+def test_output_shape_for_every_preset_architecture():
+    for preset in ["smoke", "cpu"]:
+        cfg = get_config(preset)
+        net = from_config(cfg)
+        z = torch.randn(3, 1, cfg["resolution"], cfg["resolution"])
+        assert net(z, torch.rand(3), torch.tensor([0, 5, 10])).shape == z.shape
+    rgb = UNet(in_ch=3, resolution=16, ch=16, ch_mult=(1, 2), attn_resolutions=(8,), attn_head_dim=8)
+    assert rgb(torch.randn(2, 3, 16, 16), torch.rand(2), torch.tensor([1, 2])).shape == (2, 3, 16, 16)
+
+
+def test_null_class_is_its_own_embedding():
+    net = _randomize_output(UNet(resolution=8, ch=16, ch_mult=(1, 2)).eval())
+    z, t, y = _inputs()
+    null = torch.full_like(y, net.null_class)  # index n_classes = 10
+    assert net.class_emb.num_embeddings == 11
+    v_c, v_u = net(z, t, y), net(z, t, null)
+    assert torch.isfinite(v_u).all() and not torch.allclose(v_c, v_u)
+
+
+def test_fresh_w_embedding_changes_nothing_until_trained():
+    net = _randomize_output(UNet(resolution=8, ch=16, ch_mult=(1, 2), w_cond=True).eval())
+    z, t, y = _inputs()
+    v0 = net(z, t, y, torch.zeros(4))
+    assert torch.equal(v0, net(z, t, y, torch.full((4,), 3.0)))
+    # A teacher without the w embedding gives the same output: the student starts as its teacher.
+    teacher = UNet(resolution=8, ch=16, ch_mult=(1, 2)).eval()
+    missing, unexpected = teacher.load_state_dict(net.state_dict(), strict=False)
+    assert not missing and all(k.startswith("w_mlp") for k in unexpected)
+    assert torch.equal(teacher(z, t, y), v0)
+    # Once the last layer moves, w matters (so the check above is not vacuous).
+    torch.nn.init.normal_(net.w_mlp[-1].weight, std=0.1)
+    assert not torch.allclose(v0, net(z, t, y, torch.full((4,), 3.0)))
+
+
+def test_channels_last_gives_the_same_output():
+    net = _randomize_output(from_config(get_config("cpu")).eval())
+    z, t, y = _inputs(r=16)
+    v = net(z, t, y)
+    net_cl = net.to(memory_format=torch.channels_last)
+    v_cl = net_cl(z.contiguous(memory_format=torch.channels_last), t, y)
+    assert torch.allclose(v, v_cl, atol=1e-5)
