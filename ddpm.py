@@ -129,50 +129,43 @@ def ancestral_step(z_t, x_hat, t, s, noise, variance="large"):
 
 # ---------------------------------------------------------------- N-step sampling loops
 @torch.no_grad()
-def sample_ddim(predict, z_1, N, clip=True, progress=None):
-    """N deterministic DDIM steps on the grid t_i = i / N, from z_1 to x.
+def sample_loop(predict, z_1, N, step, clip=True, progress=None):
+    """Walk the grid t_i = i / N from z_1 to x: at each i, x_hat = predict(z_t, t), then
+    z_s = step(z_t, x_hat, t, s, i) for s = (i - 1) / N; the last step returns x_hat itself.
 
-    predict(z_t, t) -> x_hat with t of shape (B,). The last step (t = 1/N -> 0) returns
-    x_hat itself. clip: clamp x_hat to [-1, 1] at every step (sampling only, never in a loss).
+    clip: clamp x_hat to [-1, 1] at every step (sampling only, never inside a loss).
+    progress: a description string shows a tqdm bar.
     """
     z_t = z_1  # (B, C, H, W)
-    for i in _steps(N, progress):
-        t = torch.full((z_t.shape[0],), i / N, device=z_t.device)  # (B,)
-        s = torch.full_like(t, (i - 1) / N)
-        x_hat = predict(z_t, t)
-        if clip:
-            x_hat = x_hat.clamp(-1, 1)
-        z_t = ddim_step(z_t, x_hat, t, s) if i > 1 else x_hat
-    return z_t
-
-
-@torch.no_grad()
-def sample_ancestral(predict, z_1, N, clip=True, variance="large", noise=None, progress=None):
-    """N ancestral steps on the grid t_i = i / N; the last step returns x_hat.
-
-    noise(i) -> a standard normal tensor like z_1 for step i (default torch.randn_like);
-    pass per-image generators through it to make image k independent of the batch size.
-    """
-    noise = noise or (lambda i: torch.randn_like(z_1))
-    z_t = z_1
-    for i in _steps(N, progress):
-        t = torch.full((z_t.shape[0],), i / N, device=z_t.device)  # (B,)
-        s = torch.full_like(t, (i - 1) / N)
-        x_hat = predict(z_t, t)
-        if clip:
-            x_hat = x_hat.clamp(-1, 1)
-        z_t = ancestral_step(z_t, x_hat, t, s, noise(i), variance) if i > 1 else x_hat
-    return z_t
-
-
-def _steps(N, progress):
-    """i = N, N-1, ..., 1, with a tqdm bar when progress is a description string."""
     steps = range(N, 0, -1)
     if progress:
         from tqdm import tqdm
 
         steps = tqdm(steps, desc=progress, leave=False)
-    return steps
+    for i in steps:
+        t = torch.full((z_t.shape[0],), i / N, device=z_t.device)  # (B,)
+        s = torch.full_like(t, (i - 1) / N)
+        x_hat = predict(z_t, t)
+        if clip:
+            x_hat = x_hat.clamp(-1, 1)
+        z_t = step(z_t, x_hat, t, s, i) if i > 1 else x_hat
+    return z_t
+
+
+def sample_ddim(predict, z_1, N, clip=True, progress=None):
+    """N deterministic DDIM steps (predict(z_t, t) -> x_hat, t of shape (B,))."""
+    return sample_loop(predict, z_1, N, lambda z_t, x_hat, t, s, i: ddim_step(z_t, x_hat, t, s),
+                       clip, progress)
+
+
+def sample_ancestral(predict, z_1, N, clip=True, variance="large", noise=None, progress=None):
+    """N ancestral steps. noise(i) -> a standard normal tensor like z_1 for step i (default
+    torch.randn_like); pass per-image generators through it so that image k does not depend
+    on the batch size."""
+    noise = noise or (lambda i: torch.randn_like(z_1))
+    return sample_loop(predict, z_1, N,
+                       lambda z_t, x_hat, t, s, i: ancestral_step(z_t, x_hat, t, s, noise(i), variance),
+                       clip, progress)
 
 
 # ---------------------------------------------------------------- loss weights (PAPER_NOTES §1)
