@@ -117,6 +117,44 @@ def save_grid(make_predict, path, cfg, device, steps, w_values=None, seed=0):
     save_image((x + 1) / 2, path, nrow=n_cols, padding=2 * scale)
 
 
+def resume_from(path, stage, cfg, model, ema, opt, gens):
+    """Load weights, optimizer and random streams from `path` if it exists -> (step, ckpt)."""
+    if not path.exists():
+        return 0, None
+    ckpt = load_checkpoint(path, stage=stage)
+    changed = [k for k in MODEL_KEYS if ckpt["config"][k] != cfg[k]]
+    if changed:
+        raise UserError(f"{path} was trained with other {', '.join(changed)}; "
+                        "use another --out or --no-resume to start over")
+    model.load_state_dict(ckpt["model"])
+    ema.load_state_dict(ckpt["ema"])
+    opt.load_state_dict(ckpt["optimizer"])
+    set_rng_state(gens, ckpt["rng"])
+    return ckpt["step"], ckpt
+
+
+def checkpoint_dict(stage, N, cfg, model, ema, opt, step, gens):
+    """Everything a stage needs to resume or to be sampled: primitives and state_dicts."""
+    return dict(stage=stage, N=N, w_range=[cfg["w_min"], cfg["w_max"]], config=cfg,
+                model=model.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(),
+                step=step, rng=get_rng_state(gens))
+
+
+def optimizer_step(loss, model, ema, opt, lr, cfg, step, ema_decay, ckpt_path):
+    """Stop on a non-finite loss; else clip gradients, take an AdamW step, update the EMA."""
+    if not torch.isfinite(loss):
+        raise UserError(f"loss became {loss.item()} at step {step}; {ckpt_path} keeps the last "
+                        "good weights; lower the learning rate (--set ...) and rerun")
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+    opt.step()
+    ema_update(ema, model, ema_decay, step)
+    return float(grad_norm)
+
+
 # ---------------------------------------------------------------- teacher training
 def train(cfg, out, device, seed=0, resume=True, data_dir="data", progress=True):
     """Train the classifier-free guided teacher into out/teacher.pt; returns the checkpoint."""
@@ -128,28 +166,11 @@ def train(cfg, out, device, seed=0, resume=True, data_dir="data", progress=True)
     opt = make_optimizer(model, cfg, device)
     gens = {"data": torch.Generator().manual_seed(seed),  # batch indices, flips
             "noise": torch.Generator(device).manual_seed(seed + 1)}  # t, eps, label dropout
-    start, iters, ckpt = 0, cfg["teacher_iters"], None
-
-    # Resume: same architecture and data, or a clear error.
-    if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, stage="teacher")
-        changed = [k for k in MODEL_KEYS if ckpt["config"][k] != cfg[k]]
-        if changed:
-            raise UserError(f"{ckpt_path} was trained with other {', '.join(changed)}; "
-                            "use another --out or --no-resume to start over")
-        model.load_state_dict(ckpt["model"])
-        ema.load_state_dict(ckpt["ema"])
-        opt.load_state_dict(ckpt["optimizer"])
-        set_rng_state(gens, ckpt["rng"])
-        start = ckpt["step"]
-        print(f"resuming {ckpt_path} at step {start}/{iters}")
-
-    def checkpoint(done):
-        ckpt = dict(stage="teacher", N=cfg["teacher_N"], w_range=[cfg["w_min"], cfg["w_max"]],
-                    config=cfg, model=model.state_dict(), ema=ema.state_dict(),
-                    optimizer=opt.state_dict(), step=done, rng=get_rng_state(gens))
-        save_checkpoint(ckpt, ckpt_path)
-        return ckpt
+    iters, start, ckpt = cfg["teacher_iters"], 0, None
+    if resume:  # same architecture and data, or a clear error
+        start, ckpt = resume_from(ckpt_path, "teacher", cfg, model, ema, opt, gens)
+        if ckpt:
+            print(f"resuming {ckpt_path} at step {start}/{iters}")
 
     B, null = cfg["batch_size"], model.null_class
     bar = tqdm(range(start, iters), initial=start, total=iters, desc="teacher", disable=not progress)
@@ -168,19 +189,10 @@ def train(cfg, out, device, seed=0, resume=True, data_dir="data", progress=True)
         # Predict v, convert to x_hat, weight the x-space error by omega(lambda_t).
         x_hat = ddpm.x_from_v(z_t, model(z_t, t, y), t)  # (B, C, H, W)
         loss = ddpm.weighted_x_loss(x_hat, x, t, cfg["loss_weight"])
-        if not torch.isfinite(loss):
-            raise UserError(f"loss became {loss.item()} at step {step}; {ckpt_path} keeps the last "
-                            "good weights; lower --set lr=... and rerun")
 
         # Update: linear warm-up, gradient clipping, AdamW, EMA.
         lr = cfg["lr"] * min(1.0, (step + 1) / max(1, cfg["warmup"]))
-        for group in opt.param_groups:
-            group["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-        opt.step()
-        ema_update(ema, model, cfg["ema_decay"], step)
+        grad_norm = optimizer_step(loss, model, ema, opt, lr, cfg, step, cfg["ema_decay"], ckpt_path)
         losses.append(loss.item())
         running = 0.99 * running + 0.01 * losses[-1] if step > start else losses[-1]
         bar.set_postfix(loss=f"{running:.4f}")
@@ -189,15 +201,19 @@ def train(cfg, out, device, seed=0, resume=True, data_dir="data", progress=True)
         done = step + 1
         if done % cfg["ckpt_every"] == 0 or done == iters:
             elapsed = time.time() - t0
-            ckpt = checkpoint(done)
+            ckpt = checkpoint_dict("teacher", cfg["teacher_N"], cfg, model, ema, opt, done, gens)
+            save_checkpoint(ckpt, ckpt_path)
             log_metrics(out, dict(stage="teacher", step=done, loss=sum(losses) / len(losses),
-                                  lr=lr, grad_norm=float(grad_norm), img_per_s=len(losses) * B / elapsed,
+                                  lr=lr, grad_norm=grad_norm, img_per_s=len(losses) * B / elapsed,
                                   seconds=elapsed))
             save_grid(lambda y, w: guided_predictor(ema, y, w), out / "grids" / f"teacher_{done:07d}.png",
                       cfg, device, cfg["grid_steps"])
             losses, t0 = [], time.time()
     bar.close()
-    return ckpt or checkpoint(start)  # already finished (or zero iterations): what is on disk
+    if ckpt is None:  # zero iterations: save the initial weights
+        ckpt = checkpoint_dict("teacher", cfg["teacher_N"], cfg, model, ema, opt, 0, gens)
+        save_checkpoint(ckpt, ckpt_path)
+    return ckpt
 
 
 def main(argv=None):
