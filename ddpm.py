@@ -127,6 +127,21 @@ def ancestral_step(z_t, x_hat, t, s, noise, variance="large"):
     return mean + var.sqrt() * noise
 
 
+def stochastic_step(z_t, x_hat, t, s, noise):
+    """Meng et al.'s N-step stochastic sampler (Sec. 4.3), one step t -> s = t - 1/N:
+    a DDIM step of twice the length, to k = t - 2/N (>= 0), then noise added back to s with
+    q(z_s | z_k): z_s = (alpha_s / alpha_k) z_k + sigma_{s|k} eps,
+    sigma_{s|k}^2 = (1 - exp(lambda_s - lambda_k)) sigma_s^2.
+    """
+    k = (2 * s - t).clamp(min=0)  # (B,)
+    z_k = ddim_step(z_t, x_hat, t, k)  # (B, C, H, W)
+    logsnr_k, logsnr_s = logsnr_schedule(k), logsnr_schedule(s)
+    alpha_k, _ = alpha_sigma(logsnr_k)
+    alpha_s, sigma_s = alpha_sigma(logsnr_s)
+    var = (1 - torch.exp(logsnr_s - logsnr_k)) * sigma_s**2  # (B,)
+    return _bcast(alpha_s / alpha_k, z_t) * z_k + _bcast(var.sqrt(), z_t) * noise
+
+
 # ---------------------------------------------------------------- N-step sampling loops
 @torch.no_grad()
 def sample_loop(predict, z_1, N, step, clip=True, progress=None):
@@ -165,6 +180,14 @@ def sample_ancestral(predict, z_1, N, clip=True, variance="large", noise=None, p
     noise = noise or (lambda i: torch.randn_like(z_1))
     return sample_loop(predict, z_1, N,
                        lambda z_t, x_hat, t, s, i: ancestral_step(z_t, x_hat, t, s, noise(i), variance),
+                       clip, progress)
+
+
+def sample_stochastic(predict, z_1, N, clip=True, noise=None, progress=None):
+    """Meng et al.'s stochastic sampler: N network calls; the last step is deterministic."""
+    noise = noise or (lambda i: torch.randn_like(z_1))
+    return sample_loop(predict, z_1, N,
+                       lambda z_t, x_hat, t, s, i: stochastic_step(z_t, x_hat, t, s, noise(i)),
                        clip, progress)
 
 

@@ -99,7 +99,6 @@ def save_grid(make_predict, path, cfg, device, steps, w_values=None, seed=0):
 
     make_predict(y, w) -> predict(z_t, t); y and w hold one entry per image.
     """
-    from torchvision.utils import save_image
     from data import DATASETS
 
     info = DATASETS[cfg["dataset"]]
@@ -111,7 +110,14 @@ def save_grid(make_predict, path, cfg, device, steps, w_values=None, seed=0):
     y = torch.arange(n_cols, device=device).repeat(len(w_values))  # (rows*cols,)
     w = torch.tensor(w_values, device=device).repeat_interleave(n_cols)  # (rows*cols,)
     x = ddpm.sample_ddim(make_predict(y, w), z_1.contiguous(memory_format=torch.channels_last), steps)
-    scale = max(1, 64 // r)  # small images are shown at >= 64 px, nearest-neighbour
+    save_images(x, path, n_cols)
+
+
+def save_images(x, path, n_cols):
+    """Save x (n, C, H, W) in [-1, 1] as a grid; small images are shown at >= 64 px."""
+    from torchvision.utils import save_image
+
+    scale = max(1, 64 // x.shape[-1])
     x = torch.nn.functional.interpolate(x.float().cpu(), scale_factor=scale, mode="nearest")
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image((x + 1) / 2, path, nrow=n_cols, padding=2 * scale)
@@ -170,7 +176,7 @@ def train(cfg, out, device, seed=0, resume=True, data_dir="data", progress=True)
     if resume:  # same architecture and data, or a clear error
         start, ckpt = resume_from(ckpt_path, "teacher", cfg, model, ema, opt, gens)
         if ckpt:
-            print(f"resuming {ckpt_path} at step {start}/{iters}")
+            print(f"{ckpt_path}: {'finished' if start >= iters else 'resuming'} at step {start}/{iters}")
 
     B, null = cfg["batch_size"], model.null_class
     bar = tqdm(range(start, iters), initial=start, total=iters, desc="teacher", disable=not progress)

@@ -1,0 +1,146 @@
+"""Stage 1: distill the guided teacher (2 network calls) into one w-conditioned student.
+
+Meng et al. 2023, Sec. 4.1 (Eq. 6 in x-space): a student x_hat_eta1(z_t, w) that takes the
+guidance weight as an input learns to match the teacher's guided prediction at the same z_t,
+
+    min_eta1  E_{w ~ U[w_min, w_max], t ~ U[0, 1], x ~ data}  omega(lambda_t) *
+              || x_hat_eta1(z_t, w) - [(1 + w) x_hat_c(z_t) - w x_hat_u(z_t)] ||^2
+
+The target is the teacher's one-step guided prediction (both branches in one doubled batch,
+no grad), not a sampler output. The student starts from the teacher's EMA weights with a new
+w embedding whose last layer is zero, so at step 0 it equals the conditional teacher for
+every w. w = 0 is unguided; diffusers' guidance_scale = 1 + w.
+
+    python stage1.py                            # cpu preset (~9 min here; trains the teacher first if missing)
+    python stage1.py --preset smoke
+"""
+import argparse
+import copy
+import time
+
+import torch
+from tqdm import tqdm
+
+import ddpm
+import guidance
+from config import add_common_args, run_cli, save_checkpoint, setup, UserError
+from data import load_dataset, random_batch
+from unet import from_config
+
+
+def student_predictor(model, y, w):
+    """predict(z_t, t) -> x_hat for a w-conditioned model: one network call per step."""
+    return lambda z_t, t: ddpm.x_from_v(z_t, model(z_t, t, y, w), t)
+
+
+def load_model(ckpt, device, weights="ema"):
+    """The network a checkpoint holds (w-conditioned unless it is the teacher), in eval mode."""
+    cfg = ckpt["config"]
+    model = from_config(cfg, w_cond=ckpt["stage"] != "teacher")
+    model.load_state_dict(ckpt[weights])
+    return model.to(device).eval().requires_grad_(False)
+
+
+def init_student(teacher_ckpt, device):
+    """A w-student from the teacher's EMA weights: dropout 0, w embedding zero-initialized."""
+    cfg = {**teacher_ckpt["config"], "dropout": 0.0}  # students train without dropout [SH]
+    student = from_config(cfg, w_cond=True)
+    missing, unexpected = student.load_state_dict(teacher_ckpt["ema"], strict=False)
+    assert not unexpected and all(k.startswith("w_mlp") for k in missing), (missing, unexpected)
+    return student.to(device)
+
+
+def stage1_loss(student, teacher, x, y, w, t, eps, weighting):
+    """omega(lambda_t) ||x_hat_student(z_t, w) - x_hat_w_teacher(z_t)||^2 at one z_t."""
+    z_t = ddpm.q_sample(x, t, eps)  # (B, C, H, W)
+    # Teacher: the guided prediction, both branches in one doubled batch (no grad).
+    with torch.no_grad():
+        target = guidance.guided_x_hat(teacher, z_t, t, y, w)  # (B, C, H, W)
+    # Student: one call, w as an input.
+    x_hat = ddpm.x_from_v(z_t, student(z_t, t, y, w), t)
+    return ddpm.weighted_x_loss(x_hat, target, t, weighting)
+
+
+def distill(name, N, cfg, out, device, student, loss_fn, iters, lr, seed, resume, data_dir, progress):
+    """The training loop both distillation stages share: Adam with the learning rate decaying
+    linearly to 0, no EMA (the checkpoint's 'ema' is the weights), a checkpoint + metrics line +
+    sample grid every ckpt_every steps, resumable. loss_fn(x, y, w, gen) -> scalar loss."""
+    ckpt_path = out / f"{name}.pt"
+    images, labels = load_dataset(cfg["dataset"], cfg["resolution"], data_dir)
+    ema = copy.deepcopy(student).requires_grad_(False)  # ema_decay 0: a copy of the weights
+    opt = guidance.make_optimizer(student, {**cfg, "lr": lr, "weight_decay": 0.0}, device)
+    gens = {"data": torch.Generator().manual_seed(seed + N),
+            "noise": torch.Generator(device).manual_seed(seed + N + 1)}
+    start, ckpt = guidance.resume_from(ckpt_path, name.split("_")[0], cfg, student, ema, opt, gens) \
+        if resume else (0, None)
+    B, losses, t0 = cfg["batch_size"], [], time.time()
+    bar = tqdm(range(start, iters), initial=start, total=iters, desc=name, disable=not progress)
+    for step in bar:
+        # Data and a guidance weight per example, w ~ U[w_min, w_max].
+        x, y = random_batch(images, labels, B, gens["data"], cfg["randflip"], device)  # (B, C, H, W), (B,)
+        w = cfg["w_min"] + (cfg["w_max"] - cfg["w_min"]) * torch.rand(B, generator=gens["noise"], device=device)
+        loss = loss_fn(x, y, w, gens["noise"])
+
+        # Update: lr decays linearly to 0, clipping, Adam; the EMA is the weights themselves.
+        step_lr = lr * (1 - step / iters)
+        grad_norm = guidance.optimizer_step(loss, student, ema, opt, step_lr, cfg, step, 0.0, ckpt_path)
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+
+        # Every ckpt_every steps and at the end: checkpoint, metrics line, sample grid.
+        done = step + 1
+        if done % cfg["ckpt_every"] == 0 or done == iters:
+            elapsed = time.time() - t0
+            ckpt = guidance.checkpoint_dict(name.split("_")[0], N, cfg, student, ema, opt, done, gens)
+            save_checkpoint(ckpt, ckpt_path)
+            guidance.log_metrics(out, dict(stage=name, N=N, step=done, loss=sum(losses) / len(losses),
+                                           lr=step_lr, grad_norm=grad_norm, img_per_s=len(losses) * B / elapsed,
+                                           seconds=elapsed))
+            guidance.save_grid(lambda y, w: student_predictor(ema, y, w), out / "grids" / f"{name}_{done:07d}.png",
+                               cfg, device, min(N, cfg["grid_steps"]))
+            losses, t0 = [], time.time()
+    bar.close()
+    if ckpt is None:  # zero iterations: the initial student
+        ckpt = guidance.checkpoint_dict(name.split("_")[0], N, cfg, student, ema, opt, 0, gens)
+        save_checkpoint(ckpt, ckpt_path)
+    return ckpt
+
+
+def train(cfg, out, device, seed=0, resume=True, data_dir="data", progress=True):
+    """Stage 1 into out/stage1.pt, training the teacher first if it is missing or unfinished."""
+    teacher_ckpt = guidance.train(cfg, out, device, seed, True, data_dir, progress)
+    teacher = load_model(teacher_ckpt, device)
+    student = init_student(teacher_ckpt, device)
+    torch.manual_seed(seed)
+
+    def loss_fn(x, y, w, gen):
+        t = torch.rand(x.shape[0], generator=gen, device=device)  # (B,)
+        eps = torch.randn(x.shape, generator=gen, device=device)  # (B, C, H, W)
+        return stage1_loss(student, teacher, x, y, w, t, eps, cfg["loss_weight"])
+
+    return distill("stage1", cfg["teacher_N"], cfg, out, device, student, loss_fn, cfg["stage1_iters"],
+                   cfg["stage1_lr"], seed, resume, data_dir, progress)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser)
+    parser.add_argument("--iters", type=int, help="training steps (default: the preset's stage1_iters)")
+    parser.add_argument("--data-dir", default="data", help="where cifar10 / imagenet64 live")
+    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                        help="continue from <out>/stage1.pt if it exists (default), or start over")
+    args = parser.parse_args(argv)
+    cfg, out, device = setup(args)
+    if args.iters is not None:
+        if args.iters < 0:
+            raise UserError("--iters must be >= 0")
+        cfg["stage1_iters"] = args.iters
+    print(f"stage 1: preset {cfg['preset']}, w ~ U[{cfg['w_min']}, {cfg['w_max']}], device {device}, "
+          f"run folder {out}")
+    train(cfg, out, device, args.seed, args.resume, args.data_dir)
+    print(f"wrote {out / 'stage1.pt'}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
