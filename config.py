@@ -123,6 +123,15 @@ def add_common_args(parser):
     return parser
 
 
+def add_training_args(parser, what):
+    """--data-dir and --resume: the same on every training script."""
+    parser.add_argument("--data-dir", default="data",
+                        help="where cifar10 / imagenet64 live (fashion: the Debian package first)")
+    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                        help=f"continue from {what} if it exists (default), or start over")
+    return parser
+
+
 def setup(args):
     """Parsed common args -> (cfg, run folder Path, torch.device)."""
     cfg = get_config(args.preset, args.set)

@@ -16,6 +16,7 @@ training down).
     python data.py --dataset fashion --resolution 16     # load, print shapes, save a grid
 """
 import argparse
+import functools
 import gzip
 import pickle
 from pathlib import Path
@@ -102,8 +103,10 @@ _LOADERS = {"fashion": _load_fashion, "cifar10": _load_cifar10, "imagenet64": _l
 
 
 # ---------------------------------------------------------------- the dataset as one tensor
+@functools.lru_cache(maxsize=2)  # every stage and round of one run reads the same data once
 def load_dataset(name, resolution, data_dir="data", train=True):
-    """-> images (N, C, resolution, resolution) uint8, labels (N,) int64, both on the CPU."""
+    """-> images (N, C, resolution, resolution) uint8, labels (N,) int64, both on the CPU.
+    The tensors are shared between callers: never modify them in place."""
     if name not in _LOADERS:
         raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(_LOADERS)}")
     images, labels = _LOADERS[name](data_dir, train)

@@ -24,7 +24,8 @@ import torch
 from tqdm import tqdm
 
 import ddpm
-from config import add_common_args, load_checkpoint, run_cli, save_checkpoint, setup, UserError
+from config import (add_common_args, add_training_args, load_checkpoint, run_cli, save_checkpoint,
+                    setup, UserError)
 from data import load_dataset, random_batch
 from unet import from_config
 
@@ -231,9 +232,7 @@ def main(argv=None):
     parser.add_argument("--p-uncond", type=float, help="probability of the null label (default 0.1)")
     parser.add_argument("--loss-weight", choices=ddpm.LOSS_WEIGHTS,
                         help="omega(lambda_t) of the x-space loss (default: snr_trunc = max(SNR, 1))")
-    parser.add_argument("--data-dir", default="data", help="where cifar10 / imagenet64 live")
-    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                        help="continue from <out>/teacher.pt if it exists (default), or start over")
+    add_training_args(parser, "<out>/teacher.pt")
     args = parser.parse_args(argv)
     cfg, out, device = setup(args)
     for key, value in [("teacher_iters", args.iters), ("batch_size", args.batch_size),

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 import ddpm
 import guidance
-from config import add_common_args, run_cli, save_checkpoint, setup, UserError
+from config import add_common_args, add_training_args, run_cli, save_checkpoint, setup, UserError
 from data import load_dataset, random_batch
 from unet import from_config
 
@@ -34,8 +34,9 @@ def student_predictor(model, y, w):
 
 
 def load_model(ckpt, device, weights="ema"):
-    """The network a checkpoint holds (w-conditioned unless it is the teacher), in eval mode."""
-    cfg = ckpt["config"]
+    """The network a checkpoint holds (w-conditioned unless it is the teacher), in eval mode,
+    built with dropout 0: students train without dropout [SH], and eval mode ignores it."""
+    cfg = {**ckpt["config"], "dropout": 0.0}
     model = from_config(cfg, w_cond=ckpt["stage"] != "teacher")
     model.load_state_dict(ckpt[weights])
     return model.to(device).eval().requires_grad_(False)
@@ -127,9 +128,7 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
     parser.add_argument("--iters", type=int, help="training steps (default: the preset's stage1_iters)")
-    parser.add_argument("--data-dir", default="data", help="where cifar10 / imagenet64 live")
-    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                        help="continue from <out>/stage1.pt if it exists (default), or start over")
+    add_training_args(parser, "<out>/stage1.pt")
     args = parser.parse_args(argv)
     cfg, out, device = setup(args)
     if args.iters is not None:

@@ -27,7 +27,7 @@ import torch
 import ddpm
 import guidance
 import stage1
-from config import add_common_args, load_checkpoint, run_cli, setup, UserError
+from config import add_common_args, add_training_args, run_cli, setup, UserError
 
 
 def two_step_target(teacher_predict, z_t, t, N):
@@ -100,9 +100,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=4, help="the final student's sampler steps (power of 2)")
     parser.add_argument("--start-steps", type=int, default=None,
                         help="the stage-1 model's step count where halving starts (default: teacher_N, 1024)")
-    parser.add_argument("--data-dir", default="data", help="where cifar10 / imagenet64 live")
-    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                        help="continue an unfinished round and skip finished ones (default)")
+    add_training_args(parser, "the unfinished round, skipping finished ones")
     args = parser.parse_args(argv)
     cfg, out, device = setup(args)
     start_steps = args.start_steps or cfg["teacher_N"]

@@ -14,7 +14,7 @@ import ddpm
 import stage1
 import stage2
 from config import get_config, load_checkpoint
-from tests.analytic import AnalyticModel, GaussianMixture
+from tests.analytic import AnalyticModel
 from tests.test_ddpm import MIX, _check_class_moments
 from unet import from_config, timestep_embedding
 
@@ -80,6 +80,11 @@ def test_fresh_stage1_student_equals_the_conditional_teacher_for_every_w():
     v_c = teacher(z, t, y)
     for w in [0.0, 0.5, 2.0, 4.0]:
         assert torch.equal(student(z, t, y, torch.full((6,), w)), v_c)
+    # Students train without dropout, also when a later round reloads them (stage1.load_model).
+    cfg_drop = {**cfg, "dropout": 0.3}
+    reloaded = stage1.load_model({"config": cfg_drop, "ema": student.state_dict(), "stage": "stage1"}, "cpu")
+    for net in (stage1.init_student({**ckpt, "config": cfg_drop}, torch.device("cpu")), reloaded):
+        assert all(m.p == 0 for m in net.modules() if isinstance(m, nn.Dropout))
 
 
 def _eval_batch(n=2048, seed=5):
