@@ -11,7 +11,7 @@ no grad), not a sampler output. The student starts from the teacher's EMA weight
 w embedding whose last layer is zero, so at step 0 it equals the conditional teacher for
 every w. w = 0 is unguided; diffusers' guidance_scale = 1 + w.
 
-    python stage1.py                            # cpu preset (~9 min here; trains the teacher first if missing)
+    python stage1.py                            # cpu preset (~7 min here; trains the teacher first if missing)
     python stage1.py --preset smoke
 """
 import argparse

@@ -16,7 +16,7 @@ x_tilde is the one x_hat for which a single DDIM step t -> t'' lands exactly on 
 A fresh optimizer each round, lr decaying linearly to 0. Missing prerequisites build
 themselves: without teacher.pt or stage1.pt in the run folder, those stages run first.
 
-    python stage2.py --steps 4                  # cpu preset: the whole pipeline, ~60 min here
+    python stage2.py --steps 4                  # cpu preset: the whole pipeline, ~50 min here
     python stage2.py --preset smoke --steps 4   # ~1 minute
     python stage2.py --steps 1 --start-steps 1024
 """
