@@ -56,6 +56,7 @@ _BASE = dict(
     stage2_iters=50_000,          # per halving round [SH]
     stage2_iters_small=50_000,    # per round once N <= 8: few-step students need more [SH Sec. 5]
     stage2_lr=5e-5,               # [SH] cifar_distill (imagenet64_distill: 1e-4)
+    distill_ckpt_every=5000,      # checkpoint + grid every K steps inside stage 1 and each round
 )
 
 PRESETS = {
@@ -63,14 +64,14 @@ PRESETS = {
     "smoke": dict(resolution=8, ch=16, ch_mult=(1, 2), dropout=0.0, batch_size=64, lr=1e-3,
                   warmup=20, ema_decay=0.99, teacher_iters=150, ckpt_every=75, grid_steps=16,
                   stage1_iters=60, stage1_lr=1e-3, stage2_iters=20, stage2_iters_small=30,
-                  stage2_lr=5e-4),
+                  stage2_lr=5e-4, distill_ckpt_every=10),
     # The default: Fashion-MNIST 16x16, 0.63M parameters (~280 img/s teacher training on 2 cores),
     # sized for ~60 minutes for the whole pipeline on 2 CPU cores [here]; times in the README.
     "cpu": dict(resolution=16, ch=24, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(4,),
                 dropout=0.1, batch_size=128, lr=1e-3, warmup=200, ema_decay=0.998,
                 teacher_iters=2500, ckpt_every=500, grid_steps=128,
                 stage1_iters=600, stage1_lr=3e-4, stage2_iters=150, stage2_iters_small=250,
-                stage2_lr=2e-4),
+                stage2_lr=2e-4, distill_ckpt_every=50),
     # Paper scale, for GPU users. Architecture and optimizer from [SH] cifar_base.py;
     # class-conditional with CFG as in [M]. teacher_iters is not fixed by the official
     # configs (UNVERIFIED choice: 400k at batch 128).

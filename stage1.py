@@ -65,7 +65,8 @@ def stage1_loss(student, teacher, x, y, w, t, eps, weighting):
 def distill(name, N, cfg, out, device, student, loss_fn, iters, lr, seed, resume, data_dir, progress):
     """The training loop both distillation stages share: Adam with the learning rate decaying
     linearly to 0, no EMA (the checkpoint's 'ema' is the weights), a checkpoint + metrics line +
-    sample grid every ckpt_every steps, resumable. loss_fn(x, y, w, gen) -> scalar loss."""
+    sample grid every distill_ckpt_every steps, resumable inside a round.
+    loss_fn(x, y, w, gen) -> scalar loss."""
     ckpt_path = out / f"{name}.pt"
     images, labels = load_dataset(cfg["dataset"], cfg["resolution"], data_dir)
     ema = copy.deepcopy(student).requires_grad_(False)  # ema_decay 0: a copy of the weights
@@ -88,9 +89,9 @@ def distill(name, N, cfg, out, device, student, loss_fn, iters, lr, seed, resume
         losses.append(loss.item())
         bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
 
-        # Every ckpt_every steps and at the end: checkpoint, metrics line, sample grid.
+        # Every distill_ckpt_every steps and at the end: checkpoint, metrics line, sample grid.
         done = step + 1
-        if done % cfg["ckpt_every"] == 0 or done == iters:
+        if done % cfg["distill_ckpt_every"] == 0 or done == iters:
             elapsed = time.time() - t0
             ckpt = guidance.checkpoint_dict(name.split("_")[0], N, cfg, student, ema, opt, done, gens)
             save_checkpoint(ckpt, ckpt_path)

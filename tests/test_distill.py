@@ -1,5 +1,6 @@
 """Stage 1, stage 2 and the samplers against the exact Gaussian-mixture teacher, and the
 whole smoke pipeline end to end (with an interruption)."""
+import json
 import subprocess
 import sys
 import time
@@ -112,6 +113,32 @@ def test_stage1_training_approaches_the_analytic_guided_prediction():
     with torch.no_grad():
         after = stage1.stage1_loss(student, teacher, x_e, y_e, w_e, t_e, eps_e, "v_mse").item()
     assert after < 0.1 * before, (before, after)
+
+
+def test_stage1_stop_and_resume_is_bitwise_equal_to_one_run(tmp_path, monkeypatch):
+    import guidance
+    from config import save_checkpoint
+
+    cfg = {**get_config("smoke"), "teacher_iters": 10, "ckpt_every": 10, "stage1_iters": 20,
+           "distill_ckpt_every": 10}
+    cpu = torch.device("cpu")
+    guidance.train(cfg, tmp_path, cpu, progress=False)
+    # One whole run, keeping a copy of the checkpoint it writes half-way ...
+    snapshots = {}
+
+    def save_and_snapshot(ckpt, path):
+        save_checkpoint(ckpt, path)
+        snapshots.setdefault(ckpt["step"], path.read_bytes())
+
+    monkeypatch.setattr(stage1, "save_checkpoint", save_and_snapshot)
+    whole = stage1.train(cfg, tmp_path, cpu, progress=False)
+    # ... then put the half-way checkpoint back, as if the run had been killed, and rerun.
+    (tmp_path / "stage1.pt").write_bytes(snapshots[10])
+    resumed = stage1.train(cfg, tmp_path, cpu, progress=False)
+    assert resumed["step"] == whole["step"] == 20
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if r["stage"] == "stage1"] == [10, 20, 20], "the rerun must start at 10"
+    assert all(torch.equal(v, resumed["model"][k]) for k, v in whole["model"].items())
 
 
 # ---------------------------------------------------------------- stage 2
