@@ -67,13 +67,13 @@ def distill(name, N, cfg, out, device, student, loss_fn, iters, lr, seed, resume
     linearly to 0, no EMA (the checkpoint's 'ema' is the weights), a checkpoint + metrics line +
     sample grid every distill_ckpt_every steps, resumable inside a round.
     loss_fn(x, y, w, gen) -> scalar loss."""
-    ckpt_path = out / f"{name}.pt"
+    ckpt_path, stage = out / f"{name}.pt", name.split("_")[0]  # stage2_N64.pt holds stage 'stage2'
     images, labels = load_dataset(cfg["dataset"], cfg["resolution"], data_dir)
     ema = copy.deepcopy(student).requires_grad_(False)  # ema_decay 0: a copy of the weights
     opt = guidance.make_optimizer(student, {**cfg, "lr": lr, "weight_decay": 0.0}, device)
     gens = {"data": torch.Generator().manual_seed(seed + N),
             "noise": torch.Generator(device).manual_seed(seed + N + 1)}
-    start, ckpt = guidance.resume_from(ckpt_path, name.split("_")[0], cfg, student, ema, opt, gens) \
+    start, ckpt = guidance.resume_from(ckpt_path, stage, cfg, student, ema, opt, gens) \
         if resume else (0, None)
     B, losses, t0 = cfg["batch_size"], [], time.time()
     bar = tqdm(range(start, iters), initial=start, total=iters, desc=name, disable=not progress)
@@ -93,7 +93,7 @@ def distill(name, N, cfg, out, device, student, loss_fn, iters, lr, seed, resume
         done = step + 1
         if done % cfg["distill_ckpt_every"] == 0 or done == iters:
             elapsed = time.time() - t0
-            ckpt = guidance.checkpoint_dict(name.split("_")[0], N, cfg, student, ema, opt, done, gens)
+            ckpt = guidance.checkpoint_dict(stage, N, cfg, student, ema, opt, done, gens)
             save_checkpoint(ckpt, ckpt_path)
             guidance.log_metrics(out, dict(stage=name, N=N, step=done, loss=sum(losses) / len(losses),
                                            lr=step_lr, grad_norm=grad_norm, img_per_s=len(losses) * B / elapsed,
@@ -103,7 +103,7 @@ def distill(name, N, cfg, out, device, student, loss_fn, iters, lr, seed, resume
             losses, t0 = [], time.time()
     bar.close()
     if ckpt is None:  # zero iterations: the initial student
-        ckpt = guidance.checkpoint_dict(name.split("_")[0], N, cfg, student, ema, opt, 0, gens)
+        ckpt = guidance.checkpoint_dict(stage, N, cfg, student, ema, opt, 0, gens)
         save_checkpoint(ckpt, ckpt_path)
     return ckpt
 
