@@ -57,6 +57,18 @@ _BASE = dict(
     stage2_iters_small=50_000,    # per round once N <= 8: few-step students need more [SH Sec. 5]
     stage2_lr=5e-5,               # [SH] cifar_distill (imagenet64_distill: 1e-4)
     distill_ckpt_every=5000,      # checkpoint + grid every K steps inside stage 1 and each round
+    distill_ema_decay=0.0,        # students: no EMA [SH] (their 'ema' is then a copy of the weights)
+    # evaluation (evaluate.py): the FID / IS protocol, written next to every number
+    eval_features="effnet",       # effnet (EfficientNet-Lite0, offline) | inception (pytorch-fid)
+    eval_feature_size=224,        # images are resized to this for the feature network
+    eval_n=10_000,                # samples per report row (the same for every row)
+    eval_ref_split="test",        # reference statistics from this split ...
+    eval_ref_n=0,                 # ... from its first K images (0 = all of it)
+    eval_w=(0.0, 0.3, 1.0, 2.0, 4.0),  # guidance weights of the report
+    eval_all_w_max_N=1024,        # rows with more steps than this run only at eval_long_w
+    eval_long_w=(1.0,),
+    eval_teacher_w=(0.3, 1.0),    # the teacher at its full N (the targets' reference) also runs here
+    eval_batch=256,               # images per sampling batch (the same for every row's timing)
 )
 
 PRESETS = {
@@ -64,14 +76,18 @@ PRESETS = {
     "smoke": dict(resolution=8, ch=16, ch_mult=(1, 2), dropout=0.0, batch_size=64, lr=1e-3,
                   warmup=20, ema_decay=0.99, teacher_iters=150, ckpt_every=75, grid_steps=16,
                   stage1_iters=60, stage1_lr=1e-3, stage2_iters=20, stage2_iters_small=30,
-                  stage2_lr=5e-4, distill_ckpt_every=10),
+                  stage2_lr=5e-4, distill_ckpt_every=10, eval_n=20, eval_feature_size=64,
+                  eval_ref_n=200, eval_w=(0.0, 1.0), eval_all_w_max_N=8, eval_long_w=(),
+                  eval_teacher_w=(1.0,)),
     # The default: Fashion-MNIST 16x16, 0.63M parameters (~280 img/s teacher training on 2 cores),
     # sized for ~60 minutes for the whole pipeline on 2 CPU cores [here]; times in the README.
     "cpu": dict(resolution=16, ch=24, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(4,),
                 dropout=0.1, batch_size=128, lr=1e-3, warmup=200, ema_decay=0.998,
                 teacher_iters=2500, ckpt_every=500, grid_steps=128,
                 stage1_iters=600, stage1_lr=3e-4, stage2_iters=150, stage2_iters_small=250,
-                stage2_lr=2e-4, distill_ckpt_every=50),
+                stage2_lr=2e-4, distill_ckpt_every=50,
+                # ~55 min report: 200 samples per row; features at 128 px (224 px is 3x slower here)
+                eval_n=200, eval_feature_size=128, eval_all_w_max_N=64),
     # Paper scale, for GPU users. Architecture and optimizer from [SH] cifar_base.py;
     # class-conditional with CFG as in [M]. teacher_iters is not fixed by the official
     # configs (UNVERIFIED choice: 400k at batch 128).

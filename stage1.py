@@ -64,12 +64,13 @@ def stage1_loss(student, teacher, x, y, w, t, eps, weighting):
 
 def distill(name, N, cfg, out, device, student, loss_fn, iters, lr, seed, resume, data_dir, progress):
     """The training loop both distillation stages share: Adam with the learning rate decaying
-    linearly to 0, no EMA (the checkpoint's 'ema' is the weights), a checkpoint + metrics line +
-    sample grid every distill_ckpt_every steps, resumable inside a round.
+    linearly to 0, an EMA of decay distill_ema_decay (0 [SH]: the checkpoint's 'ema' is the weights;
+    the next stage starts from the 'ema'), a checkpoint + metrics line + sample grid every
+    distill_ckpt_every steps, resumable inside a round.
     loss_fn(x, y, w, gen) -> scalar loss."""
     ckpt_path, stage = out / f"{name}.pt", name.split("_")[0]  # stage2_N64.pt holds stage 'stage2'
     images, labels = load_dataset(cfg["dataset"], cfg["resolution"], data_dir)
-    ema = copy.deepcopy(student).requires_grad_(False)  # ema_decay 0: a copy of the weights
+    ema = copy.deepcopy(student).requires_grad_(False)
     opt = guidance.make_optimizer(student, {**cfg, "lr": lr, "weight_decay": 0.0}, device)
     gens = {"data": torch.Generator().manual_seed(seed + N),
             "noise": torch.Generator(device).manual_seed(seed + N + 1)}
@@ -83,9 +84,10 @@ def distill(name, N, cfg, out, device, student, loss_fn, iters, lr, seed, resume
         w = cfg["w_min"] + (cfg["w_max"] - cfg["w_min"]) * torch.rand(B, generator=gens["noise"], device=device)
         loss = loss_fn(x, y, w, gens["noise"])
 
-        # Update: lr decays linearly to 0, clipping, Adam; the EMA is the weights themselves.
+        # Update: lr decays linearly to 0, clipping, Adam, EMA.
         step_lr = lr * (1 - step / iters)
-        grad_norm = guidance.optimizer_step(loss, student, ema, opt, step_lr, cfg, step, 0.0, ckpt_path)
+        grad_norm = guidance.optimizer_step(loss, student, ema, opt, step_lr, cfg, step,
+                                            cfg["distill_ema_decay"], ckpt_path)
         losses.append(loss.item())
         bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
 

