@@ -50,8 +50,9 @@ from tqdm import tqdm
 
 import effnet
 from config import PRESETS, UserError, get_config, load_checkpoint, pick_device, run_cli
-from data import DATASETS, load_dataset, to_float, to_uint8
+from data import DATASETS, load_dataset, to_float
 from guidance import save_images
+from report import check_targets, plot, write_report
 from sample import SAMPLERS, generate
 from stage1 import load_model
 
@@ -202,7 +203,7 @@ def fingerprint(path):
 
 def protocol(cfg, ref, n_classes, device, seed):
     size = 299 if cfg["eval_features"] == "inception" else cfg["eval_feature_size"]
-    return dict(features=cfg["eval_features"], feature_size=size, n=cfg["eval_n"],
+    return dict(metrics="FID, KID, IS", features=cfg["eval_features"], feature_size=size, n=cfg["eval_n"],
                 reference=f"{cfg['dataset']} {cfg['eval_ref_split']} split, first {int(ref['n'])} images "
                           f"at {cfg['resolution']} px", seed=seed,
                 classes=f"image k has class k % {n_classes}, noise seed k (rows are paired)",
@@ -231,123 +232,6 @@ def data_row(cfg, data_dir, seed):
     images, _ = load_dataset(cfg["dataset"], cfg["resolution"], data_dir, train=True)
     idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:cfg["eval_n"]]
     return to_float(images[idx])
-
-
-# ---------------------------------------------------------------- targets, tables and plots
-def find(rows, **kw):
-    hits = [r for r in rows if all(r.get(k) == v for k, v in kw.items())]
-    return hits[0] if hits else None
-
-
-def check_targets(rows, teacher_N):
-    """The issue's four targets, judged on FID; each also shows the same ratio in KID."""
-    out = []
-
-    def add(target, num, den, goal, at_most):
-        value = num["fid"] / den["fid"]
-        out.append(dict(target=target, value=value, goal=goal, passed=value <= goal if at_most else value >= goal,
-                        kid_value=num["kid"] / den["kid"] if den["kid"] > 0 else float("nan"),
-                        detail=f"FID {num['fid']:.2f} ({num['model']} {num['sampler']} {num['N']}) vs {den['fid']:.2f}"))
-    for w in sorted({r["w"] for r in rows if r["model"] == "teacher" and r["N"] == teacher_N}):
-        ref = find(rows, model="teacher", N=teacher_N, w=w)
-        s4 = [r for r in rows if r["model"] == "stage2" and r["N"] == 4 and r["w"] == w]
-        s1 = find(rows, model="stage2", N=1, w=w, sampler="ddim")
-        if s4:  # the better of the two samplers
-            add(f"1: FID(student, 4 steps) <= 1.05 x FID(teacher, {teacher_N}) at w={w:g}",
-                min(s4, key=lambda r: r["fid"]), ref, 1.05, True)
-        if s1:
-            add(f"3: FID(student, 1 step) <= 1.5 x FID(teacher, {teacher_N}) at w={w:g}", s1, ref, 1.5, True)
-        s4d = find(rows, model="stage2", N=4, w=w, sampler="ddim")
-        if s4d and w == 1.0:
-            speedup = ref["ms_per_image"] / s4d["ms_per_image"]
-            out.append(dict(target=f"4: wall-clock speedup, 4-step student vs {teacher_N}-step teacher >= 450x",
-                            value=speedup, goal=450, passed=speedup >= 450, kid_value=float("nan"),
-                            detail=f"{ref['ms_per_image']:.1f} vs {s4d['ms_per_image']:.2f} ms per image"))
-    for t4 in [r for r in rows if r["model"] == "teacher" and r["N"] == 4]:
-        s4 = find(rows, model="stage2", N=4, w=t4["w"], sampler="ddim")
-        if s4:
-            add(f"2: FID(teacher DDIM, 4 steps) >= 5 x FID(student, 4 steps) at w={t4['w']:g}", t4, s4, 5.0, False)
-    return sorted(out, key=lambda t: t["target"])
-
-
-def plot(rows, ws, folder):
-    """fid_vs_calls.png (one panel per w, log2 x) and fid_vs_is.png (the trade-off across w)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    series = [("teacher", "ddim", "guided teacher, DDIM"), ("stage1", "ddim", "stage-1 student, DDIM"),
-              ("stage2", "ddim", "stage-2 students, DDIM"), ("stage2", "stochastic", "stage-2 students, stochastic")]
-    floor = find(rows, model="data")
-    fig, axes = plt.subplots(2, len(ws), figsize=(3.6 * len(ws), 6.4), sharey="row", squeeze=False)
-    for i, metric in enumerate(["fid", "kid"]):  # top row FID, bottom row KID (unbiased)
-        for ax, w in zip(axes[i], ws):
-            for model, sampler, label in series:
-                pts = sorted((r["calls"], r[metric]) for r in rows
-                             if r["model"] == model and r["sampler"] == sampler and r["w"] == w)
-                if pts:
-                    ax.plot(*zip(*pts), "o-", ms=3, label=label)
-            if floor:
-                ax.axhline(floor[metric], color="grey", ls="--", lw=1, label="data (the floor at this n)")
-            ax.set(yscale="log" if metric == "fid" else "linear", title=f"w = {w:g}")
-            ax.set_xscale("log", base=2)
-        axes[i][0].set_ylabel(metric.upper())
-    for ax in axes[1]:
-        ax.set_xlabel("network calls per image")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(folder / "fid_vs_calls.png", dpi=120)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for model, sampler, N, label in [("teacher", "ddim", None, "teacher DDIM"), ("stage1", "ddim", None, "stage-1 DDIM"),
-                                     ("stage2", "ddim", 4, "student 4 steps"), ("stage2", "stochastic", 4,
-                                     "student 4 steps, stochastic"), ("stage2", "ddim", 1, "student 1 step"),
-                                     ("teacher", "ddim", 4, "teacher DDIM 4 steps")]:
-        cand = [r for r in rows if r["model"] == model and r["sampler"] == sampler]
-        if N is None:  # the largest N that ran at every w
-            full = [n for n in {r["N"] for r in cand} if len({r["w"] for r in cand if r["N"] == n}) == len(ws)]
-            N, label = (max(full), f"{label} {max(full)} steps") if full else (None, label)
-        pts = sorted((r["w"], r["fid"], r["inception_score"]) for r in cand if r["N"] == N)
-        if len(pts) > 1:
-            ax.plot([p[1] for p in pts], [p[2] for p in pts], "o-", ms=3, label=label)
-            for w, fid, is_ in pts:
-                ax.annotate(f"{w:g}", (fid, is_), fontsize=6)
-    ax.set(xlabel="FID (lower is better)", ylabel="IS (higher is better)", xscale="log",
-           title="quality / diversity across w (labels: w)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(folder / "fid_vs_is.png", dpi=120)
-    plt.close(fig)
-
-
-def write_report(folder, proto, rows, targets, ref, cfg):
-    """report.md: protocol, targets, the table; the plots and grids are beside it."""
-    name = f"{proto['features']}-{proto['feature_size']}"
-    lines = [f"# Report: {folder.parent.name}", "",
-             f"FID and IS use the **{name}** backend (numbers are comparable only with the same backend, "
-             f"feature size and n; effnet numbers are not comparable with published FIDs).", "",
-             "Protocol: " + "; ".join(f"{k} = {v}" for k, v in proto.items()) + ".", "",
-             f"Rows: every w in {list(cfg['eval_w'])} for N <= {cfg['eval_all_w_max_N']}; larger N only at "
-             f"w in {list(cfg['eval_long_w'])}, and the teacher at its full N also at w in "
-             f"{list(cfg['eval_teacher_w'])} (the sampling budget). The data row is {proto['n']} training "
-             f"images: the FID floor at this sample size.", "",
-             f"Reference IS (the data itself): {float(ref['inception_score']):.2f}.", "",
-             "## Targets", "", "Judged on FID; the last column is the same ratio in KID, which has no "
-             "small-sample bias (the data row's FID is far from 0 at this n; its KID is not).", "",
-             "| target | measured | goal | passed | numbers | same ratio in KID |", "|---|---|---|---|---|---|"]
-    lines += [f"| {t['target']} | {t['value']:.2f} | {t['goal']:g} | {'yes' if t['passed'] else '**no**'} | "
-              f"{t['detail']} | {t['kid_value']:.2f} |" for t in targets]
-    lines += ["", f"## All rows ({name}, n = {proto['n']} per row)", "",
-              "| model | sampler | N | w | FID | KID x 1000 | IS | network calls / image | ms / image |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    order = {"data": 0, "teacher": 1, "stage1": 2, "stage2": 3}
-    for r in sorted(rows, key=lambda r: (r["w"] if r["w"] is not None else -1, order[r["model"]], r["sampler"], -r["N"])):
-        w = "-" if r["w"] is None else f"{r['w']:g}"
-        lines.append(f"| {r['model']} | {r['sampler']} | {r['N']} | {w} | {r['fid']:.2f} | {1000 * r['kid']:.1f} | "
-                     f"{r['inception_score']:.2f} | {r['calls']} | {r['ms_per_image']:.2f} |")
-    lines += ["", "![FID and KID vs network calls](fid_vs_calls.png)", "", "![FID vs IS across w](fid_vs_is.png)", "",
-              "Sample grids (first two images of each class) for every row: `grids/`.", ""]
-    (folder / "report.md").write_text("\n".join(lines))
 
 
 def save_json(obj, path):
@@ -390,13 +274,18 @@ def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
         tqdm.write(f"{row_key(row):28s} FID {r['fid']:7.2f}  KID {r['kid']:7.4f}  "
                    f"IS {r['inception_score']:5.2f}  {calls:5d} calls  {ms:9.2f} ms/img")
 
+    # Targets, results.json, plots and report.md (report.py).
     rows = [done["data"]] + [done[row_key(r)] for r in rows]  # only this run's current checkpoints
-    targets = check_targets(rows, teacher_N)
+    plan = (f"Rows: every w in {list(cfg['eval_w'])} for N <= {cfg['eval_all_w_max_N']}; larger N only at w in "
+            f"{list(cfg['eval_long_w'])}, and the teacher at its full N also at w in {list(cfg['eval_teacher_w'])} "
+            f"(the sampling budget). The data row is {proto['n']} training images: the floor at this sample size.")
+    out = dict(protocol=proto, plan=plan, reference_is=float(ref["inception_score"]),
+               eval_w=[float(w) for w in cfg["eval_w"]], rows=rows, targets=check_targets(rows, teacher_N))
     folder.mkdir(parents=True, exist_ok=True)
-    save_json(dict(protocol=proto, rows=rows, targets=targets), results)
-    plot(rows, [float(w) for w in cfg["eval_w"]], folder)
-    write_report(folder, proto, rows, targets, ref, cfg)
-    return rows, targets
+    save_json(out, results)
+    plot(rows, out["eval_w"], folder)
+    write_report(folder, out)
+    return rows, out["targets"]
 
 
 def main(argv=None):

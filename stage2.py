@@ -15,8 +15,10 @@ Per example (PAPER_NOTES §5):
 x_tilde is the one x_hat for which a single DDIM step t -> t'' lands exactly on z_t''.
 A fresh optimizer each round, lr decaying linearly to 0. Missing prerequisites build
 themselves: without teacher.pt or stage1.pt in the run folder, those stages run first.
+The first teacher is the stage-1 student sampled with stage2_start_N DDIM steps: 1024 in the
+paper; the cpu preset starts at 64, where its small model's sampler is already saturated.
 
-    python stage2.py --steps 4                  # cpu preset: the whole pipeline, ~50 min here
+    python stage2.py --steps 4                  # cpu preset: the whole pipeline, ~55 min here
     python stage2.py --preset smoke --steps 4   # ~1 minute
     python stage2.py --steps 1 --start-steps 1024
 """
@@ -63,7 +65,7 @@ def round_iters(cfg, N):
 
 def train(cfg, out, device, steps, start_steps=None, seed=0, resume=True, data_dir="data", progress=True):
     """Every round from start_steps/2 down to `steps`; returns the last student's checkpoint."""
-    start_steps = start_steps or cfg["teacher_N"]
+    start_steps = start_steps or cfg["stage2_start_N"]
     ckpt = stage1.train(cfg, out, device, seed, True, data_dir, progress)  # builds the teacher too
     if ckpt["N"] < start_steps:
         raise UserError(f"stage1.pt samples with N = {ckpt['N']} steps; --start-steps must be <= that")
@@ -99,11 +101,12 @@ def main(argv=None):
     add_common_args(parser)
     parser.add_argument("--steps", type=int, default=4, help="the final student's sampler steps (power of 2)")
     parser.add_argument("--start-steps", type=int, default=None,
-                        help="the stage-1 model's step count where halving starts (default: teacher_N, 1024)")
+                        help="the stage-1 student's step count where halving starts "
+                             "(default: the preset's stage2_start_N: 1024 as in the paper, 64 for cpu)")
     add_training_args(parser, "the unfinished round, skipping finished ones")
     args = parser.parse_args(argv)
     cfg, out, device = setup(args)
-    start_steps = args.start_steps or cfg["teacher_N"]
+    start_steps = args.start_steps or cfg["stage2_start_N"]
     check_steps(args.steps, start_steps)
     print(f"stage 2: preset {cfg['preset']}, {start_steps} -> {args.steps} steps, device {device}, "
           f"run folder {out}")

@@ -3,7 +3,6 @@ whole smoke pipeline end to end (with an interruption)."""
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
