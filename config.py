@@ -186,16 +186,22 @@ def run_cli(main):
 # ---------------------------------------------------------------- checkpoints
 # A checkpoint is a dict of primitives and state_dicts, so torch.load(weights_only=True)
 # reads it: stage, N (sampler steps), w_range, config, model, ema, optimizer, step, rng.
-def save_checkpoint(ckpt, path):
-    """Write atomically: a temp file in the same folder, fsync, then rename over `path`."""
+def atomic_write(path, write):
+    """Call write(f) on a temp file in path's folder, fsync, then rename over `path`: a reader
+    (or a crash) never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        torch.save(ckpt, f)
+        write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def save_checkpoint(ckpt, path):
+    """Write a checkpoint atomically (atomic_write)."""
+    atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
 def load_checkpoint(path, stage=None):

@@ -37,7 +37,6 @@ w = 0 is unguided; diffusers' guidance_scale = 1 + w.
 import argparse
 import hashlib
 import json
-import os
 import time
 import warnings
 from pathlib import Path
@@ -49,7 +48,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import effnet
-from config import PRESETS, UserError, get_config, load_checkpoint, pick_device, run_cli
+from config import PRESETS, UserError, atomic_write, get_config, load_checkpoint, pick_device, run_cli
 from data import DATASETS, load_dataset, to_float
 from guidance import save_images
 from report import check_targets, plot, write_report
@@ -137,10 +136,14 @@ def features(extract, x, batch_size=128):
     return torch.cat([f for f, _ in out]).numpy(), torch.cat([p for _, p in out]).numpy()
 
 
+def feature_size(cfg):
+    """The image size the feature network sees: the FID Inception always resizes to 299."""
+    return 299 if cfg["eval_features"] == "inception" else cfg["eval_feature_size"]
+
+
 def reference_stats(cfg, extract, stats_dir, data_dir):
     """mu, sigma (and sigma^1/2, IS) of the reference split, computed once and cached as .npz."""
-    n = cfg["eval_ref_n"]
-    size = 299 if cfg["eval_features"] == "inception" else cfg["eval_feature_size"]
+    n, size = cfg["eval_ref_n"], feature_size(cfg)
     name = (f"{cfg['dataset']}_{cfg['eval_ref_split']}_{cfg['resolution']}px_"
             f"{cfg['eval_features']}{size}_n{n or 'all'}.npz")
     path = Path(stats_dir) / name
@@ -156,10 +159,7 @@ def reference_stats(cfg, extract, stats_dir, data_dir):
         sqrt_sigma = scipy.linalg.sqrtm(sigma).real  # (d, d)
     stats = dict(mu=mu, sigma=sigma, sqrt_sigma=sqrt_sigma, kid_feats=feats[:KID_REF_N].astype(np.float32),
                  inception_score=inception_score(probs), n=len(images))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".tmp"), "wb") as f:  # write, then rename: never half a file
-        np.savez(f, **stats)
-    os.replace(path.with_name(path.name + ".tmp"), path)
+    atomic_write(path, lambda f: np.savez(f, **stats))
     return stats | {"file": str(path)}
 
 
@@ -202,8 +202,8 @@ def fingerprint(path):
 
 
 def protocol(cfg, ref, n_classes, device, seed):
-    size = 299 if cfg["eval_features"] == "inception" else cfg["eval_feature_size"]
-    return dict(metrics="FID, KID, IS", features=cfg["eval_features"], feature_size=size, n=cfg["eval_n"],
+    return dict(metrics="FID, KID, IS", features=cfg["eval_features"], feature_size=feature_size(cfg),
+                n=cfg["eval_n"],
                 reference=f"{cfg['dataset']} {cfg['eval_ref_split']} split, first {int(ref['n'])} images "
                           f"at {cfg['resolution']} px", seed=seed,
                 classes=f"image k has class k % {n_classes}, noise seed k (rows are paired)",
@@ -235,9 +235,7 @@ def data_row(cfg, data_dir, seed):
 
 
 def save_json(obj, path):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
 
 def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
@@ -250,9 +248,8 @@ def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
     n_classes = DATASETS[cfg["dataset"]]["n_classes"]
     proto = protocol(cfg, ref, n_classes, device, seed)
     results = folder / "results.json"
-    done = {}
-    if results.is_file() and json.loads(results.read_text()).get("protocol") == proto:
-        done = {row_key(r): r for r in json.loads(results.read_text())["rows"]}  # kept if the weights match
+    old = json.loads(results.read_text()) if results.is_file() else {}
+    done = {row_key(r): r for r in old["rows"]} if old.get("protocol") == proto else {}  # kept if the weights match
 
     # The data row: the FID floor at this n.
     if "data" not in done:
