@@ -111,8 +111,8 @@ def ddim_step(z_t, x_hat, t, s):
     return alpha_s * x_hat + sigma_s * eps_hat  # (B, C, H, W)
 
 
-def ancestral_step(z_t, x_hat, t, s, noise, variance="large"):
-    """Ancestral step t -> s: a draw from q(z_s | z_t, x = x_hat).
+def ancestral_mean_var(z_t, x_hat, t, s, variance="large"):
+    """The ancestral step's Gaussian q(z_s | z_t, x = x_hat), t -> s < t -> (mean, var).
 
     With r = exp(lambda_t - lambda_s) = SNR_t / SNR_s (< 1):
     mean = r (alpha_s / alpha_t) z_t + (1 - r) alpha_s x_hat,
@@ -124,32 +124,70 @@ def ancestral_step(z_t, x_hat, t, s, noise, variance="large"):
     alpha_s, sigma_s = (_bcast(u, z_t) for u in alpha_sigma(logsnr_s))
     mean = r * (alpha_s / alpha_t) * z_t + (1 - r) * alpha_s * x_hat  # (B, C, H, W)
     var = (1 - r) * (sigma_s**2 if variance == "small" else sigma_t**2)  # (B, 1, 1, 1)
+    return mean, var
+
+
+def ancestral_step(z_t, x_hat, t, s, noise, variance="large"):
+    """Ancestral step t -> s: a draw from q(z_s | z_t, x = x_hat) (ancestral_mean_var)."""
+    mean, var = ancestral_mean_var(z_t, x_hat, t, s, variance)
     return mean + var.sqrt() * noise
 
 
-def stochastic_step(z_t, x_hat, t, s, noise):
-    """Meng et al.'s N-step stochastic sampler (Sec. 4.3), one step t -> s = t - 1/N:
-    a DDIM step of twice the length, to k = t - 2/N (>= 0), then noise added back to s with
-    q(z_s | z_k): z_s = (alpha_s / alpha_k) z_k + sigma_{s|k} eps,
-    sigma_{s|k}^2 = (1 - exp(lambda_s - lambda_k)) sigma_s^2.
+def forward_mean_var(z_s, s, t):
+    """The forward process between two noise levels, q(z_t | z_s), t > s -> (mean, var):
+    mean = (alpha_t / alpha_s) z_s,  var = sigma_{t|s}^2 = (1 - exp(lambda_t - lambda_s)) sigma_t^2.
+    """
+    logsnr_s, logsnr_t = logsnr_schedule(s), logsnr_schedule(t)
+    alpha_s, _ = alpha_sigma(logsnr_s)
+    alpha_t, sigma_t = alpha_sigma(logsnr_t)
+    var = (1 - torch.exp(logsnr_t - logsnr_s)) * sigma_t**2  # (B,)
+    return _bcast(alpha_t / alpha_s, z_s) * z_s, _bcast(var, z_s)
+
+
+def renoise(z_s, s, t, eps):
+    """A draw from q(z_t | z_s), t > s: noise added back (forward_mean_var)."""
+    mean, var = forward_mean_var(z_s, s, t)
+    return mean + var.sqrt() * eps
+
+
+def stochastic_mean_var(z_t, x_hat, t, s):
+    """Meng et al.'s N-step stochastic sampler (Sec. 4.3), one step t -> s = t - 1/N, as a
+    Gaussian (mean, var): a DDIM step of twice the length, to k = t - 2/N (>= 0), then noise
+    added back to s with q(z_s | z_k).
     """
     k = (2 * s - t).clamp(min=0)  # (B,)
-    z_k = ddim_step(z_t, x_hat, t, k)  # (B, C, H, W)
-    logsnr_k, logsnr_s = logsnr_schedule(k), logsnr_schedule(s)
-    alpha_k, _ = alpha_sigma(logsnr_k)
-    alpha_s, sigma_s = alpha_sigma(logsnr_s)
-    var = (1 - torch.exp(logsnr_s - logsnr_k)) * sigma_s**2  # (B,)
-    return _bcast(alpha_s / alpha_k, z_t) * z_k + _bcast(var.sqrt(), z_t) * noise
+    return forward_mean_var(ddim_step(z_t, x_hat, t, k), k, s)
+
+
+def stochastic_step(z_t, x_hat, t, s, noise):
+    """One step of the stochastic sampler: a draw from stochastic_mean_var."""
+    mean, var = stochastic_mean_var(z_t, x_hat, t, s)
+    return mean + var.sqrt() * noise
+
+
+def make_step(sampler, noise=None, variance="large"):
+    """The step(z_t, x_hat, t, s, i) of sample_loop for a sampler name: ddim | ancestral | stochastic.
+    noise(i) -> a standard normal tensor like z_t (default torch.randn_like); pass per-image
+    generators through it so that image k does not depend on the batch size."""
+    draw = (lambda i, like: torch.randn_like(like)) if noise is None else (lambda i, like: noise(i))
+    if sampler == "ddim":
+        return lambda z_t, x_hat, t, s, i: ddim_step(z_t, x_hat, t, s)
+    if sampler == "ancestral":
+        return lambda z_t, x_hat, t, s, i: ancestral_step(z_t, x_hat, t, s, draw(i, z_t), variance)
+    if sampler == "stochastic":
+        return lambda z_t, x_hat, t, s, i: stochastic_step(z_t, x_hat, t, s, draw(i, z_t))
+    raise ValueError(f"unknown sampler {sampler!r}; choose ddim, ancestral or stochastic")
 
 
 # ---------------------------------------------------------------- N-step sampling loops
 @torch.no_grad()
-def sample_loop(predict, z_1, N, step, clip=True, progress=None):
-    """Walk the grid t_i = i / N from z_1 to x: at each i, x_hat = predict(z_t, t), then
-    z_s = step(z_t, x_hat, t, s, i) for s = (i - 1) / N; the last step returns x_hat itself.
+def sample_loop(predict, z_1, N, step, clip=True, progress=None, t_start=1.0):
+    """Walk the grid t_i = t_start * i / N from z_(t_start) to x: at each i, x_hat = predict(z_t, t),
+    then z_s = step(z_t, x_hat, t, s, i) for s = t_start * (i - 1) / N; the last step returns x_hat.
 
     clip: clamp x_hat to [-1, 1] at every step (sampling only, never inside a loss).
     progress: a description string shows a tqdm bar.
+    t_start: 1 samples from noise; t_start < 1 starts from a partly noised image (SDEdit, edit.py).
     """
     z_t = z_1  # (B, C, H, W)
     steps = range(N, 0, -1)
@@ -158,8 +196,8 @@ def sample_loop(predict, z_1, N, step, clip=True, progress=None):
 
         steps = tqdm(steps, desc=progress, leave=False)
     for i in steps:
-        t = torch.full((z_t.shape[0],), i / N, device=z_t.device)  # (B,)
-        s = torch.full_like(t, (i - 1) / N)
+        t = torch.full((z_t.shape[0],), t_start * i / N, device=z_t.device)  # (B,)
+        s = torch.full_like(t, t_start * (i - 1) / N)
         x_hat = predict(z_t, t)
         if clip:
             x_hat = x_hat.clamp(-1, 1)
@@ -167,28 +205,19 @@ def sample_loop(predict, z_1, N, step, clip=True, progress=None):
     return z_t
 
 
-def sample_ddim(predict, z_1, N, clip=True, progress=None):
+def sample_ddim(predict, z_1, N, clip=True, progress=None, t_start=1.0):
     """N deterministic DDIM steps (predict(z_t, t) -> x_hat, t of shape (B,))."""
-    return sample_loop(predict, z_1, N, lambda z_t, x_hat, t, s, i: ddim_step(z_t, x_hat, t, s),
-                       clip, progress)
+    return sample_loop(predict, z_1, N, make_step("ddim"), clip, progress, t_start)
 
 
-def sample_ancestral(predict, z_1, N, clip=True, variance="large", noise=None, progress=None):
-    """N ancestral steps. noise(i) -> a standard normal tensor like z_1 for step i (default
-    torch.randn_like); pass per-image generators through it so that image k does not depend
-    on the batch size."""
-    noise = noise or (lambda i: torch.randn_like(z_1))
-    return sample_loop(predict, z_1, N,
-                       lambda z_t, x_hat, t, s, i: ancestral_step(z_t, x_hat, t, s, noise(i), variance),
-                       clip, progress)
+def sample_ancestral(predict, z_1, N, clip=True, variance="large", noise=None, progress=None, t_start=1.0):
+    """N ancestral steps; noise as in make_step."""
+    return sample_loop(predict, z_1, N, make_step("ancestral", noise, variance), clip, progress, t_start)
 
 
-def sample_stochastic(predict, z_1, N, clip=True, noise=None, progress=None):
+def sample_stochastic(predict, z_1, N, clip=True, noise=None, progress=None, t_start=1.0):
     """Meng et al.'s stochastic sampler: N network calls; the last step is deterministic."""
-    noise = noise or (lambda i: torch.randn_like(z_1))
-    return sample_loop(predict, z_1, N,
-                       lambda z_t, x_hat, t, s, i: stochastic_step(z_t, x_hat, t, s, noise(i)),
-                       clip, progress)
+    return sample_loop(predict, z_1, N, make_step("stochastic", noise), clip, progress, t_start)
 
 
 # ---------------------------------------------------------------- loss weights (PAPER_NOTES §1)

@@ -29,15 +29,16 @@ from unet import from_config
 
 
 def student_predictor(model, y, w):
-    """predict(z_t, t) -> x_hat for a w-conditioned model: one network call per step."""
+    """predict(z_t, t) -> x_hat for a w-conditioned model: one network call per step.
+    With the teacher's U-Net and w = None: its conditional prediction (w = 0), in one call."""
     return lambda z_t, t: ddpm.x_from_v(z_t, model(z_t, t, y, w), t)
 
 
 def load_model(ckpt, device, weights="ema"):
-    """The network a checkpoint holds (w-conditioned unless it is the teacher), in eval mode,
+    """The network a checkpoint holds (w-conditioned for stage1 and stage2), in eval mode,
     built with dropout 0: students train without dropout [SH], and eval mode ignores it."""
     cfg = {**ckpt["config"], "dropout": 0.0}
-    model = from_config(cfg, w_cond=ckpt["stage"] != "teacher")
+    model = from_config(cfg, w_cond=ckpt["stage"] in ("stage1", "stage2"))  # teacher, encoder: no w
     model.load_state_dict(ckpt[weights])
     return model.to(device).eval().requires_grad_(False)
 
@@ -62,11 +63,12 @@ def stage1_loss(student, teacher, x, y, w, t, eps, weighting):
     return ddpm.weighted_x_loss(x_hat, target, t, weighting)
 
 
-def distill(name, N, cfg, out, device, student, loss_fn, iters, lr, seed, resume, data_dir, progress):
+def distill(name, N, cfg, out, device, student, loss_fn, iters, lr, seed, resume, data_dir, progress,
+            grid=True):
     """The training loop both distillation stages share: Adam with the learning rate decaying
     linearly to 0, an EMA of decay distill_ema_decay (0 [SH]: the checkpoint's 'ema' is the weights;
     the next stage starts from the 'ema'), a checkpoint + metrics line + sample grid every
-    distill_ckpt_every steps, resumable inside a round.
+    distill_ckpt_every steps (grid=False: no grid, e.g. for an encoder), resumable inside a round.
     loss_fn(x, y, w, gen) -> scalar loss."""
     ckpt_path, stage = out / f"{name}.pt", name.split("_")[0]  # stage2_N64.pt holds stage 'stage2'
     images, labels = load_dataset(cfg["dataset"], cfg["resolution"], data_dir)
@@ -100,8 +102,9 @@ def distill(name, N, cfg, out, device, student, loss_fn, iters, lr, seed, resume
             guidance.log_metrics(out, dict(stage=name, N=N, step=done, loss=sum(losses) / len(losses),
                                            lr=step_lr, grad_norm=grad_norm, img_per_s=len(losses) * B / elapsed,
                                            seconds=elapsed))
-            guidance.save_grid(lambda y, w: student_predictor(ema, y, w), out / "grids" / f"{name}_{done:07d}.png",
-                               cfg, device, min(N, cfg["grid_steps"]))
+            if grid:
+                guidance.save_grid(lambda y, w: student_predictor(ema, y, w),
+                                   out / "grids" / f"{name}_{done:07d}.png", cfg, device, min(N, cfg["grid_steps"]))
             losses, t0 = [], time.time()
     bar.close()
     if ckpt is None:  # zero iterations: the initial student

@@ -1,0 +1,131 @@
+"""The README's applications table: SDEdit, inpainting and class transfer through the DDIM
+encoder, distilled few-step models against the teacher at many steps.
+
+For each method: network calls and wall time per image (one batch, after a warm-up), a
+faithfulness figure, and FID / KID of the results against the test split (evaluate.py's
+protocol of the run's preset: effnet features, the same n images for every row). Inputs are
+the first n test images; edits go to class (y + 5) % 10 at guidance w, inpainting fills a
+centred box with the image's own class.
+
+    python edit.py train-encoder --steps 4                     # once: encoder_N4.pt (~10 min here)
+    python benchmarks/applications.py --run runs/cpu           # ~15 min here; writes docs/cpu_applications.md
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import ddpm  # noqa: E402
+import edit  # noqa: E402
+import stage1  # noqa: E402
+from config import get_config, load_checkpoint, pick_device  # noqa: E402
+from data import load_dataset, to_float  # noqa: E402
+from evaluate import feature_net, reference_stats, score  # noqa: E402
+from guidance import save_images  # noqa: E402
+from sample import image_noise, predictor  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", default="runs/cpu")
+    parser.add_argument("--n", type=int, default=200, help="test images per row")
+    parser.add_argument("--w", type=float, default=1.0, help="guidance weight of edits and transfers")
+    parser.add_argument("--t0", type=float, default=0.5, help="SDEdit's starting noise level")
+    parser.add_argument("--teacher-steps", type=int, default=256, help="the teacher's many steps")
+    parser.add_argument("--out", default="docs/cpu_applications.md")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    run, device = Path(args.run), pick_device(args.device)
+    load = lambda f: (lambda c: (c, stage1.load_model(c, device)))(load_checkpoint(run / f))  # noqa: E731
+    teacher, student, encoder = load("teacher.pt"), load("stage2_N4.pt"), load("encoder_N4.pt")
+    cfg = get_config(teacher[0]["config"]["preset"]) | {k: v for k, v in teacher[0]["config"].items()
+                                                        if not k.startswith("eval_")}
+    cfg["eval_n"] = args.n
+    extract = feature_net(cfg["eval_features"], cfg["eval_feature_size"], device)
+    ref = reference_stats(cfg, extract, "data/fid_stats", "data")
+
+    # Inputs, target classes, noise: the same for every row.
+    images, labels = load_dataset(cfg["dataset"], cfg["resolution"], "data", train=False)
+    x, y = to_float(images[:args.n]).to(device), labels[:args.n].to(device)  # (n, C, H, W), (n,)
+    to, w = (y + 5) % 10, torch.full((args.n,), args.w, device=device)
+    known = edit.make_mask("box", x.shape).to(device)  # (1, 1, H, W)
+    T, k = args.teacher_steps, round(args.t0 * 4)  # the 4-step student's grid: t0 = k / 4
+
+    def noise_for():
+        return image_noise(args.seed * 1_000_003 + torch.arange(args.n), x.shape[1:], device)
+
+    def sdedit(model, steps):
+        z, noise = noise_for()
+        return edit.sdedit(predictor(*model, to, w), x, args.t0, steps, z, "ddim", noise)
+
+    def inpaint(model, steps, sampler="ddim", particles=1):
+        _, noise = noise_for()
+        predict = predictor(*model, y.repeat_interleave(particles), w.repeat_interleave(particles))
+        return edit.inpaint(predict, x, known, steps, noise, sampler, particles)
+
+    def transfer(enc, enc_steps, dec, dec_steps, cls, ww):
+        z_1 = edit.ddim_encode(stage1.student_predictor(enc[1], y, None), x, enc_steps)
+        return ddpm.sample_ddim(predictor(*dec, cls, ww), z_1, dec_steps)
+
+    zero = torch.zeros_like(w)
+    rows = [  # application, model, calls, run(), faithfulness name, faithfulness(out)
+        ("SDEdit", f"student, {k} steps", k, lambda: sdedit(student, k), "MSE to input"),
+        ("SDEdit", f"teacher DDIM, {k} steps", 2 * k, lambda: sdedit(teacher, k), "MSE to input"),
+        ("SDEdit", f"teacher DDIM, {T // 2} steps", T, lambda: sdedit(teacher, T // 2), "MSE to input"),
+        ("inpainting", "student, 4 steps", 4, lambda: inpaint(student, 4), "MSE to input in the hole"),
+        ("inpainting", "student, 4 steps, stochastic, SMC K=8", 32, lambda: inpaint(student, 4, "stochastic", 8),
+         "MSE to input in the hole"),
+        ("inpainting", "teacher DDIM, 4 steps", 8, lambda: inpaint(teacher, 4), "MSE to input in the hole"),
+        ("inpainting", f"teacher DDIM, {T} steps", 2 * T, lambda: inpaint(teacher, T), "MSE to input in the hole"),
+        ("class transfer", "encoder 4 + student 4 steps", 8, lambda: transfer(encoder, 4, student, 4, to, w), None),
+        ("class transfer", "teacher DDIM: encode 4 + decode 4", 12,
+         lambda: transfer(teacher, 4, teacher, 4, to, w), None),
+        ("class transfer", f"teacher DDIM: encode {T} + decode {T}", 3 * T,
+         lambda: transfer(teacher, T, teacher, T, to, w), None),
+    ]
+    recon = {  # the transfer rows' faithfulness: decode with the own class at w = 0
+        "encoder 4 + student 4 steps": lambda: transfer(encoder, 4, student, 4, y, zero),
+        "teacher DDIM: encode 4 + decode 4": lambda: transfer(teacher, 4, teacher, 4, y, zero),
+        f"teacher DDIM: encode {T} + decode {T}": lambda: transfer(teacher, T, teacher, T, y, zero)}
+    hole = (1 - known).expand_as(x)
+
+    sdedit(student, 1)  # warm-up
+    lines = [f"Inputs: the first {args.n} {cfg['dataset']} test images at {cfg['resolution']} px; SDEdit from t0 = "
+             f"{args.t0} towards class (y + 5) % 10 and transfers at w = {args.w}; inpainting fills a centred box "
+             f"with the own class at w = {args.w}. FID / KID: {cfg['eval_features']} features at "
+             f"{cfg['eval_feature_size']} px against the {int(ref['n'])}-image test split, n = {args.n} "
+             f"(the data itself scores FID ~131 at this n). Wall time on {torch.get_num_threads()} CPU threads, "
+             "one batch of all images.", "",
+             "| application | model | network calls / image | ms / image | faithfulness | FID | KID×10³ |",
+             "|---|---|---|---|---|---|---|"]
+    grids = {}
+    for app, name, calls, fn, faith in rows:
+        t0 = time.perf_counter()
+        out = fn()  # (n, C, H, W)
+        ms = 1000 * (time.perf_counter() - t0) / args.n
+        if faith is None:
+            faith, f = "reconstruction MSE", float((recon[name]() - x).pow(2).mean())
+        elif "hole" in faith:
+            f = float(((out - x) * hole).pow(2).sum() / hole.sum())
+            assert torch.equal(out * known, x * known)
+        else:
+            f = float((out - x).pow(2).mean())
+        s = score(out.cpu(), ref, extract)
+        lines.append(f"| {app} | {name} | {calls} | {ms:.1f} | {faith} {f:.3f} | {s['fid']:.1f} | "
+                     f"{1e3 * s['kid']:.1f} |")
+        print(lines[-1], flush=True)
+        grids.setdefault(app, [x[:10].cpu()] + ([(known * x + known - 1)[:10].cpu()] if app == "inpainting" else []))
+        grids[app].append(out[:10].cpu())
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    for app, g in grids.items():
+        save_images(torch.cat(g), Path(args.out).with_name(f"cpu_{app.replace(' ', '_')}.png"), 10)
+    print(f"wrote {args.out} and its grids")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,349 @@
+"""Few-step applications: class-guided editing (SDEdit), inpainting, and a distilled DDIM encoder.
+
+Meng et al. 2023, Sec. 5 (PAPER_NOTES §6). Every command takes any checkpoint: the guided
+teacher (2 network calls per step, many steps) for reference, or a distilled student (1 call
+per step, 1-4 steps). w = 0 is unguided; diffusers' guidance_scale = 1 + w.
+
+  sdedit   Noise the input to t0, z_t0 = alpha_t0 x + sigma_t0 eps, then denoise it on the grid
+           t_i = t0 * i / steps under a new class at guidance w (SDEdit, Meng, He et al. 2022).
+           An N-step student was trained on the times k / N: pick t0 = k / N and steps = k.
+  inpaint  Before every network call the known pixels of z_t are replaced by the input, noised
+           to t along one forward path ("replacement"); the result takes the known pixels from the
+           input, exactly. Replacement alone is biased; --particles K (SMC, Trippe et al. 2022)
+           weights and resamples K copies per image and is exact as K grows (K calls per step).
+  encode   The deterministic DDIM encoder x -> z_1: DDIM steps run forwards, t = 0 -> 1, with the
+           conditional teacher (w = 0, the image's class). Decoding z_1 with another class at w is
+           class-to-class transfer. `train-encoder` halves the encoder's steps as stage 2 halves
+           the sampler's: one student step matches two teacher steps (target: `encoder_target`).
+
+    python edit.py sdedit --ckpt runs/cpu/stage2_N4.pt --to-class 7 --t0 0.5 --steps 2 --w 2
+    python edit.py inpaint --ckpt runs/cpu/stage2_N4.pt --mask left --sampler stochastic --particles 8
+    python edit.py train-encoder --steps 4 && python edit.py encode --ckpt runs/cpu/encoder_N4.pt \\
+        --decoder runs/cpu/stage2_N4.pt --to-class 5 --w 1          # cpu preset, ~10 min to train
+"""
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import ddpm
+import guidance
+import stage1
+import stage2
+from config import add_common_args, add_training_args, load_checkpoint, pick_device, run_cli, setup, UserError
+from data import DATASETS, load_dataset, to_float
+from sample import SAMPLERS, image_noise, predictor
+
+
+# ---------------------------------------------------------------- SDEdit
+def sdedit(predict, x, t0, steps, eps, sampler="ddim", noise=None):
+    """Noise x (B, C, H, W) to t0 with eps, then `steps` sampler steps t0 -> 0 -> x_edit."""
+    t = torch.full((x.shape[0],), float(t0), device=x.device)  # (B,)
+    z_t0 = ddpm.q_sample(x, t, eps)  # (B, C, H, W)
+    return ddpm.sample_loop(predict, z_t0, steps, ddpm.make_step(sampler, noise), t_start=t0)
+
+
+# ---------------------------------------------------------------- inpainting
+# The Gaussian of one stochastic step, (mean, var) = kernel(z_t, x_hat, t, s). SMC weighs copies by it,
+# so the ancestral one uses the true posterior variance ('small').
+KERNELS = {"ancestral": lambda *a: ddpm.ancestral_mean_var(*a, variance="small"),
+           "stochastic": ddpm.stochastic_mean_var}
+
+
+@torch.no_grad()
+def inpaint(predict, x, known, steps, noise, sampler="ddim", particles=1):
+    """Fill the pixels where known == 0 (known broadcasts to x; 1 = keep) -> x_filled (B, C, H, W).
+
+    The known pixels follow one forward path z_(i/N) ~ q(. | x), drawn up front; before every
+    network call they replace the known pixels of z_t, and the unknown pixels follow the
+    sampler (every step acts pixel by pixel). That alone ("replacement") is not the exact
+    conditional p(fill | known): the network sees the known pixels only through noise, and a
+    step never looks at where the path goes next. particles K > 1 makes it exact as K grows
+    (SMCDiff, Trippe et al. 2022): K copies of each image; at every stochastic step each copy is
+    weighted by the likelihood its Gaussian step gives the path's next known pixels, and the
+    copies are resampled by weight. K network calls per step; needs ancestral or stochastic.
+    predict sees a batch of B*K images (copy k of image b at row b*K + k); noise(i) -> (B, C, H, W).
+    """
+    B, K = x.shape[0], particles
+    draw = lambda i: torch.stack([noise(i) for _ in range(K)], 1).flatten(0, 1)  # noqa: E731  (B*K, C, H, W)
+    grid = lambda i: torch.full((B * K,), i / steps, device=x.device)  # noqa: E731  (B*K,)
+    # The known pixels' forward path, one per image (all its copies share it):
+    # z_(1/N) ~ q(z | x), then z_(i/N) ~ q(z_(i/N) | z_((i-1)/N)).
+    path = [x]
+    for i in range(1, steps + 1):
+        t_prev, t = (torch.full((B,), j / steps, device=x.device) for j in (i - 1, i))  # (B,)
+        path.append(ddpm.renoise(path[-1], t_prev, t, noise(i)))  # (B, C, H, W)
+    path = [z.repeat_interleave(K, 0) for z in path]  # (B*K, C, H, W) each
+    z_t, log_w = draw(0), torch.zeros(B, K, dtype=torch.float64, device=x.device)  # (B*K, C, H, W), (B, K)
+    for i in range(steps, 0, -1):
+        t, s = grid(i), grid(i - 1)
+        # Replace the known pixels by the path; predict the whole image.
+        z_t = known * path[i] + (1 - known) * z_t
+        x_hat = predict(z_t, t).clamp(-1, 1)  # (B*K, C, H, W)
+        if i == 1:
+            z_t = x_hat
+        elif sampler == "ddim":
+            z_t = ddpm.ddim_step(z_t, x_hat, t, s)
+        else:
+            mean, var = KERNELS[sampler](z_t, x_hat, t, s)  # (B*K, C, H, W), (B*K, 1, 1, 1)
+            if K > 1:
+                # SMC: weight each copy by N(path_s; mean, var) on the known pixels; resample the
+                # copies of an image when its effective number of copies drops below K / 2.
+                log_w += (-0.5 * known * (path[i - 1] - mean) ** 2 / var).flatten(1).sum(1).view(B, K)
+                low = 1 / torch.softmax(log_w, 1).pow(2).sum(1) < K / 2  # (B,)
+                idx = torch.where(low.repeat_interleave(K), _resample(log_w, noise(i)), torch.arange(B * K))
+                mean, log_w = mean[idx], torch.where(low[:, None], 0.0, log_w)  # var: the same for every copy
+            z_t = mean + var.sqrt() * draw(i)
+    # One copy per image, drawn by its weight.
+    pick = _resample(log_w, noise(0)).view(B, K)[:, 0]  # (B,) flat indices
+    return known * x + (1 - known) * z_t[pick]  # the known pixels, exactly
+
+
+def _resample(logw, normal):
+    """Systematic resampling of K copies per image: logw (B, K), one uniform per image taken from
+    its own noise stream -> flat indices (B*K,) into the B*K copies."""
+    B, K = logw.shape
+    cdf = torch.softmax(logw.double(), 1).cumsum(1)  # (B, K)
+    u = torch.special.ndtr(normal.flatten(1)[:, 0].double())  # (B,) uniform in (0, 1)
+    pos = (u[:, None] + torch.arange(K, device=logw.device)) / K  # (B, K)
+    pick = torch.searchsorted(cdf, pos).clamp(max=K - 1)  # (B, K)
+    return (pick + K * torch.arange(B, device=logw.device)[:, None]).flatten()
+
+
+# ---------------------------------------------------------------- the DDIM encoder and its distillation
+@torch.no_grad()
+def ddim_encode(predict, x, N):
+    """x (B, C, H, W) -> z_1: N DDIM steps forwards on t_i = i / N (no clipping: it must invert)."""
+    z_t = x
+    for i in range(N):
+        t = torch.full((x.shape[0],), i / N, device=x.device)  # (B,)
+        z_t = ddpm.ddim_step(z_t, predict(z_t, t), t, t + 1 / N)  # (B, C, H, W)
+    return z_t
+
+
+def encoder_target(teacher_predict, z_t, t, N):
+    """Teacher: two DDIM encoder steps t -> t' -> t'' = t + 1/N (no grad) -> eps_tilde.
+
+    One DDIM step t -> t'' with noise prediction eps_hat (x_hat = (z_t - sigma_t eps_hat) / alpha_t)
+    lands on  z_t'' = (alpha_t'' / alpha_t) z_t + (sigma_t'' - alpha_t'' sigma_t / alpha_t) eps_hat,
+    so the eps_hat that lands exactly on the teacher's z_t'' is
+        eps_tilde = (z_t'' - (alpha_t'' / alpha_t) z_t) / (sigma_t'' - alpha_t'' sigma_t / alpha_t).
+    (Stage 2's x_tilde divides by sigma_t, which vanishes at the encoder's first step, t = 0;
+    this divides by alpha_t, which stays > 0 on the encoder's times t < 1.)
+    """
+    t1, t2 = t + 0.5 / N, t + 1.0 / N
+    z_t1 = ddpm.ddim_step(z_t, teacher_predict(z_t, t), t, t1)  # (B, C, H, W)
+    z_t2 = ddpm.ddim_step(z_t1, teacher_predict(z_t1, t1), t1, t2)
+    alpha_t, sigma_t = ddpm.alpha_sigma_at(t, z_t)
+    alpha_2, sigma_2 = ddpm.alpha_sigma_at(t2, z_t)
+    return (z_t2 - (alpha_2 / alpha_t) * z_t) / (sigma_2 - alpha_2 * sigma_t / alpha_t)  # (B, C, H, W)
+
+
+def encoder_loss(student, teacher, x, y, i, N, eps):
+    """||eps_hat_student(z_t) - eps_tilde||^2 at t = i / N, z_t ~ q(z_t | x); i (B,) long in [0, N)."""
+    t = i.to(x.dtype) / N  # (B,) the encoder's grid: steps start at i / N
+    z_t = ddpm.q_sample(x, t, eps)  # (B, C, H, W)
+    with torch.no_grad():
+        eps_tilde = encoder_target(stage1.student_predictor(teacher, y, None), z_t, t, N)
+    eps_hat = ddpm.eps_from_v(z_t, student(z_t, t, y), t)
+    return (eps_hat - eps_tilde).pow(2).mean()
+
+
+def train_encoder(cfg, out, device, steps, start_steps=None, seed=0, resume=True, data_dir="data", progress=True):
+    """Rounds start_steps/2 -> ... -> steps into out/encoder_N{N}.pt; the teacher's DDIM encoder
+    at start_steps is the first teacher (the teacher is trained first if missing)."""
+    start_steps = start_steps or cfg["stage2_start_N"]
+    ckpt = {**guidance.train(cfg, out, device, seed, True, data_dir, progress), "N": start_steps}
+    N = start_steps // 2
+    while N >= steps:
+        # Round: the previous encoder is the 2N-step teacher and this student's initialization.
+        teacher = stage1.load_model(ckpt, device)
+        student = stage1.load_model(ckpt, device).train().requires_grad_(True)
+
+        def loss_fn(x, y, w, gen, N=N, teacher=teacher, student=student):  # w: unused, encoders are unguided
+            i = torch.randint(N, (x.shape[0],), generator=gen, device=device)  # (B,)
+            eps = torch.randn(x.shape, generator=gen, device=device)  # (B, C, H, W)
+            return encoder_loss(student, teacher, x, y, i, N, eps)
+
+        ckpt = stage1.distill(f"encoder_N{N}", N, cfg, out, device, student, loss_fn, stage2.round_iters(cfg, N),
+                              cfg["stage2_lr"], seed, resume, data_dir, progress, grid=False)
+        N //= 2
+    return ckpt
+
+
+# ---------------------------------------------------------------- inputs: images, classes, masks
+def load_inputs(args, cfg):
+    """--image FILE or --index K,K,... of the test split -> x (B, C, H, W) in [-1, 1], y (B,) or None."""
+    info, r = DATASETS[cfg["dataset"]], cfg["resolution"]
+    if args.image:
+        from PIL import Image
+
+        if not Path(args.image).is_file():
+            raise UserError(f"--image {args.image}: no such file")
+        try:
+            img = Image.open(args.image).convert("L" if info["channels"] == 1 else "RGB")
+        except OSError as e:
+            raise UserError(f"--image {args.image}: not an image ({e})") from None
+        x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+        x = x.reshape(img.height, img.width, info["channels"]).permute(2, 0, 1)[None].float()  # (1, C, h, w)
+        x = F.interpolate(x, size=(r, r), mode="bilinear", antialias=True, align_corners=False)
+        return x / 127.5 - 1, None
+    images, labels = load_dataset(cfg["dataset"], r, args.data_dir, train=False)
+    if args.index:
+        try:
+            idx = [int(k) for k in args.index.split(",")]
+        except ValueError:
+            raise UserError(f"--index {args.index!r}: expected numbers separated by commas") from None
+        if not all(0 <= k < len(images) for k in idx):
+            raise UserError(f"--index {args.index}: the test split has images 0 .. {len(images) - 1}")
+    else:  # the first test image of each class
+        idx = [int((labels == c).nonzero()[0]) for c in range(min(info["n_classes"], 10))]
+    return to_float(images[idx]), labels[idx]
+
+
+def make_mask(kind, shape, seed=0):
+    """box | left | random | FILE.png (white = fill) -> known (1, 1, H, W), 1 = keep the pixel."""
+    H, W = shape[-2:]
+    known = torch.ones(1, 1, H, W)
+    if kind == "box":
+        known[..., H // 4:H - H // 4, W // 4:W - W // 4] = 0
+    elif kind == "left":
+        known[..., :, :W // 2] = 0
+    elif kind == "random":  # half of the pixels, fixed by --seed
+        known = (torch.rand(1, 1, H, W, generator=torch.Generator().manual_seed(seed)) < 0.5).float()
+    else:
+        from PIL import Image
+
+        if not Path(kind).is_file():
+            raise UserError(f"--mask {kind}: not box, left, random or an existing image file")
+        m = Image.open(kind).convert("L")
+        if m.size != (W, H):
+            raise UserError(f"--mask {kind} is {m.width}x{m.height}; the model works at {W}x{H}: give a "
+                            f"{W}x{H} mask (white = fill)")
+        known = (torch.frombuffer(bytearray(m.tobytes()), dtype=torch.uint8).reshape(1, 1, H, W) < 128).float()
+    return known
+
+
+# ---------------------------------------------------------------- command line
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, what in (("sdedit", "edit toward --to-class"), ("inpaint", "fill a masked region"),
+                       ("encode", "DDIM-encode, then decode with --to-class")):
+        p = commands.add_parser(name, help=what, description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--ckpt", required=True,
+                       help="teacher.pt, stage1.pt, stage2_N*.pt (encode: teacher.pt or encoder_N*.pt)")
+        p.add_argument("--image", help="an image file (resized to the model's resolution)")
+        p.add_argument("--index", help="test-split images K,K,... (default: the first of each class)")
+        p.add_argument("--class", dest="cls", type=int, help="the input's class (default: its test label)")
+        p.add_argument("--to-class", type=int, help="the class to edit toward / fill / decode with (default: --class)")
+        p.add_argument("--w", type=float, default=1.0, help="guidance weight (0 = unguided)")
+        p.add_argument("--steps", type=int, help="sampler steps (default: the checkpoint's N; sdedit: t0 x N)")
+        p.add_argument("--sampler", default="ddim", choices=["ddim", "ancestral", "stochastic"])
+        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+        p.add_argument("--seed", type=int, default=0, help="noise seeds (image k uses seed k)")
+        p.add_argument("--data-dir", default="data")
+        p.add_argument("--out-file", help="grid .png (default: next to the checkpoint)")
+        if name == "sdedit":
+            p.add_argument("--t0", type=float, default=0.5, help="noise level to start from, in (0, 1]")
+        if name == "inpaint":
+            p.add_argument("--mask", default="box", help="box | left | random | FILE.png (white = fill)")
+            p.add_argument("--particles", type=int, default=1,
+                           help="SMC copies per image (K calls per step; > 1 needs --sampler stochastic or "
+                                "ancestral): exact as K grows; 1 = plain replacement")
+        if name == "encode":
+            p.add_argument("--decoder", help="checkpoint that decodes z_1 (default: teacher.pt beside --ckpt)")
+            p.add_argument("--dec-steps", type=int, help="decoder steps (default: the decoder's N)")
+    p = commands.add_parser("train-encoder", help="progressive distillation of the DDIM encoder")
+    add_common_args(p)
+    p.add_argument("--steps", type=int, default=4, help="the final encoder's steps (power of 2)")
+    p.add_argument("--start-steps", type=int, help="the teacher encoder's steps (default: stage2_start_N)")
+    add_training_args(p, "the unfinished round")
+    args = parser.parse_args(argv)
+
+    if args.command == "train-encoder":
+        cfg, out, device = setup(args)
+        start = args.start_steps or cfg["stage2_start_N"]
+        stage2.check_steps(args.steps, start)
+        print(f"encoder distillation: preset {cfg['preset']}, {start} -> {args.steps} steps, run folder {out}")
+        train_encoder(cfg, out, device, args.steps, start, args.seed, args.resume, args.data_dir)
+        print(f"wrote {out / f'encoder_N{args.steps}.pt'}")
+        return
+    edit(args)
+
+
+def edit(args):
+    """sdedit | inpaint | encode on the chosen images: a grid (one column per image) and a summary line."""
+    device = pick_device(args.device)
+    ckpt = load_checkpoint(args.ckpt)
+    stage, cfg = str(ckpt["stage"]), ckpt["config"]
+    x, y = load_inputs(args, cfg)
+    x = x.to(device)
+    if args.cls is not None:
+        y = torch.full((len(x),), args.cls)
+    if y is None:
+        raise UserError("--image has no label: give its class with --class")
+    to = y if args.to_class is None else torch.full_like(y, args.to_class)
+    n_classes = DATASETS[cfg["dataset"]]["n_classes"]
+    if not ((0 <= y) & (y < n_classes)).all() or not ((0 <= to) & (to < n_classes)).all():
+        raise UserError(f"--class / --to-class must be in 0 .. {n_classes - 1}")
+    y, to, w = y.to(device), to.to(device), torch.full((len(x),), args.w, device=device)
+    wanted = ("teacher", "encoder") if args.command == "encode" else tuple(SAMPLERS)
+    if stage not in wanted:
+        raise UserError(f"{args.ckpt} holds stage {stage!r}; {args.command} needs one of {', '.join(wanted)}")
+    if args.command != "encode" and args.sampler not in SAMPLERS[stage]:
+        raise UserError(f"--sampler {args.sampler} does not apply to a {stage} checkpoint; "
+                        f"use {', '.join(SAMPLERS[stage])}")
+    model = stage1.load_model(ckpt, device)
+    z_1, noise = image_noise(args.seed * 1_000_003 + torch.arange(len(x)), x.shape[1:], device)  # (B, C, H, W)
+    rows, t_begin = [x], time.perf_counter()
+
+    if args.command == "sdedit":
+        if not 0 < args.t0 <= 1:
+            raise UserError(f"--t0 {args.t0}: must be in (0, 1] (0 = keep the input, 1 = pure noise)")
+        steps = args.steps or max(1, round(args.t0 * ckpt["N"]))
+        if stage == "stage2" and abs(args.t0 * ckpt["N"] / steps - round(args.t0 * ckpt["N"] / steps)) > 1e-6:
+            print(f"warning: t0 = {args.t0} with {steps} steps leaves the {ckpt['N']}-step student's grid "
+                  f"(times k / {ckpt['N']}); use --t0 k/{ckpt['N']} --steps k")
+        rows.append(sdedit(predictor(ckpt, model, to, w), x, args.t0, steps, z_1, args.sampler, noise))
+        calls, faithful = steps, ("MSE to the input", (rows[-1] - x).pow(2).mean())
+    elif args.command == "inpaint":
+        known = make_mask(args.mask, x.shape, args.seed).to(device)  # (1, 1, H, W)
+        steps = args.steps or ckpt["N"]
+        if args.particles < 1 or (args.particles > 1 and args.sampler == "ddim"):
+            raise UserError(f"--particles {args.particles}: use 1, or > 1 with --sampler stochastic "
+                            "(students) or ancestral (teacher)")
+        K = args.particles
+        predict = predictor(ckpt, model, to.repeat_interleave(K), w.repeat_interleave(K))
+        rows += [known * x + (1 - known) * -1.0, inpaint(predict, x, known, steps, noise, args.sampler, K)]
+        calls = steps * K
+        faithful = ("max |change| of the known pixels", (known * (rows[-1] - x)).abs().max())
+    else:  # encode: x -> z_1 with the encoder, decode with --to-class at w (timed), and with the own class at w = 0
+        enc_steps = args.steps or ckpt["N"]
+        dec_ckpt = load_checkpoint(args.decoder or Path(args.ckpt).with_name("teacher.pt"))
+        dec_model, dec_steps = stage1.load_model(dec_ckpt, device), args.dec_steps or dec_ckpt["N"]
+        z_enc = ddim_encode(stage1.student_predictor(model, y, None), x, enc_steps)  # (B, C, H, W)
+        transfer = ddpm.sample_ddim(predictor(dec_ckpt, dec_model, to, w), z_enc, dec_steps)
+        ms_transfer = 1000 * (time.perf_counter() - t_begin) / len(x)
+        rows += [ddpm.sample_ddim(predictor(dec_ckpt, dec_model, y, torch.zeros_like(w)), z_enc, dec_steps), transfer]
+        calls = enc_steps + dec_steps * (2 if dec_ckpt["stage"] == "teacher" else 1)
+        faithful = ("reconstruction MSE", (rows[1] - x).pow(2).mean())
+    ms = ms_transfer if args.command == "encode" else 1000 * (time.perf_counter() - t_begin) / len(x)
+    if args.command != "encode":
+        calls *= 2 if stage == "teacher" else 1
+    out = Path(args.out_file or Path(args.ckpt).with_name(f"{args.command}_{Path(args.ckpt).stem}.png"))
+    guidance.save_images(torch.cat(rows).cpu(), out, len(x))
+    print(f"{args.command} with {Path(args.ckpt).name}: {calls} network calls per image, {ms:.1f} ms per image, "
+          f"{faithful[0]} {float(faithful[1]):.4f}")
+    print(f"wrote {out} (rows: {', '.join(ROWS[args.command])}; one column per image)")
+
+
+ROWS = {"sdedit": ["input", "edit"], "inpaint": ["input", "masked input", "inpainted"],
+        "encode": ["input", "reconstruction (own class, w = 0)", "transfer (--to-class, --w)"]}
+
+
+if __name__ == "__main__":
+    run_cli(main)
