@@ -93,7 +93,8 @@ def inpaint(predict, x, known, steps, noise, sampler="ddim", particles=1):
                 # copies of an image when its effective number of copies drops below K / 2.
                 log_w += (-0.5 * known * (path[i - 1] - mean) ** 2 / var).flatten(1).sum(1).view(B, K)
                 low = 1 / torch.softmax(log_w, 1).pow(2).sum(1) < K / 2  # (B,)
-                idx = torch.where(low.repeat_interleave(K), _resample(log_w, noise(i)), torch.arange(B * K, device=x.device))
+                keep = torch.arange(B * K, device=x.device)  # (B*K,)
+                idx = torch.where(low.repeat_interleave(K), _resample(log_w, noise(i)), keep)
                 mean, log_w = mean[idx], torch.where(low[:, None], 0.0, log_w)  # var: the same for every copy
             z_t = mean + var.sqrt() * draw(i)
     # One copy per image, drawn by its weight.
