@@ -219,7 +219,10 @@ def make_mask(kind, shape, seed=0):
 
         if not Path(kind).is_file():
             raise UserError(f"--mask {kind}: not box, left, random or an existing image file")
-        m = Image.open(kind).convert("L")
+        try:
+            m = Image.open(kind).convert("L")
+        except OSError as e:
+            raise UserError(f"--mask {kind}: not an image ({e})") from None
         if m.size != (W, H):
             raise UserError(f"--mask {kind} is {m.width}x{m.height}; the model works at {W}x{H}: give a "
                             f"{W}x{H} mask (white = fill)")

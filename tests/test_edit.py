@@ -187,15 +187,17 @@ def test_train_encoder_and_the_edit_commands_on_the_smoke_run(smoke_encoders, tm
         assert f.is_file()
 
 
-@pytest.mark.parametrize("case", ["missing image", "mask size", "t0 zero", "t0 above 1"])
+@pytest.mark.parametrize("case", ["missing image", "mask size", "mask not an image", "t0 zero", "t0 above 1"])
 def test_bad_edit_input_is_a_one_line_error(case, smoke_run, tmp_path):
     ckpt = str(smoke_run[0] / "stage2_N4.pt")
     Image.fromarray(np.zeros((10, 12), np.uint8)).save(tmp_path / "mask.png")
     args = {"missing image": ["sdedit", "--ckpt", ckpt, "--image", str(tmp_path / "nope.png"), "--class", "1"],
             "mask size": ["inpaint", "--ckpt", ckpt, "--mask", str(tmp_path / "mask.png")],
+            "mask not an image": ["inpaint", "--ckpt", ckpt, "--mask", __file__],
             "t0 zero": ["sdedit", "--ckpt", ckpt, "--t0", "0"],
             "t0 above 1": ["sdedit", "--ckpt", ckpt, "--t0", "1.5"]}[case]
-    message = {"missing image": "no such file", "mask size": "12x10", "t0 zero": "(0, 1]", "t0 above 1": "(0, 1]"}
+    message = {"missing image": "no such file", "mask size": "12x10", "mask not an image": "not an image",
+                "t0 zero": "(0, 1]", "t0 above 1": "(0, 1]"}
     r = subprocess.run([sys.executable, "edit.py", *args, "--out-file", str(tmp_path / "g.png")], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and message[case] in r.stderr, r.stderr
