@@ -197,7 +197,7 @@ def test_bad_edit_input_is_a_one_line_error(case, smoke_run, tmp_path):
             "t0 zero": ["sdedit", "--ckpt", ckpt, "--t0", "0"],
             "t0 above 1": ["sdedit", "--ckpt", ckpt, "--t0", "1.5"]}[case]
     message = {"missing image": "no such file", "mask size": "12x10", "mask not an image": "not an image",
-                "t0 zero": "(0, 1]", "t0 above 1": "(0, 1]"}
+               "t0 zero": "(0, 1]", "t0 above 1": "(0, 1]"}
     r = subprocess.run([sys.executable, "edit.py", *args, "--out-file", str(tmp_path / "g.png")], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and message[case] in r.stderr, r.stderr
