@@ -59,6 +59,14 @@ _BASE = dict(
     stage2_lr=5e-5,               # [SH] cifar_distill (imagenet64_distill: 1e-4)
     distill_ckpt_every=5000,      # checkpoint + grid every K steps inside stage 1 and each round
     distill_ema_decay=0.0,        # students: no EMA [SH] (their 'ema' is then a copy of the weights)
+    # latent space (autoencoder.py): a KL autoencoder, latents rescaled to unit variance [LDM]
+    ae_ch=32,                     # width
+    ae_levels=1,                  # stride-2 downsamplings: latents are resolution / 2^levels
+    ae_z_channels=2,              # latent channels
+    ae_kl_weight=1e-6,            # KL weight of LDM's KL autoencoders
+    ae_lr=1e-3,
+    ae_iters=2000,
+    ae_ema_decay=0.999,
     # evaluation (evaluate.py): the FID / IS protocol, written next to every number
     eval_features="effnet",       # effnet (EfficientNet-Lite0, offline) | inception (pytorch-fid)
     eval_feature_size=224,        # images are resized to this for the feature network
@@ -77,7 +85,7 @@ PRESETS = {
     "smoke": dict(resolution=8, ch=16, ch_mult=(1, 2), dropout=0.0, batch_size=64, lr=1e-3,
                   warmup=20, ema_decay=0.99, teacher_iters=150, ckpt_every=75, grid_steps=16,
                   stage1_iters=60, stage1_lr=1e-3, stage2_iters=20, stage2_iters_small=30,
-                  stage2_lr=5e-4, distill_ckpt_every=10, eval_n=20, eval_feature_size=64,
+                  stage2_lr=5e-4, distill_ckpt_every=10, ae_ch=16, ae_iters=150, eval_n=20, eval_feature_size=64,
                   eval_ref_n=200, eval_w=(0.0, 1.0), eval_all_w_max_N=8, eval_long_w=(),
                   eval_teacher_w=(1.0,)),
     # The default: Fashion-MNIST 16x16, 0.63M parameters (~280 img/s teacher training on 2 cores),
