@@ -19,7 +19,7 @@ per step, 1-4 steps). w = 0 is unguided; diffusers' guidance_scale = 1 + w.
     python edit.py sdedit --ckpt runs/cpu/stage2_N4.pt --to-class 7 --t0 0.5 --steps 2 --w 2
     python edit.py inpaint --ckpt runs/cpu/stage2_N4.pt --mask left --sampler stochastic --particles 8
     python edit.py train-encoder --steps 4 && python edit.py encode --ckpt runs/cpu/encoder_N4.pt \\
-        --decoder runs/cpu/stage2_N4.pt --to-class 5 --w 1          # cpu preset, ~10 min to train
+        --decoder runs/cpu/stage2_N4.pt --to-class 5 --w 1          # cpu preset, ~12 min to train
 """
 import argparse
 import time
