@@ -234,6 +234,13 @@ def data_row(cfg, data_dir, seed):
     return to_float(images[idx])
 
 
+def eval_config(ckpt, preset=None, overrides=()):
+    """The protocol (eval_* keys) from a preset (default: the checkpoint's) and --set overrides;
+    the data and the model from the checkpoint's own config."""
+    cfg = get_config(preset or ckpt["config"]["preset"], overrides)
+    return cfg | {k: v for k, v in ckpt["config"].items() if not k.startswith("eval_")}
+
+
 def save_json(obj, path):
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
@@ -305,9 +312,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     device = pick_device(args.device)
     ckpt = load_checkpoint(Path(args.run) / "teacher.pt" if args.run else args.ckpt)
-    # The protocol (eval_*) from the preset and --set; the data and model from the checkpoint.
-    cfg = get_config(args.preset or ckpt["config"]["preset"], args.set)
-    cfg |= {k: v for k, v in ckpt["config"].items() if not k.startswith("eval_")}
+    cfg = eval_config(ckpt, args.preset, args.set)
     if args.n:
         cfg["eval_n"] = args.n
     if cfg["eval_n"] < 2:

@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ddpm  # noqa: E402
 import edit  # noqa: E402
 import stage1  # noqa: E402
-from config import get_config, load_checkpoint, pick_device  # noqa: E402
+from config import load_checkpoint, pick_device  # noqa: E402
 from data import load_dataset, to_float  # noqa: E402
-from evaluate import feature_net, reference_stats, score  # noqa: E402
+from evaluate import eval_config, feature_net, reference_stats, score  # noqa: E402
 from guidance import save_images  # noqa: E402
 from sample import image_noise, predictor  # noqa: E402
 
@@ -42,8 +42,7 @@ def main():
     run, device = Path(args.run), pick_device(args.device)
     load = lambda f: (lambda c: (c, stage1.load_model(c, device)))(load_checkpoint(run / f))  # noqa: E731
     teacher, student, encoder = load("teacher.pt"), load("stage2_N4.pt"), load("encoder_N4.pt")
-    cfg = get_config(teacher[0]["config"]["preset"]) | {k: v for k, v in teacher[0]["config"].items()
-                                                        if not k.startswith("eval_")}
+    cfg = eval_config(teacher[0])
     cfg["eval_n"] = args.n
     extract = feature_net(cfg["eval_features"], cfg["eval_feature_size"], device)
     ref = reference_stats(cfg, extract, "data/fid_stats", "data")

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from config import get_config, load_checkpoint, pick_device  # noqa: E402
-from evaluate import data_row, feature_net, reference_stats, run_row, score  # noqa: E402
+from config import load_checkpoint, pick_device  # noqa: E402
+from evaluate import data_row, eval_config, feature_net, reference_stats, run_row, score  # noqa: E402
 
 
 def main():
@@ -30,7 +30,7 @@ def main():
     args = parser.parse_args()
     run, device = Path(args.run), pick_device(args.device)
     ckpt = load_checkpoint(run / "teacher.pt", "teacher")
-    cfg = get_config(ckpt["config"]["preset"]) | {k: v for k, v in ckpt["config"].items() if not k.startswith("eval_")}
+    cfg = eval_config(ckpt)
     cfg["eval_n"] = args.n
     extract = feature_net(cfg["eval_features"], cfg["eval_feature_size"], device)
     ref = reference_stats(cfg, extract, "data/fid_stats", "data")
