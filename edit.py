@@ -156,22 +156,13 @@ def train_encoder(cfg, out, device, steps, start_steps=None, seed=0, resume=True
     """Rounds start_steps/2 -> ... -> steps into out/encoder_N{N}.pt; the teacher's DDIM encoder
     at start_steps is the first teacher (the teacher is trained first if missing)."""
     start_steps = start_steps or cfg["stage2_start_N"]
-    ckpt = {**guidance.train(cfg, out, device, seed, True, data_dir, progress), "N": start_steps}
-    N = start_steps // 2
-    while N >= steps:
-        # Round: the previous encoder is the 2N-step teacher and this student's initialization.
-        teacher = stage1.load_model(ckpt, device)
-        student = stage1.load_model(ckpt, device).train().requires_grad_(True)
+    ckpt = guidance.train(cfg, out, device, seed, True, data_dir, progress)
 
-        def loss_fn(x, y, w, gen, N=N, teacher=teacher, student=student):  # w: unused, encoders are unguided
-            i = torch.randint(N, (x.shape[0],), generator=gen, device=device)  # (B,)
-            eps = torch.randn(x.shape, generator=gen, device=device)  # (B, C, H, W)
-            return encoder_loss(student, teacher, x, y, i, N, eps)
+    def round_loss(student, teacher, x, y, w, i, N, eps):  # w: unused, encoders are unguided
+        return encoder_loss(student, teacher, x, y, i, N, eps)
 
-        ckpt = stage1.distill(f"encoder_N{N}", N, cfg, out, device, student, loss_fn, stage2.round_iters(cfg, N),
-                              cfg["stage2_lr"], seed, resume, data_dir, progress, grid=False)
-        N //= 2
-    return ckpt
+    return stage2.halve(ckpt, "encoder", round_loss, cfg, out, device, start_steps, steps, seed, resume, data_dir,
+                        progress, grid=False)
 
 
 # ---------------------------------------------------------------- inputs: images, classes, masks

@@ -63,27 +63,40 @@ def round_iters(cfg, N):
     return cfg["stage2_iters_small"] if N <= 8 else cfg["stage2_iters"]
 
 
-def train(cfg, out, device, steps, start_steps=None, seed=0, resume=True, data_dir="data", progress=True):
-    """Every round from start_steps/2 down to `steps`; returns the last student's checkpoint."""
-    start_steps = start_steps or cfg["stage2_start_N"]
-    ckpt = stage1.train(cfg, out, device, seed, True, data_dir, progress)  # builds the teacher too
-    if ckpt["N"] < start_steps:
-        raise UserError(f"stage1.pt samples with N = {ckpt['N']} steps; --start-steps must be <= that")
+def halve(ckpt, prefix, round_loss, cfg, out, device, start_steps, steps, seed, resume, data_dir, progress,
+          grid=True):
+    """Progressive halving from the 2N-step model in `ckpt` (N = start_steps / 2) down to `steps`:
+    each round's student starts as a copy of its teacher, the previous round's model, and trains
+    on round_loss(student, teacher, x, y, w, i, N, eps) with i ~ {0..N-1}, into
+    out/{prefix}_N{N}.pt. Returns the last checkpoint. (edit.py halves the DDIM encoder with it.)"""
     N = start_steps // 2
     while N >= steps:
-        # Round: the previous student is the 2N-step teacher and this student's initialization.
+        # Round: the previous model is the 2N-step teacher and this student's initialization.
         teacher = stage1.load_model(ckpt, device)
         student = stage1.load_model(ckpt, device).train().requires_grad_(True)
 
         def loss_fn(x, y, w, gen, N=N, teacher=teacher, student=student):
             i = torch.randint(N, (x.shape[0],), generator=gen, device=device)  # (B,)
             eps = torch.randn(x.shape, generator=gen, device=device)  # (B, C, H, W)
-            return stage2_loss(student, teacher, x, y, w, i, N, eps, cfg["loss_weight"])
+            return round_loss(student, teacher, x, y, w, i, N, eps)
 
-        ckpt = stage1.distill(f"stage2_N{N}", N, cfg, out, device, student, loss_fn, round_iters(cfg, N),
-                              cfg["stage2_lr"], seed, resume, data_dir, progress)
+        ckpt = stage1.distill(f"{prefix}_N{N}", N, cfg, out, device, student, loss_fn, round_iters(cfg, N),
+                              cfg["stage2_lr"], seed, resume, data_dir, progress, grid)
         N //= 2
     return ckpt
+
+
+def train(cfg, out, device, steps, start_steps=None, seed=0, resume=True, data_dir="data", progress=True):
+    """Every round from start_steps/2 down to `steps`; returns the last student's checkpoint."""
+    start_steps = start_steps or cfg["stage2_start_N"]
+    ckpt = stage1.train(cfg, out, device, seed, True, data_dir, progress)  # builds the teacher too
+    if ckpt["N"] < start_steps:
+        raise UserError(f"stage1.pt samples with N = {ckpt['N']} steps; --start-steps must be <= that")
+
+    def round_loss(student, teacher, x, y, w, i, N, eps):
+        return stage2_loss(student, teacher, x, y, w, i, N, eps, cfg["loss_weight"])
+
+    return halve(ckpt, "stage2", round_loss, cfg, out, device, start_steps, steps, seed, resume, data_dir, progress)
 
 
 def check_steps(steps, start_steps):
