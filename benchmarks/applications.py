@@ -13,6 +13,7 @@ centred box with the image's own class.
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -71,7 +72,7 @@ def main():
         return ddpm.sample_ddim(predictor(*dec, cls, ww), z_1, dec_steps)
 
     zero = torch.zeros_like(w)
-    rows = [  # application, model, calls, run(), faithfulness name, faithfulness(out)
+    rows = [  # application, model, calls, run(), faithfulness name (or, for transfers, the reconstruction run)
         ("SDEdit", f"student, {k} steps", k, lambda: sdedit(student, k), "MSE to input"),
         ("SDEdit", f"teacher DDIM, {k} steps", 2 * k, lambda: sdedit(teacher, k), "MSE to input"),
         ("SDEdit", f"teacher DDIM, {T // 2} steps", T, lambda: sdedit(teacher, T // 2), "MSE to input"),
@@ -80,16 +81,12 @@ def main():
          "MSE to input in the hole"),
         ("inpainting", "teacher DDIM, 4 steps", 8, lambda: inpaint(teacher, 4), "MSE to input in the hole"),
         ("inpainting", f"teacher DDIM, {T} steps", 2 * T, lambda: inpaint(teacher, T), "MSE to input in the hole"),
-        ("class transfer", "encoder 4 + student 4 steps", 8, lambda: transfer(encoder, 4, student, 4, to, w), None),
-        ("class transfer", "teacher DDIM: encode 4 + decode 4", 12,
-         lambda: transfer(teacher, 4, teacher, 4, to, w), None),
-        ("class transfer", f"teacher DDIM: encode {T} + decode {T}", 3 * T,
-         lambda: transfer(teacher, T, teacher, T, to, w), None),
     ]
-    recon = {  # the transfer rows' faithfulness: decode with the own class at w = 0
-        "encoder 4 + student 4 steps": lambda: transfer(encoder, 4, student, 4, y, zero),
-        "teacher DDIM: encode 4 + decode 4": lambda: transfer(teacher, 4, teacher, 4, y, zero),
-        f"teacher DDIM: encode {T} + decode {T}": lambda: transfer(teacher, T, teacher, T, y, zero)}
+    # Class transfer: decode with class `to` at w; its faithfulness decodes the same way with the own class, w = 0.
+    for name, calls, a in [("encoder 4 + student 4 steps", 8, (encoder, 4, student, 4)),
+                           ("teacher DDIM: encode 4 + decode 4", 12, (teacher, 4, teacher, 4)),
+                           (f"teacher DDIM: encode {T} + decode {T}", 3 * T, (teacher, T, teacher, T))]:
+        rows.append(("class transfer", name, calls, partial(transfer, *a, to, w), partial(transfer, *a, y, zero)))
     hole = (1 - known).expand_as(x)
 
     sdedit(student, 1)  # warm-up
@@ -106,8 +103,8 @@ def main():
         t0 = time.perf_counter()
         out = fn()  # (n, C, H, W)
         ms = 1000 * (time.perf_counter() - t0) / args.n
-        if faith is None:
-            faith, f = "reconstruction MSE", float((recon[name]() - x).pow(2).mean())
+        if callable(faith):
+            faith, f = "reconstruction MSE", float((faith() - x).pow(2).mean())
         elif "hole" in faith:
             f = float(((out - x) * hole).pow(2).sum() / hole.sum())
             assert torch.equal(out * known, x * known)
