@@ -32,6 +32,15 @@ SAMPLERS = {"teacher": ("ddim", "ancestral"), "stage1": ("ddim", "ancestral"),
             "stage2": ("ddim", "stochastic")}
 
 
+def sampling_stage(ckpt, path):
+    """The checkpoint's stage if it can be sampled (teacher, stage1, stage2), else a one-line error."""
+    stage = str(ckpt["stage"])
+    if stage not in SAMPLERS:
+        raise UserError(f"{path} holds stage {stage!r}; sampling needs teacher.pt, stage1.pt or stage2_N*.pt "
+                        "(an encoder decodes with: python edit.py encode)")
+    return stage
+
+
 def image_noise(seeds, shape, device):
     """Per-image generators -> (z_1 (n, C, H, W), noise(i) for the later steps)."""
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
@@ -79,7 +88,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     device = pick_device(args.device)
     ckpt = load_checkpoint(args.ckpt)
-    stage = str(ckpt["stage"])
+    stage = sampling_stage(ckpt, args.ckpt)
     steps = args.steps or ckpt["N"]
     try:
         ws = [float(v) for v in args.w.split(",")]

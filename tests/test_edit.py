@@ -202,3 +202,11 @@ def test_bad_edit_input_is_a_one_line_error(case, smoke_run, tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and message[case] in r.stderr, r.stderr
     assert not (tmp_path / "g.png").exists()
+
+
+@pytest.mark.parametrize("script", ["sample.py", "evaluate.py"])
+def test_an_encoder_checkpoint_is_not_sampled(script, smoke_encoders):
+    r = subprocess.run([sys.executable, script, "--ckpt", str(smoke_encoders / "encoder_N4.pt")], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "holds stage 'encoder'" in r.stderr, r.stderr
+    assert not list(smoke_encoders.glob("samples_encoder*"))
