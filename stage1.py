@@ -65,7 +65,7 @@ def stage1_loss(student, teacher, x, y, w, t, eps, weighting):
 
 def distill(name, N, cfg, out, device, student, loss_fn, iters, lr, seed, resume, data_dir, progress,
             grid=True):
-    """The training loop both distillation stages share: Adam with the learning rate decaying
+    """The training loop of stage 1, every stage-2 round and every encoder round (edit.py): Adam, lr decaying
     linearly to 0, an EMA of decay distill_ema_decay (0 [SH]: the checkpoint's 'ema' is the weights;
     the next stage starts from the 'ema'), a checkpoint + metrics line + sample grid every
     distill_ckpt_every steps (grid=False: no grid, e.g. for an encoder), resumable inside a round.
