@@ -13,20 +13,28 @@ images (Stable Diffusion's 0.18215 is the same thing), stored in the checkpoint.
 
 A 16 x 16 grey image (256 numbers) becomes a 2 x 8 x 8 latent (128 numbers) in the cpu preset.
 
-    python autoencoder.py                       # cpu preset, ~4 min here -> runs/cpu/autoencoder.pt
+The latent pipeline: `--latent AE_CKPT` makes guidance.py, stage1.py and stage2.py train on
+u_scaled (the posterior means, encoded once and cached next to AE_CKPT: cached_latents); their
+checkpoints carry the autoencoder (config.with_latent), so sample.py and evaluate.py decode
+every sample back to pixels (to_images) with no flag. The diffusion math does not change;
+only x_hat is no longer clipped to [-1, 1], since latents have no such box.
+
+    python autoencoder.py                       # cpu preset, ~6 min here -> runs/cpu/autoencoder.pt
     python autoencoder.py --preset smoke
+    python stage2.py --steps 4 --latent runs/cpu/autoencoder.pt     # -> runs/cpu_latent/
 """
 import argparse
 import copy
+import hashlib
 import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import guidance
-from config import add_common_args, add_training_args, run_cli, save_checkpoint, setup, UserError
+from config import add_common_args, add_training_args, atomic_write, run_cli, save_checkpoint, setup, UserError
 from data import DATASETS, load_dataset, random_batch, to_float
 
 
@@ -95,8 +103,65 @@ def scale_factor(model, images, device, n=5000):
     return float(1.0 / torch.cat(means).std())
 
 
+# ---------------------------------------------------------------- the latent space of a run (--latent)
+_LATENTS, _DECODERS = {}, {}  # per process: the encoded dataset and the decoder, per autoencoder
+
+
+def _fingerprint(latent):
+    """A short hash of the autoencoder's weights: names its latent cache."""
+    h = hashlib.sha1()
+    for name, p in latent["weights"].items():
+        h.update(name.encode() + p.cpu().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def _load(cfg, device):
+    """The autoencoder that cfg['latent'] carries, in eval mode."""
+    model = from_config(cfg)
+    model.load_state_dict(cfg["latent"]["weights"])
+    return model.to(device).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def cached_latents(cfg, data_dir="data", train=True):
+    """The dataset as scaled latents u = scale_factor * mean(x) (N, c, h, w) float32, and the labels
+    (N,): encoded once, then read from a cache file next to the autoencoder's checkpoint (and kept
+    in memory). The posterior means, not draws: with the tiny KL weight its std is ~1e-3."""
+    fp, split = _fingerprint(cfg["latent"]), "train" if train else "test"
+    if (fp, split) in _LATENTS:
+        return _LATENTS[fp, split]
+    path = Path(cfg["latent"]["path"]).with_name(f"latents_{split}_{fp}.pt")
+    if path.is_file():
+        cache = torch.load(path, map_location="cpu", weights_only=True)
+        u, labels = cache["latents"], cache["labels"]
+    else:
+        images, labels = load_dataset(cfg["dataset"], cfg["resolution"], data_dir, train)
+        model, chunks = _load(cfg, "cpu"), []
+        for k in tqdm(range(0, len(images), 1000), desc=f"encoding the {split} split", leave=False):
+            chunks.append(model.encode(to_float(images[k:k + 1000]))[0])  # (1000, c, h, w) posterior means
+        u = cfg["latent"]["scale_factor"] * torch.cat(chunks)  # (N, c, h, w) ~ unit variance
+        atomic_write(path, lambda f: torch.save(dict(latents=u, labels=labels), f))
+    _LATENTS[fp, split] = u, labels
+    return u, labels
+
+
+@torch.no_grad()
+def to_images(x, cfg):
+    """What a diffusion model sampled -> images in [-1, 1]: pixels pass through; latents are
+    unscaled and decoded, u = u_scaled / scale_factor -> decoder(u), clamped to [-1, 1]."""
+    if not cfg.get("latent"):
+        return x
+    key = (_fingerprint(cfg["latent"]), str(x.device))
+    if key not in _DECODERS:
+        _DECODERS[key] = _load(cfg, x.device)
+    return _DECODERS[key].decode(x.float() / cfg["latent"]["scale_factor"]).clamp(-1, 1)  # (B, C, H, W)
+
+
+# ---------------------------------------------------------------- training
 def train(cfg, out, device, seed=0, resume=True, data_dir="data", progress=True):
     """Train out/autoencoder.pt (stage 'autoencoder'; 'scale_factor' set at the end) -> the checkpoint."""
+    import guidance  # its training helpers; imported here since guidance imports this file (to_images)
+
     ckpt_path = out / "autoencoder.pt"
     torch.manual_seed(seed)
     images, labels = load_dataset(cfg["dataset"], cfg["resolution"], data_dir)

@@ -67,6 +67,7 @@ _BASE = dict(
     ae_lr=1e-3,
     ae_iters=2000,
     ae_ema_decay=0.999,
+    latent=None,                  # set by --latent AE_CKPT (with_latent): the diffusion model works on its latents
     # evaluation (evaluate.py): the FID / IS protocol, written next to every number
     eval_features="effnet",       # effnet (EfficientNet-Lite0, offline) | inception (pytorch-fid)
     eval_feature_size=224,        # images are resized to this for the feature network
@@ -158,14 +159,44 @@ def add_training_args(parser, what):
                         help="where cifar10 / imagenet64 live (fashion: the Debian package first)")
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help=f"continue from {what} if it exists (default), or start over")
+    parser.add_argument("--latent", metavar="AE_CKPT",
+                        help="work on the latents of this autoencoder (python autoencoder.py writes "
+                             "runs/<preset>/autoencoder.pt); default: pixels. Use its own --out")
     return parser
 
 
 def setup(args):
-    """Parsed common args -> (cfg, run folder Path, torch.device)."""
+    """Parsed common args -> (cfg, run folder Path, torch.device). With --latent the config
+    carries the autoencoder (with_latent) and the run folder defaults to runs/<preset>_latent."""
     cfg = get_config(args.preset, args.set)
-    out = Path(args.out or Path("runs") / args.preset)
+    latent = getattr(args, "latent", None)
+    if latent:
+        cfg = with_latent(cfg, latent)
+    out = Path(args.out or Path("runs") / (args.preset + ("_latent" if latent else "")))
     return cfg, out, pick_device(args.device)
+
+
+def with_latent(cfg, ae_path):
+    """cfg for a latent-space run (Meng et al. Sec. 5.2): cfg['latent'] holds the autoencoder's
+    EMA weights, its ae_* config and scale_factor, so every checkpoint of the run can decode its
+    samples by itself. The data the diffusion model sees become (z_channels, size, size) latents,
+    encoded once and cached (autoencoder.cached_latents), so random flips are off."""
+    ae = load_checkpoint(ae_path, stage="autoencoder")
+    ae_cfg = ae["config"]
+    for key in ("dataset", "resolution"):
+        if ae_cfg[key] != cfg[key]:
+            raise UserError(f"--latent {ae_path} was trained on {key} {ae_cfg[key]!r}, this run uses "
+                            f"{cfg[key]!r}; train an autoencoder with the same preset")
+    keys = ("ae_ch", "ae_levels", "ae_z_channels")
+    return cfg | {k: ae_cfg[k] for k in keys} | dict(randflip=False, latent=dict(
+        path=str(ae_path), scale_factor=float(ae["scale_factor"]), channels=ae_cfg["ae_z_channels"],
+        size=ae_cfg["resolution"] >> ae_cfg["ae_levels"], step=ae["step"], weights=ae["ema"]))
+
+
+def space(cfg):
+    """What a config's diffusion model works on, in words: 'pixels' or 'latents of AE (C x H x W)'."""
+    lat = cfg.get("latent")
+    return "pixels" if not lat else f"latents of {lat['path']} ({lat['channels']} x {lat['size']}^2)"
 
 
 def pick_device(name="auto"):

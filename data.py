@@ -118,6 +118,23 @@ def load_dataset(name, resolution, data_dir="data", train=True):
     return x, torch.from_numpy(np.asarray(labels, np.int64))
 
 
+def training_set(cfg, data_dir="data", train=True):
+    """What the diffusion model learns from: the images (N, C, H, W) uint8, or with --latent
+    (cfg['latent']) the autoencoder's scaled latents (N, c, h, w) float32, and the labels (N,)."""
+    if cfg.get("latent"):
+        import autoencoder  # here, not at the top: autoencoder.py imports this file
+
+        return autoencoder.cached_latents(cfg, data_dir, train)
+    return load_dataset(cfg["dataset"], cfg["resolution"], data_dir, train)
+
+
+def data_shape(cfg):
+    """(C, H, W) of what the diffusion model denoises: an image, or a latent with --latent."""
+    if cfg.get("latent"):
+        return cfg["latent"]["channels"], cfg["latent"]["size"], cfg["latent"]["size"]
+    return DATASETS[cfg["dataset"]]["channels"], cfg["resolution"], cfg["resolution"]
+
+
 def to_float(x_uint8):
     """uint8 [0, 255] -> float [-1, 1]."""
     return x_uint8.float() / 127.5 - 1.0
@@ -129,9 +146,10 @@ def to_uint8(x):
 
 
 def random_batch(images, labels, batch_size, generator, randflip=False, device="cpu"):
-    """A random batch: x (B, C, H, W) in [-1, 1] and y (B,), drawn with `generator`."""
+    """A random batch: x (B, C, H, W) in [-1, 1] (uint8 images) or as stored (float latents)
+    and y (B,), drawn with `generator`."""
     idx = torch.randint(len(images), (batch_size,), generator=generator)  # (B,)
-    x = to_float(images[idx])  # (B, C, H, W)
+    x = to_float(images[idx]) if images.dtype == torch.uint8 else images[idx]  # (B, C, H, W)
     if randflip:
         flip = torch.rand(batch_size, generator=generator) < 0.5  # (B,)
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)

@@ -275,6 +275,9 @@ def edit(args):
     device = pick_device(args.device)
     ckpt = load_checkpoint(args.ckpt)
     stage, cfg = str(ckpt["stage"]), ckpt["config"]
+    if cfg.get("latent"):
+        raise UserError(f"{args.ckpt} works on latents (--latent); edit.py edits pixels: give it a checkpoint "
+                        "of a pixel run (runs/<preset>)")
     x, y = load_inputs(args, cfg)
     x = x.to(device)
     if args.cls is not None:

@@ -13,6 +13,7 @@ omega(lambda_t) * ||x - x_hat||^2 (default omega = max(SNR, 1)).
 
     python guidance.py                          # cpu preset: Fashion-MNIST 16x16 teacher (~20 min here)
     python guidance.py --preset smoke           # a minute, for a first look
+    python guidance.py --latent runs/cpu/autoencoder.pt   # on latents (autoencoder.py) -> runs/cpu_latent
     python guidance.py --preset cifar10 --device cuda --data-dir data
 """
 import argparse
@@ -23,10 +24,11 @@ import time
 import torch
 from tqdm import tqdm
 
+import autoencoder
 import ddpm
 from config import (add_common_args, add_training_args, load_checkpoint, run_cli, save_checkpoint,
-                    setup, UserError)
-from data import load_dataset, random_batch
+                    setup, space, UserError)
+from data import data_shape, random_batch, training_set
 from unet import from_config
 
 MODEL_KEYS = ("dataset", "resolution", "ch", "ch_mult", "num_res_blocks", "attn_resolutions",
@@ -98,20 +100,20 @@ def log_metrics(out, record):
 def save_grid(make_predict, path, cfg, device, steps, w_values=None, seed=0):
     """A sample grid: one class per column, one row per w, the same noise down each column.
 
-    make_predict(y, w) -> predict(z_t, t); y and w hold one entry per image.
+    make_predict(y, w) -> predict(z_t, t); y and w hold one entry per image. Latents are decoded.
     """
     from data import DATASETS
 
-    info = DATASETS[cfg["dataset"]]
     w_values = cfg["grid_w"] if w_values is None else w_values
-    n_cols, r = min(info["n_classes"], 10), cfg["resolution"]
+    n_cols = min(DATASETS[cfg["dataset"]]["n_classes"], 10)
     g = torch.Generator().manual_seed(seed)
-    z_col = torch.randn(n_cols, info["channels"], r, r, generator=g)  # (cols, C, H, W)
+    z_col = torch.randn((n_cols, *data_shape(cfg)), generator=g)  # (cols, C, H, W)
     z_1 = z_col.repeat(len(w_values), 1, 1, 1).to(device)  # (rows*cols, C, H, W)
     y = torch.arange(n_cols, device=device).repeat(len(w_values))  # (rows*cols,)
     w = torch.tensor(w_values, device=device).repeat_interleave(n_cols)  # (rows*cols,)
-    x = ddpm.sample_ddim(make_predict(y, w), z_1.contiguous(memory_format=torch.channels_last), steps)
-    save_images(x, path, n_cols)
+    x = ddpm.sample_ddim(make_predict(y, w), z_1.contiguous(memory_format=torch.channels_last), steps,
+                         clip=not cfg["latent"])  # latents have no [-1, 1] box to clip to
+    save_images(autoencoder.to_images(x, cfg), path, n_cols)
 
 
 def save_images(x, path, n_cols):
@@ -129,6 +131,10 @@ def resume_from(path, stage, cfg, model, ema, opt, gens):
     if not path.exists():
         return 0, None
     ckpt = load_checkpoint(path, stage=stage)
+    scale = lambda c: (c.get("latent") or {}).get("scale_factor")  # noqa: E731  None for pixels; else it names the AE
+    if scale(ckpt["config"]) != scale(cfg):
+        raise UserError(f"{path} holds a model of {space(ckpt['config'])}, this run is on {space(cfg)}; "
+                        "pass the same --latent (or none), or use another --out")
     changed = [k for k in MODEL_KEYS if ckpt["config"][k] != cfg[k]]
     if changed:
         raise UserError(f"{path} was trained with other {', '.join(changed)}; "
@@ -167,7 +173,7 @@ def train(cfg, out, device, seed=0, resume=True, data_dir="data", progress=True)
     """Train the classifier-free guided teacher into out/teacher.pt; returns the checkpoint."""
     ckpt_path = out / "teacher.pt"
     torch.manual_seed(seed)
-    images, labels = load_dataset(cfg["dataset"], cfg["resolution"], data_dir)
+    images, labels = training_set(cfg, data_dir)  # (N, C, H, W) uint8 images, or float latents
     model = from_config(cfg).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = make_optimizer(model, cfg, device)
@@ -241,8 +247,8 @@ def main(argv=None):
             cfg[key] = value
     if cfg["batch_size"] < 1 or cfg["teacher_iters"] < 0:
         raise UserError("--batch-size must be >= 1 and --iters >= 0")
-    print(f"teacher: preset {cfg['preset']}, {cfg['dataset']} {cfg['resolution']}px, device {device}, "
-          f"run folder {out}")
+    print(f"teacher: preset {cfg['preset']}, {cfg['dataset']} {cfg['resolution']}px on {space(cfg)}, "
+          f"device {device}, run folder {out}")
     train(cfg, out, device, args.seed, args.resume, args.data_dir)
     print(f"wrote {out / 'teacher.pt'}; grids in {out / 'grids'}")
 

@@ -10,6 +10,7 @@
 Writes a grid (one class per column, one row per w, the same noise down each column) and an
 .npz of uint8 samples (x (n, C, H, W), y, w). Image k's noise comes from its own seed, so it
 does not depend on --batch-size. w = 0 is unguided; diffusers' guidance_scale = 1 + w.
+A latent-space checkpoint (stage2.py --latent) carries its autoencoder and is decoded to pixels.
 
     python sample.py --ckpt runs/cpu/stage2_N4.pt --w 0,1,3
     python sample.py --ckpt runs/cpu/teacher.pt --steps 1024 --w 0.3
@@ -22,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import autoencoder
 import ddpm
-from config import load_checkpoint, pick_device, run_cli, UserError
-from data import DATASETS, to_uint8
+from config import load_checkpoint, pick_device, run_cli, space, UserError
+from data import DATASETS, data_shape, to_uint8
 from guidance import guided_predictor, save_images
 from stage1 import load_model, student_predictor
 
@@ -58,9 +60,10 @@ def predictor(ckpt, model, y, w):
 
 @torch.no_grad()
 def generate(ckpt, model, y, w, steps, sampler, seeds, device, batch_size=256, clip=True):
-    """Samples x (n, C, H, W) in [-1, 1] for labels y (n,), weights w (n,), per-image seeds."""
+    """Images x (n, C, H, W) in [-1, 1] for labels y (n,), weights w (n,), per-image seeds.
+    A latent-space checkpoint samples latents (never clipped) and decodes them with its autoencoder."""
     cfg = ckpt["config"]
-    shape = (DATASETS[cfg["dataset"]]["channels"], cfg["resolution"], cfg["resolution"])
+    shape, clip = data_shape(cfg), clip and not cfg.get("latent")  # (C, H, W) of an image or a latent
     out = []
     for lo in range(0, len(y), batch_size):
         # Noise from each image's own seed; labels and weights of this batch.
@@ -68,7 +71,7 @@ def generate(ckpt, model, y, w, steps, sampler, seeds, device, batch_size=256, c
         z_1 = z_1.contiguous(memory_format=torch.channels_last)  # +20-45 % on CPU
         yb, wb = y[lo:lo + batch_size].to(device), w[lo:lo + batch_size].to(device)
         x = ddpm.sample_loop(predictor(ckpt, model, yb, wb), z_1, steps, ddpm.make_step(sampler, noise), clip)
-        out.append(x.float().cpu())
+        out.append(autoencoder.to_images(x, cfg).float().cpu())  # (b, C, H, W) pixels
     return torch.cat(out)
 
 
@@ -122,7 +125,7 @@ def main(argv=None):
                                                           f"{args.sampler}{steps}.png"))
     save_images(x, out, n_cols)
     np.savez(out.with_suffix(".npz"), x=to_uint8(x).numpy(), y=y.numpy(), w=w.numpy())
-    print(f"{stage} ({Path(args.ckpt).name}), {args.sampler}, {steps} steps, {len(y)} images: "
+    print(f"{stage} ({Path(args.ckpt).name}) on {space(ckpt['config'])}, {args.sampler}, {steps} steps, {len(y)} images: "
           f"{calls} network calls per image, {seconds:.1f} s ({1000 * seconds / len(y):.1f} ms per image)")
     print(f"wrote {out} and {out.with_suffix('.npz')}")
 

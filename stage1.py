@@ -13,6 +13,7 @@ every w. w = 0 is unguided; diffusers' guidance_scale = 1 + w.
 
     python stage1.py                            # cpu preset (~7 min here; trains the teacher first if missing)
     python stage1.py --preset smoke
+    python stage1.py --latent runs/cpu/autoencoder.pt     # on latents -> runs/cpu_latent
 """
 import argparse
 import copy
@@ -24,7 +25,7 @@ from tqdm import tqdm
 import ddpm
 import guidance
 from config import add_common_args, add_training_args, run_cli, save_checkpoint, setup, UserError
-from data import load_dataset, random_batch
+from data import random_batch, training_set
 from unet import from_config
 
 
@@ -71,7 +72,7 @@ def distill(name, N, cfg, out, device, student, loss_fn, iters, lr, seed, resume
     distill_ckpt_every steps (grid=False: no grid, e.g. for an encoder), resumable inside a round.
     loss_fn(x, y, w, gen) -> scalar loss."""
     ckpt_path, stage = out / f"{name}.pt", name.split("_")[0]  # stage2_N64.pt holds stage 'stage2'
-    images, labels = load_dataset(cfg["dataset"], cfg["resolution"], data_dir)
+    images, labels = training_set(cfg, data_dir)  # images, or latents with --latent
     ema = copy.deepcopy(student).requires_grad_(False)
     opt = guidance.make_optimizer(student, {**cfg, "lr": lr, "weight_decay": 0.0}, device)
     gens = {"data": torch.Generator().manual_seed(seed + N),

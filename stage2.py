@@ -21,6 +21,7 @@ paper; the cpu preset starts at 64, where its small model's sampler is already s
     python stage2.py --steps 4                  # cpu preset: the whole pipeline, ~55 min here
     python stage2.py --preset smoke --steps 4   # ~1 minute
     python stage2.py --steps 1 --start-steps 1024
+    python stage2.py --steps 4 --latent runs/cpu/autoencoder.pt    # latent space -> runs/cpu_latent
 """
 import argparse
 
@@ -29,7 +30,7 @@ import torch
 import ddpm
 import guidance
 import stage1
-from config import add_common_args, add_training_args, run_cli, setup, UserError
+from config import add_common_args, add_training_args, run_cli, setup, space, UserError
 
 
 def two_step_target(teacher_predict, z_t, t, N):
@@ -121,8 +122,8 @@ def main(argv=None):
     cfg, out, device = setup(args)
     start_steps = args.start_steps or cfg["stage2_start_N"]
     check_steps(args.steps, start_steps)
-    print(f"stage 2: preset {cfg['preset']}, {start_steps} -> {args.steps} steps, device {device}, "
-          f"run folder {out}")
+    print(f"stage 2: preset {cfg['preset']}, {start_steps} -> {args.steps} steps on {space(cfg)}, "
+          f"device {device}, run folder {out}")
     ckpt = train(cfg, out, device, args.steps, start_steps, args.seed, args.resume, args.data_dir)
     grid = out / f"stage2_N{args.steps}.png"
     model = stage1.load_model(ckpt, device).to(memory_format=torch.channels_last)

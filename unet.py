@@ -149,11 +149,11 @@ class UNet(nn.Module):
 
 
 def from_config(cfg, w_cond=False):
-    """The U-Net a preset describes."""
-    from data import DATASETS
+    """The U-Net a preset describes, sized for images or, with cfg['latent'], for latents."""
+    from data import DATASETS, data_shape
 
-    info = DATASETS[cfg["dataset"]]
-    return UNet(in_ch=info["channels"], resolution=cfg["resolution"], ch=cfg["ch"],
+    (channels, resolution, _), info = data_shape(cfg), DATASETS[cfg["dataset"]]
+    return UNet(in_ch=channels, resolution=resolution, ch=cfg["ch"],
                 ch_mult=tuple(cfg["ch_mult"]), num_res_blocks=cfg["num_res_blocks"],
                 attn_resolutions=tuple(cfg["attn_resolutions"]), attn_head_dim=cfg["attn_head_dim"],
                 dropout=cfg["dropout"], n_classes=info["n_classes"], w_cond=w_cond)

@@ -74,3 +74,66 @@ def test_bad_iters_is_a_one_line_error(tmp_path):
                         "--iters", "0"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--iters" in r.stderr
     assert not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- the latent pipeline (--latent)
+def test_cached_latents_decode_back_to_the_images(smoke_ae):
+    """cached_latents are scale_factor * posterior means; to_images unscales and decodes them, so
+    the round trip through the cache reproduces the training images within the autoencoder's error
+    (forgetting either scaling would blow the error up by 1/0.6^2 or more)."""
+    from config import with_latent
+
+    out, _ = smoke_ae
+    cfg = with_latent(get_config("smoke"), out / "autoencoder.pt")
+    u, labels = autoencoder.cached_latents(cfg)
+    images, labels_px = load_dataset("fashion", 8)
+    assert u.shape == (len(images), 2, 4, 4) and u.dtype == torch.float32 and torch.equal(labels, labels_px)
+    assert 0.9 < float(u.std()) < 1.1
+    assert len(list(out.glob("latents_train_*.pt"))) == 1  # written once, beside the autoencoder
+    x = to_float(images[:512])
+    rec = autoencoder.to_images(u[:512], cfg)
+    assert (rec - x).pow(2).mean() < 0.05
+
+
+@pytest.fixture(scope="module")
+def latent_run(smoke_ae):
+    """python stage2.py --preset smoke --steps 4 --latent AE: the whole pipeline on latents."""
+    ae_dir, _ = smoke_ae
+    out = ae_dir / "latent_run"
+    r = subprocess.run([sys.executable, "stage2.py", "--preset", "smoke", "--steps", "4", "--out", str(out),
+                        "--latent", str(ae_dir / "autoencoder.pt")], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out
+
+
+def test_latent_pipeline_samples_images_from_latents(latent_run, tmp_path):
+    ckpt = load_checkpoint(latent_run / "stage2_N4.pt", "stage2")
+    assert ckpt["config"]["latent"]["channels"] == 2 and ckpt["model"]["conv_in.weight"].shape[1] == 2
+    out = tmp_path / "grid.png"
+    r = subprocess.run([sys.executable, "sample.py", "--ckpt", str(latent_run / "stage2_N4.pt"), "--w", "0,2",
+                        "--out-file", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and "latents of" in r.stdout, r.stderr[-2000:]
+    import numpy as np
+
+    x = np.load(out.with_suffix(".npz"))["x"]
+    assert x.shape == (20, 1, 8, 8) and x.dtype == np.uint8 and x.std() > 10  # decoded pixels, not flat
+
+
+def test_latent_checkpoints_refuse_pixel_mode(latent_run):
+    """stage1.py on a latent run folder without --latent: one line, exit 2, nothing rewritten."""
+    before = {p.name: p.stat().st_mtime_ns for p in latent_run.glob("*.pt")}
+    r = subprocess.run([sys.executable, "stage1.py", "--preset", "smoke", "--out", str(latent_run)],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "latents of" in r.stderr and "--latent" in r.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in latent_run.glob("*.pt")} == before
+    r = subprocess.run([sys.executable, "edit.py", "sdedit", "--ckpt", str(latent_run / "stage2_N4.pt")],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "latents" in r.stderr
+
+
+def test_latent_needs_an_autoencoder_of_the_same_data(smoke_ae, tmp_path):
+    r = subprocess.run([sys.executable, "guidance.py", "--preset", "cpu", "--out", str(tmp_path),
+                        "--latent", str(smoke_ae[0] / "autoencoder.pt")], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "resolution" in r.stderr
+    assert not list(tmp_path.iterdir())
