@@ -68,6 +68,7 @@ _BASE = dict(
     ae_iters=2000,
     ae_ema_decay=0.999,
     latent=None,                  # set by --latent AE_CKPT (with_latent): the diffusion model works on its latents
+    text=None,                    # set by --text (text.with_text): captions instead of class labels
     # evaluation (evaluate.py): the FID / IS protocol, written next to every number
     eval_features="effnet",       # effnet (EfficientNet-Lite0, offline) | inception (pytorch-fid)
     eval_feature_size=224,        # images are resized to this for the feature network
@@ -162,17 +163,25 @@ def add_training_args(parser, what):
     parser.add_argument("--latent", metavar="AE_CKPT",
                         help="work on the latents of this autoencoder (python autoencoder.py writes "
                              "runs/<preset>/autoencoder.pt); default: pixels. Use its own --out")
+    parser.add_argument("--text", action="store_true",
+                        help="condition on captions embedded by a sentence encoder (text.py; needs "
+                             "pip install -r requirements-text.txt) instead of class labels")
     return parser
 
 
 def setup(args):
     """Parsed common args -> (cfg, run folder Path, torch.device). With --latent the config
-    carries the autoencoder (with_latent) and the run folder defaults to runs/<preset>_latent."""
+    carries the autoencoder (with_latent), with --text the captions (text.with_text), and the
+    run folder defaults to runs/<preset>[_latent][_text]."""
     cfg = get_config(args.preset, args.set)
-    latent = getattr(args, "latent", None)
+    latent, use_text = getattr(args, "latent", None), getattr(args, "text", False)
     if latent:
         cfg = with_latent(cfg, latent)
-    out = Path(args.out or Path("runs") / (args.preset + ("_latent" if latent else "")))
+    if use_text:
+        import text  # here, not at the top: text.py imports this file
+
+        cfg = text.with_text(cfg)
+    out = Path(args.out or Path("runs") / (args.preset + "_latent" * bool(latent) + "_text" * use_text))
     return cfg, out, pick_device(args.device)
 
 
@@ -194,9 +203,11 @@ def with_latent(cfg, ae_path):
 
 
 def space(cfg):
-    """What a config's diffusion model works on, in words: 'pixels' or 'latents of AE (C x H x W)'."""
-    lat = cfg.get("latent")
-    return "pixels" if not lat else f"latents of {lat['path']} ({lat['channels']} x {lat['size']}^2)"
+    """What a config's diffusion model works on, in words: 'pixels' or 'latents of AE (C x H x W)',
+    and what it is conditioned on: 'class labels' or 'captions (encoder)'."""
+    lat, txt = cfg.get("latent"), cfg.get("text")
+    where = "pixels" if not lat else f"latents of {lat['path']} ({lat['channels']} x {lat['size']}^2)"
+    return where + (f", captions ({txt['encoder']})" if txt else ", class labels")
 
 
 def pick_device(name="auto"):

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import text
 from config import UserError
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -120,12 +121,15 @@ def load_dataset(name, resolution, data_dir="data", train=True):
 
 def training_set(cfg, data_dir="data", train=True):
     """What the diffusion model learns from: the images (N, C, H, W) uint8, or with --latent
-    (cfg['latent']) the autoencoder's scaled latents (N, c, h, w) float32, and the labels (N,)."""
-    if cfg.get("latent"):
-        import autoencoder  # here, not at the top: autoencoder.py imports this file
+    (cfg['latent']) the autoencoder's scaled latents (N, c, h, w) float32; and the labels (N,),
+    or with --text (cfg['text']) one caption embedding per image (N, 384)."""
+    import autoencoder  # here, not at the top: autoencoder.py imports this file
 
-        return autoencoder.cached_latents(cfg, data_dir, train)
-    return load_dataset(cfg["dataset"], cfg["resolution"], data_dir, train)
+    if cfg.get("latent"):
+        x, labels = autoencoder.cached_latents(cfg, data_dir, train)
+    else:
+        x, labels = load_dataset(cfg["dataset"], cfg["resolution"], data_dir, train)
+    return x, text.image_captions(cfg, labels) if cfg.get("text") else labels
 
 
 def data_shape(cfg):

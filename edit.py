@@ -32,7 +32,7 @@ import ddpm
 import guidance
 import stage1
 import stage2
-from config import add_common_args, add_training_args, load_checkpoint, pick_device, run_cli, setup, UserError
+from config import add_common_args, add_training_args, load_checkpoint, pick_device, run_cli, setup, space, UserError
 from data import DATASETS, load_dataset, to_float
 from sample import SAMPLERS, image_noise, predictor
 
@@ -275,9 +275,9 @@ def edit(args):
     device = pick_device(args.device)
     ckpt = load_checkpoint(args.ckpt)
     stage, cfg = str(ckpt["stage"]), ckpt["config"]
-    if cfg.get("latent"):
-        raise UserError(f"{args.ckpt} works on latents (--latent); edit.py edits pixels: give it a checkpoint "
-                        "of a pixel run (runs/<preset>)")
+    if cfg.get("latent") or cfg.get("text"):
+        raise UserError(f"{args.ckpt} works on {space(cfg)}; edit.py edits pixels with class labels: give it "
+                        "a checkpoint of a pixel run (runs/<preset>)")
     x, y = load_inputs(args, cfg)
     x = x.to(device)
     if args.cls is not None:

@@ -171,6 +171,45 @@ def score(x, ref, extract):
                 kid=kernel_distance(feats, ref["kid_feats"]), inception_score=inception_score(probs))
 
 
+# ---------------------------------------------------------------- a class probe (text prompts, text.py)
+def class_probe(cfg, extract, stats_dir, data_dir, n_train=5000, n_test=2000):
+    """A linear probe on the feature network's pooled features: multinomial logistic regression
+    (L-BFGS, small L2) on n_train real training images; cached as .npz like the reference statistics.
+    -> (classify(x (n, C, H, W) in [-1, 1]) -> classes (n,), its accuracy on n_test real test images)."""
+    name = f"probe_{cfg['dataset']}_{cfg['resolution']}px_{cfg['eval_features']}{feature_size(cfg)}_n{n_train}.npz"
+    path = Path(stats_dir) / name
+    if path.is_file():
+        with np.load(path) as f:
+            probe = {k: torch.from_numpy(f[k]) for k in f.files}
+    else:
+        images, labels = load_dataset(cfg["dataset"], cfg["resolution"], data_dir, train=True)
+        feats = torch.from_numpy(features(extract, to_float(images[:n_train]))[0]).float()  # (n, d)
+        mu, sd = feats.mean(0), feats.std(0) + 1e-6  # (d,) each: standardize the features
+        f, y = (feats - mu) / sd, labels[:n_train]
+        lin = torch.nn.Linear(f.shape[1], DATASETS[cfg["dataset"]]["n_classes"])
+        opt = torch.optim.LBFGS(lin.parameters(), max_iter=300, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = F.cross_entropy(lin(f), y) + 1e-3 * lin.weight.pow(2).sum()
+            loss.backward()
+            return loss
+        opt.step(closure)
+        probe = dict(weight=lin.weight.detach(), bias=lin.bias.detach(), mu=mu, sd=sd)
+        test, test_labels = load_dataset(cfg["dataset"], cfg["resolution"], data_dir, train=False)
+        classify = _probe_fn(probe, extract)
+        probe["test_accuracy"] = (classify(to_float(test[:n_test])) == test_labels[:n_test]).float().mean()
+        atomic_write(path, lambda fh: np.savez(fh, **{k: v.numpy() for k, v in probe.items()}))
+    return _probe_fn(probe, extract), float(probe["test_accuracy"])
+
+
+def _probe_fn(probe, extract):
+    def classify(x):
+        f = (torch.from_numpy(features(extract, x)[0]).float() - probe["mu"]) / probe["sd"]  # (n, d)
+        return (f @ probe["weight"].T + probe["bias"]).argmax(1)  # (n,)
+    return classify
+
+
 # ---------------------------------------------------------------- the report's rows
 def plan_rows(run, cfg):
     """The run folder's checkpoints -> rows dict(model, file, sampler, N, w), cheapest first."""

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 import autoencoder
 import ddpm
+import text
 from config import (add_common_args, add_training_args, load_checkpoint, run_cli, save_checkpoint,
                     setup, space, UserError)
 from data import data_shape, random_batch, training_set
@@ -42,7 +43,7 @@ def guided_x_hat(model, z_t, t, y, w):
     z_t (B, C, H, W), t (B,), y (B,) class labels, w (B,) or a float: the weight per example.
     """
     B = z_t.shape[0]
-    null = torch.full_like(y, model.null_class)  # (B,)
+    null = model.null_like(y)  # (B,) null class or (B, text_dim) zeros
     v_hat = model(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([y, null]))  # (2B, C, H, W)
     x_hat = ddpm.x_from_v(torch.cat([z_t, z_t]), v_hat, torch.cat([t, t]))  # (2B, C, H, W)
     x_hat_c, x_hat_u = x_hat[:B], x_hat[B:]  # (B, C, H, W) each
@@ -98,7 +99,8 @@ def log_metrics(out, record):
 
 @torch.no_grad()
 def save_grid(make_predict, path, cfg, device, steps, w_values=None, seed=0):
-    """A sample grid: one class per column, one row per w, the same noise down each column.
+    """A sample grid: one class (text: a held-out caption of it) per column, one row per w,
+    the same noise down each column.
 
     make_predict(y, w) -> predict(z_t, t); y and w hold one entry per image. Latents are decoded.
     """
@@ -109,7 +111,7 @@ def save_grid(make_predict, path, cfg, device, steps, w_values=None, seed=0):
     g = torch.Generator().manual_seed(seed)
     z_col = torch.randn((n_cols, *data_shape(cfg)), generator=g)  # (cols, C, H, W)
     z_1 = z_col.repeat(len(w_values), 1, 1, 1).to(device)  # (rows*cols, C, H, W)
-    y = torch.arange(n_cols, device=device).repeat(len(w_values))  # (rows*cols,)
+    y = text.conditions(cfg, torch.arange(n_cols, device=device).repeat(len(w_values)))  # (rows*cols,) or captions
     w = torch.tensor(w_values, device=device).repeat_interleave(n_cols)  # (rows*cols,)
     x = ddpm.sample_ddim(make_predict(y, w), z_1.contiguous(memory_format=torch.channels_last), steps,
                          clip=not cfg["latent"])  # latents have no [-1, 1] box to clip to
@@ -131,10 +133,10 @@ def resume_from(path, stage, cfg, model, ema, opt, gens):
     if not path.exists():
         return 0, None
     ckpt = load_checkpoint(path, stage=stage)
-    scale = lambda c: (c.get("latent") or {}).get("scale_factor")  # noqa: E731  None for pixels; else it names the AE
-    if scale(ckpt["config"]) != scale(cfg):
+    kind = lambda c: ((c.get("latent") or {}).get("scale_factor"), bool(c.get("text")))  # noqa: E731 (AE, text)
+    if kind(ckpt["config"]) != kind(cfg):
         raise UserError(f"{path} holds a model of {space(ckpt['config'])}, this run is on {space(cfg)}; "
-                        "pass the same --latent (or none), or use another --out")
+                        "pass the same --latent and --text (or none), or use another --out")
     changed = [k for k in MODEL_KEYS if ckpt["config"][k] != cfg[k]]
     if changed:
         raise UserError(f"{path} was trained with other {', '.join(changed)}; "
@@ -185,14 +187,14 @@ def train(cfg, out, device, seed=0, resume=True, data_dir="data", progress=True)
         if ckpt:
             print(f"{ckpt_path}: {'finished' if start >= iters else 'resuming'} at step {start}/{iters}")
 
-    B, null = cfg["batch_size"], model.null_class
+    B = cfg["batch_size"]
     bar = tqdm(range(start, iters), initial=start, total=iters, desc="teacher", disable=not progress)
     losses, running, t0 = [], 0.0, time.time()
     for step in bar:
-        # Data: a batch; each label becomes the null class with probability p_uncond.
+        # Data: a batch; each label (or caption) becomes null with probability p_uncond.
         x, y = random_batch(images, labels, B, gens["data"], cfg["randflip"], device)  # (B, C, H, W), (B,)
         drop = torch.rand(B, generator=gens["noise"], device=device) < cfg["p_uncond"]  # (B,)
-        y = torch.where(drop, torch.full_like(y, null), y)
+        y = torch.where(ddpm._bcast(drop, y), model.null_like(y), y)  # (B,) or (B, text_dim)
 
         # Forward process at t ~ U[0, 1]: z_t = alpha_t x + sigma_t eps.
         t = torch.rand(B, generator=gens["noise"], device=device)  # (B,)

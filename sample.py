@@ -15,6 +15,7 @@ A latent-space checkpoint (stage2.py --latent) carries its autoencoder and is de
     python sample.py --ckpt runs/cpu/stage2_N4.pt --w 0,1,3
     python sample.py --ckpt runs/cpu/teacher.pt --steps 1024 --w 0.3
     python sample.py --ckpt runs/cpu/stage2_N4.pt --sampler stochastic --rows 4
+    python sample.py --ckpt runs/cpu_latent_text/stage2_N4.pt --prompt "a pair of sneakers" --prompt "a gown" --w 0,2
 """
 import argparse
 import time
@@ -25,6 +26,7 @@ import torch
 
 import autoencoder
 import ddpm
+import text
 from config import load_checkpoint, pick_device, run_cli, space, UserError
 from data import DATASETS, data_shape, to_uint8
 from guidance import guided_predictor, save_images
@@ -60,10 +62,12 @@ def predictor(ckpt, model, y, w):
 
 @torch.no_grad()
 def generate(ckpt, model, y, w, steps, sampler, seeds, device, batch_size=256, clip=True):
-    """Images x (n, C, H, W) in [-1, 1] for labels y (n,), weights w (n,), per-image seeds.
+    """Images x (n, C, H, W) in [-1, 1] for labels y (n,) (or caption embeddings (n, 384)),
+    weights w (n,), per-image seeds.
     A latent-space checkpoint samples latents (never clipped) and decodes them with its autoencoder."""
     cfg = ckpt["config"]
     shape, clip = data_shape(cfg), clip and not cfg.get("latent")  # (C, H, W) of an image or a latent
+    y = text.conditions(cfg, y)  # text models: class labels become held-out captions
     out = []
     for lo in range(0, len(y), batch_size):
         # Noise from each image's own seed; labels and weights of this batch.
@@ -82,6 +86,9 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, help="sampler steps (default: the checkpoint's own N)")
     parser.add_argument("--w", default="0,1,3", help="guidance weights, comma-separated: one grid row each")
     parser.add_argument("--sampler", default="ddim", choices=["ddim", "ancestral", "stochastic"])
+    parser.add_argument("--prompt", action="append",
+                        help="text models (--text): a caption, one column each (repeatable); "
+                             "default: a held-out caption of each class")
     parser.add_argument("--rows", type=int, default=1, help="rows per w (more images per class)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per network call")
     parser.add_argument("--weights", default="ema", choices=["ema", "model"], help="EMA (default) or raw")
@@ -109,9 +116,15 @@ def main(argv=None):
         print(f"warning: this student was distilled for N = {ckpt['N']} steps; {steps} steps "
               "put it at times it never trained on (expect worse samples)")
 
-    # Images: one row per (w, repeat), one column per class; the noise depends on (row, column).
-    n_cols = min(DATASETS[ckpt["config"]["dataset"]]["n_classes"], 10)
-    y = torch.arange(n_cols).repeat(len(ws) * args.rows)  # (n,)
+    if args.prompt and not ckpt["config"].get("text"):
+        raise UserError(f"--prompt: {args.ckpt} is conditioned on class labels; train with --text for prompts")
+    if args.prompt and not all(p.strip() for p in args.prompt):
+        raise UserError("--prompt: a prompt is empty; give some words, e.g. --prompt \"a pair of sneakers\"")
+
+    # Images: one row per (w, repeat), one column per class or prompt; the noise depends on (row, column).
+    n_cols = len(args.prompt) if args.prompt else min(DATASETS[ckpt["config"]["dataset"]]["n_classes"], 10)
+    col = torch.arange(n_cols).repeat(len(ws) * args.rows)  # (n,)
+    y = text.embed(args.prompt)[col] if args.prompt else col  # (n, 384) captions or (n,) classes
     w = torch.tensor(ws).repeat_interleave(args.rows * n_cols)  # (n,)
     seeds = args.seed * 1_000_003 + torch.arange(args.rows * n_cols).repeat(len(ws))  # (n,)
     model = load_model(ckpt, device, args.weights).to(memory_format=torch.channels_last)
@@ -124,7 +137,8 @@ def main(argv=None):
     out = Path(args.out_file or Path(args.ckpt).with_name(f"samples_{Path(args.ckpt).stem}_"
                                                           f"{args.sampler}{steps}.png"))
     save_images(x, out, n_cols)
-    np.savez(out.with_suffix(".npz"), x=to_uint8(x).numpy(), y=y.numpy(), w=w.numpy())
+    np.savez(out.with_suffix(".npz"), x=to_uint8(x).numpy(), y=col.numpy(), w=w.numpy(),
+             prompts=np.array(args.prompt or [], dtype=str))  # y: the class, or the prompt's index
     print(f"{stage} ({Path(args.ckpt).name}) on {space(ckpt['config'])}, {args.sampler}, {steps} steps, {len(y)} images: "
           f"{calls} network calls per image, {seconds:.1f} s ({1000 * seconds / len(y):.1f} ms per image)")
     print(f"wrote {out} and {out.with_suffix('.npz')}")

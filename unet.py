@@ -8,6 +8,8 @@ nearest-neighbour up. Conditioning, summed into one embedding `emb` of width 4*c
            arctan(exp(-lambda/2)) / (pi/2), which equals t for the cosine schedule).
   - class: an embedding table with n_classes + 1 rows; row n_classes is the *null class*
            used for the unconditional branch of classifier-free guidance.
+  - text:  (text_dim > 0, text.py) y is a sentence embedding (B, text_dim) -> MLP, in place of
+           the class table; an all-zero y means null and is replaced by a learned vector null_text.
   - w:     (students only, Meng et al. Sec. 4.1) sinusoidal features of 1000*w -> MLP whose
            last layer starts at zero, so a fresh w-student equals its teacher for every w.
 
@@ -75,15 +77,20 @@ class ResBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    """v_hat = UNet(z_t, t, y, w): z_t (B, C, H, W), t (B,) in [0, 1], y (B,) long, w (B,) or None."""
+    """v_hat = UNet(z_t, t, y, w): z_t (B, C, H, W), t (B,) in [0, 1], y (B,) long labels or
+    (B, text_dim) sentence embeddings, w (B,) or None."""
 
     def __init__(self, in_ch=1, resolution=16, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
-                 attn_resolutions=(), attn_head_dim=0, dropout=0.0, n_classes=10, w_cond=False):
+                 attn_resolutions=(), attn_head_dim=0, dropout=0.0, n_classes=10, w_cond=False, text_dim=0):
         super().__init__()
         self.ch, self.n_classes, self.null_class = ch, n_classes, n_classes
         emb_ch = 4 * ch
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
-        self.class_emb = nn.Embedding(n_classes + 1, emb_ch)  # last row: the null class
+        if text_dim:
+            self.text_mlp = nn.Sequential(nn.Linear(text_dim, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
+            self.null_text = nn.Parameter(torch.randn(text_dim) / text_dim**0.5)  # the learned null embedding
+        else:
+            self.class_emb = nn.Embedding(n_classes + 1, emb_ch)  # last row: the null class
         self.w_mlp = None
         if w_cond:
             self.add_w_embedding()
@@ -124,9 +131,21 @@ class UNet(nn.Module):
         nn.init.zeros_(self.w_mlp[-1].bias)
         return self
 
+    def null_like(self, y):
+        """The null condition of classifier-free guidance, shaped like y: the null class, or zeros
+        (which forward swaps for the learned null_text)."""
+        return torch.zeros_like(y) if y.is_floating_point() else torch.full_like(y, self.null_class)
+
+    def condition(self, y):
+        """Labels (B,) or sentence embeddings (B, text_dim) -> (B, 4ch)."""
+        if not hasattr(self, "text_mlp"):
+            return self.class_emb(y)
+        null = (y == 0).all(dim=1, keepdim=True)  # (B, 1)
+        return self.text_mlp(torch.where(null, self.null_text.to(y.dtype), y))
+
     def forward(self, z_t, t, y, w=None):
-        # Conditioning: time + class (+ w), one vector per example.
-        emb = self.time_mlp(timestep_embedding(t, self.ch)) + self.class_emb(y)  # (B, 4ch)
+        # Conditioning: time + class or text (+ w), one vector per example.
+        emb = self.time_mlp(timestep_embedding(t, self.ch)) + self.condition(y)  # (B, 4ch)
         if self.w_mlp is not None:
             if w is None:
                 raise ValueError("this U-Net is w-conditioned: pass w (B,)")
@@ -156,7 +175,8 @@ def from_config(cfg, w_cond=False):
     return UNet(in_ch=channels, resolution=resolution, ch=cfg["ch"],
                 ch_mult=tuple(cfg["ch_mult"]), num_res_blocks=cfg["num_res_blocks"],
                 attn_resolutions=tuple(cfg["attn_resolutions"]), attn_head_dim=cfg["attn_head_dim"],
-                dropout=cfg["dropout"], n_classes=info["n_classes"], w_cond=w_cond)
+                dropout=cfg["dropout"], n_classes=info["n_classes"], w_cond=w_cond,
+                text_dim=cfg["text"]["dim"] if cfg.get("text") else 0)
 
 
 if __name__ == "__main__":

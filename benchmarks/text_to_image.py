@@ -1,0 +1,72 @@
+"""Text-to-image in few steps: does a distilled student follow held-out paraphrases as well as
+the 1024-step guided teacher? (issue #6; text.py)
+
+Every row samples n images for the held-out captions (text.captions('test'): phrases and
+templates never seen in training; image k has class k % 10, the class's captions taking turns,
+noise seed k, as in evaluate.py), then reports:
+  - prompt accuracy: the fraction that a linear probe on effnet features (evaluate.class_probe,
+    trained on real training images) assigns to the prompt's class; the probe's accuracy on real
+    test images is the ceiling, and chance is 10 %;
+  - FID / KID against the test split (evaluate.py's protocol), network calls and ms per image.
+w = 0 is unguided; diffusers' guidance_scale = 1 + w.
+
+    python benchmarks/text_to_image.py --run runs/cpu_latent_text        # ~10 min here
+    python benchmarks/text_to_image.py --run runs/cpu_text --teacher-w 1
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import text  # noqa: E402
+from config import load_checkpoint, pick_device, run_cli, UserError  # noqa: E402
+from evaluate import class_probe, eval_config, feature_net, reference_stats, run_row, score  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", default="runs/cpu_latent_text", help="a finished --text run folder")
+    parser.add_argument("--n", type=int, help="samples per row (default: the preset's eval_n)")
+    parser.add_argument("--w", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0], help="students' weights")
+    parser.add_argument("--teacher-w", type=float, nargs="+", default=[1.0, 2.0], help="the 1024-step teacher's")
+    parser.add_argument("--steps", type=int, nargs="+", default=[4, 1], help="stage-2 students to score")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    run, device = Path(args.run), pick_device(args.device)
+    teacher = load_checkpoint(run / "teacher.pt", "teacher")
+    if not teacher["config"].get("text"):
+        raise UserError(f"{run} is not a --text run (its teacher is conditioned on class labels)")
+    cfg = eval_config(teacher)
+    cfg["eval_n"] = args.n or cfg["eval_n"]
+    extract = feature_net(cfg["eval_features"], cfg["eval_feature_size"], device)
+    ref = reference_stats(cfg, extract, "data/fid_stats", "data")
+    classify, ceiling = class_probe(cfg, extract, "data/fid_stats", "data")
+    emb = cfg["text"]["test"]["emb"]  # (40, 384) held-out captions
+    train_texts, train_classes = text.captions("train")
+    means = text.class_means(cfg["text"]["train"]["emb"], train_classes)  # (10, 384)
+    encoder_acc = (emb @ means.T).argmax(1).eq(torch.tensor(cfg["text"]["test"]["classes"])).float().mean()
+    print(f"n = {cfg['eval_n']} per row; held-out captions: {len(emb)}; the encoder puts {100 * encoder_acc:.0f} % "
+          f"of them nearest their own class; probe accuracy on real test images: {100 * ceiling:.1f} %")
+
+    rows = [("teacher", "teacher.pt", "ddim", 1024 if teacher["N"] >= 1024 else teacher["N"], w)
+            for w in args.teacher_w]
+    rows += [("teacher", "teacher.pt", "ddim", 4, w) for w in args.teacher_w]
+    rows += [("stage2", f"stage2_N{N}.pt", "ddim", N, w) for N in args.steps for w in args.w]
+    print("| model | steps | calls / image | ms / image | w | prompt accuracy | FID | KID×10³ |")
+    print("|---|---|---|---|---|---|---|---|")
+    models, classes = {}, torch.arange(cfg["eval_n"]) % 10  # (n,) each image's prompt class
+    for model, file, sampler, N, w in rows:
+        # Sample the row for the held-out captions, classify, score.
+        x, ms = run_row(dict(model=model, file=file, sampler=sampler, N=N, w=w), run, cfg, args.seed, device, models)
+        acc = float((classify(x) == classes).float().mean())
+        r = score(x, ref, extract)
+        calls = N * (2 if model == "teacher" else 1)
+        print(f"| {model} {sampler} | {N} | {calls} | {ms:.1f} | {w:g} | {100 * acc:.1f} % | {r['fid']:.1f} | "
+              f"{1000 * r['kid']:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    run_cli(main)
