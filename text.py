@@ -117,29 +117,29 @@ def with_text(cfg):
 
 
 # ---------------------------------------------------------------- conditions for the pipeline
+def _caption_of_class(table, labels, k):
+    """Caption k (mod the class's count) of each label's class: labels (n,), k (n,) -> (n, 384).
+    The tables list captions grouped by class, the same count for every class."""
+    classes = torch.tensor(table["classes"])  # (n_captions,)
+    per_class = int((classes == 0).sum())
+    first = torch.searchsorted(classes, labels.cpu())  # (n,) each class's first caption
+    return table["emb"][first + k % per_class].to(labels.device)  # (n, 384)
+
+
 def image_captions(cfg, labels, seed=0):
-    """Labels (N,) -> one training caption embedding per image (N, 384), drawn once: caption k of
-    the image's class with k uniform (a fixed generator, so every stage sees the same pairs)."""
-    train = cfg["text"]["train"]
-    classes = torch.tensor(train["classes"])  # (n_captions,)
-    per_class = int((classes == 0).sum())  # the same count for every class
-    k = torch.randint(per_class, labels.shape, generator=torch.Generator().manual_seed(seed))  # (N,)
-    first = torch.searchsorted(classes, labels)  # (N,) index of each class's first caption
-    return train["emb"][first + k]  # (N, 384)
+    """Labels (N,) -> one training caption embedding per image (N, 384), drawn once: a uniform
+    caption of the image's class (a fixed generator, so every stage sees the same pairs)."""
+    k = torch.randint(1 << 30, labels.shape, generator=torch.Generator().manual_seed(seed))  # (N,)
+    return _caption_of_class(cfg["text"]["train"], labels, k)
 
 
 def conditions(cfg, labels, split="test"):
     """What a model conditions on for images of classes `labels` (n,): the labels themselves (and
-    embeddings pass through), or with cfg['text'] the embeddings of `split` captions, image i of class c taking that class's
-    caption number (i // n_classes) mod count, so the captions take turns."""
+    embeddings pass through), or with cfg['text'] the embeddings of `split` captions, image i of
+    class c taking that class's caption number i // n_classes in turn."""
     if not cfg.get("text") or labels.is_floating_point():  # class labels, or captions already
         return labels
-    table = cfg["text"][split]
-    classes = torch.tensor(table["classes"])  # (n_captions,)
-    per_class = int((classes == 0).sum())
-    first = torch.searchsorted(classes, labels.cpu())  # (n,)
-    turn = (torch.arange(len(labels)) // len(PHRASES)) % per_class  # (n,)
-    return table["emb"][first + turn].to(labels.device)  # (n, 384)
+    return _caption_of_class(cfg["text"][split], labels, torch.arange(len(labels)) // len(PHRASES))
 
 
 def class_means(emb, classes):
