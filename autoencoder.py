@@ -104,7 +104,7 @@ def scale_factor(model, images, device, n=5000):
 
 
 # ---------------------------------------------------------------- the latent space of a run (--latent)
-_LATENTS, _DECODERS = {}, {}  # per process: the encoded dataset and the decoder, per autoencoder
+_LATENTS, _MODELS = {}, {}  # per process: the encoded dataset, and the autoencoder per device
 
 
 def _fingerprint(latent):
@@ -116,17 +116,27 @@ def _fingerprint(latent):
 
 
 def _load(cfg, device):
-    """The autoencoder that cfg['latent'] carries, in eval mode."""
-    model = from_config(cfg)
-    model.load_state_dict(cfg["latent"]["weights"])
-    return model.to(device).eval().requires_grad_(False)
+    """The autoencoder that cfg['latent'] carries, in eval mode (built once per device)."""
+    key = (_fingerprint(cfg["latent"]), str(device))
+    if key not in _MODELS:
+        model = from_config(cfg)
+        model.load_state_dict(cfg["latent"]["weights"])
+        _MODELS[key] = model.to(device).eval().requires_grad_(False)
+    return _MODELS[key]
+
+
+@torch.no_grad()
+def to_latents(x, cfg):
+    """Images x (B, C, H, W) in [-1, 1] -> scaled latents u = scale_factor * mean(x) (B, c, h, w):
+    the posterior means, not draws (with the tiny KL weight the posterior std is ~1e-3)."""
+    return cfg["latent"]["scale_factor"] * _load(cfg, x.device).encode(x)[0]
 
 
 @torch.no_grad()
 def cached_latents(cfg, data_dir="data", train=True):
-    """The dataset as scaled latents u = scale_factor * mean(x) (N, c, h, w) float32, and the labels
-    (N,): encoded once, then read from a cache file next to the autoencoder's checkpoint (and kept
-    in memory). The posterior means, not draws: with the tiny KL weight its std is ~1e-3."""
+    """The dataset as scaled latents (to_latents) (N, c, h, w) float32, and the labels (N,):
+    encoded once, then read from a cache file next to the autoencoder's checkpoint (and kept
+    in memory)."""
     fp, split = _fingerprint(cfg["latent"]), "train" if train else "test"
     if (fp, split) in _LATENTS:
         return _LATENTS[fp, split]
@@ -136,10 +146,8 @@ def cached_latents(cfg, data_dir="data", train=True):
         u, labels = cache["latents"], cache["labels"]
     else:
         images, labels = load_dataset(cfg["dataset"], cfg["resolution"], data_dir, train)
-        model, chunks = _load(cfg, "cpu"), []
-        for k in tqdm(range(0, len(images), 1000), desc=f"encoding the {split} split", leave=False):
-            chunks.append(model.encode(to_float(images[k:k + 1000]))[0])  # (1000, c, h, w) posterior means
-        u = cfg["latent"]["scale_factor"] * torch.cat(chunks)  # (N, c, h, w) ~ unit variance
+        u = torch.cat([to_latents(to_float(images[k:k + 1000]), cfg)  # (1000, c, h, w) each
+                       for k in tqdm(range(0, len(images), 1000), desc=f"encoding the {split} split", leave=False)])
         atomic_write(path, lambda f: torch.save(dict(latents=u, labels=labels), f))
     _LATENTS[fp, split] = u, labels
     return u, labels
@@ -151,10 +159,7 @@ def to_images(x, cfg):
     unscaled and decoded, u = u_scaled / scale_factor -> decoder(u), clamped to [-1, 1]."""
     if not cfg.get("latent"):
         return x
-    key = (_fingerprint(cfg["latent"]), str(x.device))
-    if key not in _DECODERS:
-        _DECODERS[key] = _load(cfg, x.device)
-    return _DECODERS[key].decode(x.float() / cfg["latent"]["scale_factor"]).clamp(-1, 1)  # (B, C, H, W)
+    return _load(cfg, x.device).decode(x.float() / cfg["latent"]["scale_factor"]).clamp(-1, 1)  # (B, C, H, W)
 
 
 # ---------------------------------------------------------------- training

@@ -27,7 +27,8 @@ Report rows: the guided teacher with DDIM at N = 1, 2, 4, ..., 1024 (2 network c
 the stage-1 student with DDIM at the same N, every stage-2 student at its own N (deterministic
 DDIM and the stochastic sampler), each at every w of eval_w, except that rows with
 N > eval_all_w_max_N run only at eval_long_w (and the teacher at its full N also at eval_teacher_w).
-A data row (n training images against the reference) gives the FID floor for this sample size.
+A data row (n training images against the reference) gives the FID floor for this sample size;
+a latent run (stage2.py --latent) adds data_ae, the same images encoded and decoded by its autoencoder.
 w = 0 is unguided; diffusers' guidance_scale = 1 + w.
 
     python evaluate.py --run runs/cpu           # report/ in the run: ~55 min on 2 CPU cores
@@ -47,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import autoencoder
 import effnet
 from config import PRESETS, UserError, atomic_write, get_config, load_checkpoint, pick_device, run_cli
 from data import DATASETS, load_dataset, to_float
@@ -232,7 +234,7 @@ def plan_rows(run, cfg):
 
 
 def row_key(r):
-    return "data" if r["model"] == "data" else f"{r['model']}_{r['sampler']}{r['N']}_w{r['w']:g}"
+    return r["model"] if r["model"].startswith("data") else f"{r['model']}_{r['sampler']}{r['N']}_w{r['w']:g}"
 
 
 def fingerprint(path):
@@ -297,10 +299,14 @@ def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
     old = json.loads(results.read_text()) if results.is_file() else {}
     done = {row_key(r): r for r in old["rows"]} if old.get("protocol") == proto else {}  # kept if the weights match
 
-    # The data row: the FID floor at this n.
-    if "data" not in done:
-        done["data"] = dict(model="data", file="-", sampler="-", N=0, w=None, calls=0, ms_per_image=0.0,
-                            **score(data_row(cfg, data_dir, seed), ref, extract))
+    # The data row: the FID floor at this n. Latent runs: the same images through the autoencoder
+    # (encode, decode), the floor of any model on its latents.
+    floors = ["data", "data_ae"] if cfg["latent"] else ["data"]
+    for name in (f for f in floors if f not in done):
+        x = data_row(cfg, data_dir, seed)  # (n, C, H, W)
+        x = autoencoder.to_images(autoencoder.to_latents(x, cfg), cfg) if name == "data_ae" else x
+        done[name] = dict(model=name, file="-", sampler="-", N=0, w=None, calls=0, ms_per_image=0.0,
+                          **score(x, ref, extract))
     rows, models = plan_rows(run, cfg), {}
     teacher_N = max(r["N"] for r in rows if r["model"] == "teacher")
     ids = {f: fingerprint(run / f) for f in {r["file"] for r in rows}}
@@ -318,7 +324,7 @@ def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
                    f"IS {r['inception_score']:5.2f}  {calls:5d} calls  {ms:9.2f} ms/img")
 
     # Targets, results.json, plots and report.md (report.py).
-    rows = [done["data"]] + [done[row_key(r)] for r in rows]  # only this run's current checkpoints
+    rows = [done[f] for f in floors] + [done[row_key(r)] for r in rows]  # only this run's current checkpoints
     plan = (f"Rows: every w in {list(cfg['eval_w'])} for N <= {cfg['eval_all_w_max_N']}; larger N only at w in "
             f"{list(cfg['eval_long_w'])}, and the teacher at its full N also at w in {list(cfg['eval_teacher_w'])} "
             f"(the sampling budget). The data row is {proto['n']} training images: the floor at this sample size.")

@@ -128,7 +128,7 @@ def write_report(folder, results):
     lines += ["", f"## All rows ({name}, n = {proto['n']} per row)", "",
               "| model | sampler | N | w | FID | KID x 1000 | IS | network calls / image | ms / image |",
               "|---|---|---|---|---|---|---|---|---|"]
-    order = {"data": 0, "teacher": 1, "stage1": 2, "stage2": 3}
+    order = {"data": 0, "data_ae": 1, "teacher": 2, "stage1": 3, "stage2": 4}
     for r in sorted(rows, key=lambda r: (r["w"] if r["w"] is not None else -1, order[r["model"]], r["sampler"], -r["N"])):
         w = "-" if r["w"] is None else f"{r['w']:g}"
         lines.append(f"| {r['model']} | {r['sampler']} | {r['N']} | {w} | {r['fid']:.2f} | {1000 * r['kid']:.1f} | "

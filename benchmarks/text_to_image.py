@@ -12,6 +12,7 @@ w = 0 is unguided; diffusers' guidance_scale = 1 + w.
 
     python benchmarks/text_to_image.py --run runs/cpu_latent_text        # ~10 min here
     python benchmarks/text_to_image.py --run runs/cpu_text --teacher-w 1
+    python benchmarks/text_to_image.py --teacher-w --steps 4 --class-run runs/cpu_latent   # labels, for scale
 """
 import argparse
 import sys
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import text  # noqa: E402
 from config import load_checkpoint, pick_device, run_cli, UserError  # noqa: E402
 from evaluate import class_probe, eval_config, feature_net, reference_stats, run_row, score  # noqa: E402
+from stage1 import load_model  # noqa: E402
 
 
 def main():
@@ -30,7 +32,11 @@ def main():
     parser.add_argument("--run", default="runs/cpu_latent_text", help="a finished --text run folder")
     parser.add_argument("--n", type=int, help="samples per row (default: the preset's eval_n)")
     parser.add_argument("--w", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0], help="students' weights")
-    parser.add_argument("--teacher-w", type=float, nargs="+", default=[1.0, 2.0], help="the 1024-step teacher's")
+    parser.add_argument("--teacher-w", type=float, nargs="*", default=[1.0, 2.0], help="the 1024-step teacher's")
+    parser.add_argument("--captions", default="test", choices=["test", "train"],
+                        help="held-out paraphrases (default) or the training captions (does it follow text at all?)")
+    parser.add_argument("--class-run", help="also score this run's class-label students (the same probe, "
+                                            "image k of class k %% 10): how well labels are followed")
     parser.add_argument("--steps", type=int, nargs="+", default=[4, 1], help="stage-2 students to score")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
@@ -48,23 +54,32 @@ def main():
     train_texts, train_classes = text.captions("train")
     means = text.class_means(cfg["text"]["train"]["emb"], train_classes)  # (10, 384)
     encoder_acc = (emb @ means.T).argmax(1).eq(torch.tensor(cfg["text"]["test"]["classes"])).float().mean()
-    print(f"n = {cfg['eval_n']} per row; held-out captions: {len(emb)}; the encoder puts {100 * encoder_acc:.0f} % "
+    print(f"n = {cfg['eval_n']} per row, {args.captions} captions; held-out captions: {len(emb)}; the encoder puts {100 * encoder_acc:.0f} % "
           f"of them nearest their own class; probe accuracy on real test images: {100 * ceiling:.1f} %")
 
     rows = [("teacher", "teacher.pt", "ddim", 1024 if teacher["N"] >= 1024 else teacher["N"], w)
             for w in args.teacher_w]
     rows += [("teacher", "teacher.pt", "ddim", 4, w) for w in args.teacher_w]
     rows += [("stage2", f"stage2_N{N}.pt", "ddim", N, w) for N in args.steps for w in args.w]
+    if args.class_run:  # the same rows for a class-conditioned run (its own checkpoints)
+        rows += [("stage2", Path(args.class_run).resolve() / f"stage2_N{N}.pt", "ddim", N, w)
+                 for N in args.steps for w in args.w]
     print("| model | steps | calls / image | ms / image | w | prompt accuracy | FID | KID×10³ |")
     print("|---|---|---|---|---|---|---|---|")
     models, classes = {}, torch.arange(cfg["eval_n"]) % 10  # (n,) each image's prompt class
+    if args.captions == "train":  # the text models sample their 'test' table: put the training captions there
+        for file in {r[1] for r in rows if not Path(r[1]).is_absolute()}:
+            ckpt = load_checkpoint(run / file)
+            ckpt["config"]["text"]["test"] = ckpt["config"]["text"]["train"]
+            models[file] = ckpt, load_model(ckpt, device).to(memory_format=torch.channels_last)
     for model, file, sampler, N, w in rows:
         # Sample the row for the held-out captions, classify, score.
         x, ms = run_row(dict(model=model, file=file, sampler=sampler, N=N, w=w), run, cfg, args.seed, device, models)
         acc = float((classify(x) == classes).float().mean())
         r = score(x, ref, extract)
         calls = N * (2 if model == "teacher" else 1)
-        print(f"| {model} {sampler} | {N} | {calls} | {ms:.1f} | {w:g} | {100 * acc:.1f} % | {r['fid']:.1f} | "
+        label = f"{model} {sampler}" + (" (class labels)" if Path(file).is_absolute() else "")
+        print(f"| {label} | {N} | {calls} | {ms:.1f} | {w:g} | {100 * acc:.1f} % | {r['fid']:.1f} | "
               f"{1000 * r['kid']:.1f} |", flush=True)
 
 
