@@ -37,13 +37,19 @@ MODEL_KEYS = ("dataset", "resolution", "ch", "ch_mult", "num_res_blocks", "attn_
 
 
 # ---------------------------------------------------------------- the guided prediction
+def null_condition(model, y):
+    """The null condition, shaped like y: the null class for labels (B,), zeros for captions
+    (B, text_dim), which the text U-Net swaps for its learned null embedding."""
+    return torch.zeros_like(y) if y.is_floating_point() else torch.full_like(y, model.null_class)
+
+
 def guided_x_hat(model, z_t, t, y, w):
     """x_hat_w = (1 + w) x_hat_c - w x_hat_u, both branches in one doubled batch.
 
     z_t (B, C, H, W), t (B,), y (B,) class labels, w (B,) or a float: the weight per example.
     """
     B = z_t.shape[0]
-    null = model.null_like(y)  # (B,) null class or (B, text_dim) zeros
+    null = null_condition(model, y)  # (B,) null class or (B, text_dim) zeros
     v_hat = model(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([y, null]))  # (2B, C, H, W)
     x_hat = ddpm.x_from_v(torch.cat([z_t, z_t]), v_hat, torch.cat([t, t]))  # (2B, C, H, W)
     x_hat_c, x_hat_u = x_hat[:B], x_hat[B:]  # (B, C, H, W) each
@@ -194,7 +200,7 @@ def train(cfg, out, device, seed=0, resume=True, data_dir="data", progress=True)
         # Data: a batch; each label (or caption) becomes null with probability p_uncond.
         x, y = random_batch(images, labels, B, gens["data"], cfg["randflip"], device)  # (B, C, H, W), (B,)
         drop = torch.rand(B, generator=gens["noise"], device=device) < cfg["p_uncond"]  # (B,)
-        y = torch.where(ddpm._bcast(drop, y), model.null_like(y), y)  # (B,) or (B, text_dim)
+        y = torch.where(ddpm._bcast(drop, y), null_condition(model, y), y)  # (B,) or (B, text_dim)
 
         # Forward process at t ~ U[0, 1]: z_t = alpha_t x + sigma_t eps.
         t = torch.rand(B, generator=gens["noise"], device=device)  # (B,)

@@ -131,11 +131,6 @@ class UNet(nn.Module):
         nn.init.zeros_(self.w_mlp[-1].bias)
         return self
 
-    def null_like(self, y):
-        """The null condition of classifier-free guidance, shaped like y: the null class, or zeros
-        (which forward swaps for the learned null_text)."""
-        return torch.zeros_like(y) if y.is_floating_point() else torch.full_like(y, self.null_class)
-
     def condition(self, y):
         """Labels (B,) or sentence embeddings (B, text_dim) -> (B, 4ch)."""
         if not hasattr(self, "text_mlp"):

@@ -65,7 +65,7 @@ def test_unet_replaces_an_all_zero_caption_by_its_learned_null():
         torch.nn.init.normal_(p, std=0.1)
     z, t = torch.randn(3, 1, 8, 8), torch.rand(3)
     y = torch.nn.functional.normalize(torch.randn(3, text.TEXT_DIM), dim=1)
-    null = net.null_like(y)
+    null = guidance.null_condition(net, y)
     assert torch.equal(null, torch.zeros_like(y))
     with torch.no_grad():
         out_null = net(z, t, null)
