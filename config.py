@@ -199,7 +199,7 @@ def with_latent(cfg, ae_path):
     keys = ("ae_ch", "ae_levels", "ae_z_channels")
     return cfg | {k: ae_cfg[k] for k in keys} | dict(randflip=False, latent=dict(
         path=str(ae_path), scale_factor=float(ae["scale_factor"]), channels=ae_cfg["ae_z_channels"],
-        size=ae_cfg["resolution"] >> ae_cfg["ae_levels"], step=ae["step"], weights=ae["ema"]))
+        size=ae_cfg["resolution"] >> ae_cfg["ae_levels"], weights=ae["ema"]))
 
 
 def space(cfg):

@@ -51,8 +51,7 @@ def main():
     ref = reference_stats(cfg, extract, "data/fid_stats", "data")
     classify, ceiling = class_probe(cfg, extract, "data/fid_stats", "data")
     emb = cfg["text"]["test"]["emb"]  # (40, 384) held-out captions
-    train_texts, train_classes = text.captions("train")
-    means = text.class_means(cfg["text"]["train"]["emb"], train_classes)  # (10, 384)
+    means = text.class_means(cfg["text"]["train"]["emb"], cfg["text"]["train"]["classes"])  # (10, 384)
     encoder_acc = (emb @ means.T).argmax(1).eq(torch.tensor(cfg["text"]["test"]["classes"])).float().mean()
     print(f"n = {cfg['eval_n']} per row, {args.captions} captions; held-out captions: {len(emb)}; the encoder puts {100 * encoder_acc:.0f} % "
           f"of them nearest their own class; probe accuracy on real test images: {100 * ceiling:.1f} %")
