@@ -181,8 +181,24 @@ def setup(args):
         import text  # here, not at the top: text.py imports this file
 
         cfg = text.with_text(cfg)
-    out = Path(args.out or Path("runs") / (args.preset + "_latent" * bool(latent) + "_text" * use_text))
-    return cfg, out, pick_device(args.device)
+    device = pick_device(args.device)
+    out = writable_dir(args.out if args.out is not None else
+                       Path("runs") / (args.preset + "_latent" * bool(latent) + "_text" * use_text), "--out")
+    return cfg, out, device
+
+
+def writable_dir(path, flag):
+    """The folder `path` (created if missing) if files can be written there, else a one-line error."""
+    if not str(path).strip():
+        raise UserError(f"{flag} is empty; give a folder, e.g. {flag} runs/mine")
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot create the folder ({e.strerror}); choose another") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: not writable; choose another folder")
+    return path
 
 
 def with_latent(cfg, ae_path):

@@ -262,7 +262,7 @@ def main(argv=None):
     if args.command == "train-encoder":
         cfg, out, device = setup(args)
         start = args.start_steps or cfg["stage2_start_N"]
-        stage2.check_steps(args.steps, start)
+        stage2.check_steps(args.steps, start, cfg["teacher_N"])
         print(f"encoder distillation: preset {cfg['preset']}, {start} -> {args.steps} steps, run folder {out}")
         train_encoder(cfg, out, device, args.steps, start, args.seed, args.resume, args.data_dir)
         print(f"wrote {out / f'encoder_N{args.steps}.pt'}")

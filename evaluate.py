@@ -54,7 +54,7 @@ from config import PRESETS, UserError, atomic_write, get_config, load_checkpoint
 from data import DATASETS, load_dataset, to_float
 from guidance import save_images
 from report import check_targets, plot, write_report
-from sample import SAMPLERS, generate, sampling_stage
+from sample import SAMPLERS, generate, sampling_stage, warn_w_range
 from stage1 import load_model
 
 
@@ -370,6 +370,7 @@ def main(argv=None):
         print(f"wrote {Path(args.run) / 'report'}/report.md, results.json, fid_vs_calls.png, fid_vs_is.png, grids/")
         return
     stage = sampling_stage(ckpt, args.ckpt)
+    warn_w_range([args.w], ckpt)
     if args.sampler not in SAMPLERS[stage]:
         raise UserError(f"--sampler {args.sampler} does not apply to a {stage} checkpoint; "
                         f"use one of {', '.join(SAMPLERS[stage])}")

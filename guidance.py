@@ -164,8 +164,10 @@ def checkpoint_dict(stage, N, cfg, model, ema, opt, step, gens):
 def optimizer_step(loss, model, ema, opt, lr, cfg, step, ema_decay, ckpt_path):
     """Stop on a non-finite loss; else clip gradients, take an AdamW step, update the EMA."""
     if not torch.isfinite(loss):
-        raise UserError(f"loss became {loss.item()} at step {step}; {ckpt_path} keeps the last "
-                        "good weights; lower the learning rate (--set ...) and rerun")
+        kept = (f"{ckpt_path} keeps the last good weights" if ckpt_path.exists()
+                else "no checkpoint was written")
+        raise UserError(f"loss became {loss.item()} at step {step}; {kept}; lower the learning rate "
+                        "(--set ...) and rerun")
     for group in opt.param_groups:
         group["lr"] = lr
     opt.zero_grad(set_to_none=True)

@@ -18,6 +18,7 @@ A latent-space checkpoint (stage2.py --latent) carries its autoencoder and is de
     python sample.py --ckpt runs/cpu_latent_text/stage2_N4.pt --prompt "a pair of sneakers" --prompt "a gown" --w 0,2
 """
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import torch
 import autoencoder
 import ddpm
 import text
-from config import load_checkpoint, pick_device, run_cli, space, UserError
+from config import load_checkpoint, pick_device, run_cli, space, UserError, writable_dir
 from data import DATASETS, data_shape, to_uint8
 from guidance import guided_predictor, save_images
 from stage1 import load_model, student_predictor
@@ -43,6 +44,14 @@ def sampling_stage(ckpt, path):
         raise UserError(f"{path} holds stage {stage!r}; sampling needs teacher.pt, stage1.pt or stage2_N*.pt "
                         "(an encoder decodes with: python edit.py encode)")
     return stage
+
+
+def warn_w_range(ws, ckpt):
+    """A warning on stderr (not an error) for guidance weights outside the checkpoint's w range."""
+    lo, hi = ckpt["w_range"]
+    if any(not lo <= w <= hi for w in ws):
+        print(f"warning: w = {', '.join(f'{w:g}' for w in ws)} leaves the trained range [{lo:g}, {hi:g}]; "
+              "expect samples unlike any the model was trained for", file=sys.stderr)
 
 
 def image_noise(seeds, shape, device):
@@ -109,9 +118,7 @@ def main(argv=None):
     if args.sampler not in SAMPLERS[stage]:
         raise UserError(f"--sampler {args.sampler} does not apply to a {stage} checkpoint; "
                         f"use one of {', '.join(SAMPLERS[stage])}")
-    lo, hi = ckpt["w_range"]
-    if any(not lo <= w <= hi for w in ws):
-        print(f"warning: --w {args.w} leaves the trained range [{lo}, {hi}]")
+    warn_w_range(ws, ckpt)
     if stage == "stage2" and steps != ckpt["N"]:
         print(f"warning: this student was distilled for N = {ckpt['N']} steps; {steps} steps "
               "put it at times it never trained on (expect worse samples)")
@@ -129,13 +136,15 @@ def main(argv=None):
     seeds = args.seed * 1_000_003 + torch.arange(args.rows * n_cols).repeat(len(ws))  # (n,)
     model = load_model(ckpt, device, args.weights).to(memory_format=torch.channels_last)
 
+    out = Path(args.out_file or Path(args.ckpt).with_name(f"samples_{Path(args.ckpt).stem}_"
+                                                          f"{args.sampler}{steps}.png"))
+    writable_dir(out.parent, "--out-file's folder")  # before sampling, not after
+
     t0 = time.time()
     x = generate(ckpt, model, y, w, steps, args.sampler, seeds, device, args.batch_size)
     seconds = time.time() - t0
     calls = steps * (2 if stage == "teacher" else 1)
 
-    out = Path(args.out_file or Path(args.ckpt).with_name(f"samples_{Path(args.ckpt).stem}_"
-                                                          f"{args.sampler}{steps}.png"))
     save_images(x, out, n_cols)
     np.savez(out.with_suffix(".npz"), x=to_uint8(x).numpy(), y=col.numpy(), w=w.numpy(),
              prompts=np.array(args.prompt or [], dtype=str))  # y: the class, or the prompt's index

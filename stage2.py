@@ -100,11 +100,14 @@ def train(cfg, out, device, steps, start_steps=None, seed=0, resume=True, data_d
     return halve(ckpt, "stage2", round_loss, cfg, out, device, start_steps, steps, seed, resume, data_dir, progress)
 
 
-def check_steps(steps, start_steps):
-    """--steps must be a power of two that divides --start-steps (both powers of two)."""
+def check_steps(steps, start_steps, teacher_N):
+    """--steps must be a power of two below --start-steps, itself a power of two <= the teacher's N."""
     for name, n in (("--steps", steps), ("--start-steps", start_steps)):
         if n < 1 or n & (n - 1):
             raise UserError(f"{name} {n} is not a power of two (1, 2, 4, ..., 1024)")
+    if start_steps > teacher_N:
+        raise UserError(f"--start-steps {start_steps} is larger than the teacher's N = {teacher_N} "
+                        "(--set teacher_N=...); halving starts at or below it")
     if steps >= start_steps:
         raise UserError(f"--steps {steps} must be smaller than --start-steps {start_steps}")
 
@@ -121,7 +124,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     cfg, out, device = setup(args)
     start_steps = args.start_steps or cfg["stage2_start_N"]
-    check_steps(args.steps, start_steps)
+    check_steps(args.steps, start_steps, cfg["teacher_N"])
     print(f"stage 2: preset {cfg['preset']}, {start_steps} -> {args.steps} steps on {space(cfg)}, "
           f"device {device}, run folder {out}")
     ckpt = train(cfg, out, device, args.steps, start_steps, args.seed, args.resume, args.data_dir)

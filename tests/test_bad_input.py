@@ -1,0 +1,136 @@
+"""The bad-input catalogue (README, "Bad input"): each case is one line on stderr, exit code 2,
+and no file written or changed in the run folder. Uses the session's smoke run (conftest.py),
+copied, so its checkpoints stay untouched."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _snapshot(folder):
+    """name -> (size, mtime) of every file below folder."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def run(smoke_run, tmp_path):
+    """A copy of the finished smoke run: teacher.pt, stage1.pt, stage2_N*.pt."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name in ("teacher.pt", "stage1.pt", "stage2_N4.pt"):
+        shutil.copy2(smoke_run[0] / name, folder / name)
+    return folder
+
+
+def _fails_cleanly(argv, message, folder, after_progress=False):
+    """Exit 2 with one line on stderr (after_progress: a progress bar may come before that line)."""
+    before = _snapshot(folder)
+    r = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2, (argv, r.returncode, r.stderr[-1500:])
+    lines = r.stderr.strip().split("\n")
+    assert "Traceback" not in r.stderr and (after_progress or len(lines) == 1), r.stderr[-1500:]
+    assert lines[-1].startswith(f"{argv[0]}: error: "), lines[-1]
+    assert message in r.stderr, (message, r.stderr)
+    assert _snapshot(folder) == before, "a file was written or changed"
+    return r.stderr
+
+
+def test_steps_not_a_power_of_two(run):
+    _fails_cleanly(["stage2.py", "--preset", "smoke", "--steps", "3", "--out", str(run)], "not a power of two", run)
+
+
+def test_start_steps_larger_than_the_teachers_N(run):
+    _fails_cleanly(["stage2.py", "--preset", "smoke", "--steps", "4", "--start-steps", "2048", "--out", str(run)],
+                   "larger than the teacher's N = 1024", run)
+
+
+def test_w_outside_the_trained_range_is_a_warning_with_the_range(run, tmp_path):
+    r = subprocess.run([sys.executable, "sample.py", "--ckpt", str(run / "stage2_N4.pt"), "--w", "0,9",
+                        "--out-file", str(tmp_path / "g.png")], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and "leaves the trained range [0, 4]" in r.stderr, r.stderr
+    assert (tmp_path / "g.png").is_file()
+
+
+def test_checkpoint_of_the_wrong_stage(run):
+    _fails_cleanly(["edit.py", "encode", "--ckpt", str(run / "stage2_N4.pt")], "holds stage 'stage2'", run)
+
+
+def test_truncated_checkpoint(run):
+    data = (run / "teacher.pt").read_bytes()
+    (run / "teacher.pt").write_bytes(data[: len(data) // 2])
+    _fails_cleanly(["sample.py", "--ckpt", str(run / "teacher.pt")], "is not a readable checkpoint", run)
+    # Resuming from it is refused too, and the broken file is left for the user to delete.
+    _fails_cleanly(["guidance.py", "--preset", "smoke", "--out", str(run)], "delete it and rerun", run)
+
+
+def test_corrupted_checkpoint(run):
+    (run / "stage1.pt").write_bytes(b"not a checkpoint at all" * 100)
+    _fails_cleanly(["sample.py", "--ckpt", str(run / "stage1.pt")], "is not a readable checkpoint", run)
+
+
+def test_checkpoint_of_another_image_size(run):
+    _fails_cleanly(["guidance.py", "--preset", "smoke", "--set", "resolution=16", "--out", str(run)],
+                   "was trained with other resolution", run)
+
+
+def test_checkpoint_of_another_dataset(run, tmp_path):
+    _fails_cleanly(["guidance.py", "--preset", "smoke", "--set", "dataset='cifar10'", "--data-dir", str(tmp_path),
+                    "--out", str(run)], "CIFAR-10 not found", run)  # the data are checked first
+
+
+def test_missing_dataset(tmp_path):
+    _fails_cleanly(["guidance.py", "--preset", "cifar10", "--data-dir", str(tmp_path / "none"),
+                    "--out", str(tmp_path / "out")], "cifar-10-batches-py", tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_without_cuda(tmp_path):
+    _fails_cleanly(["stage2.py", "--preset", "smoke", "--device", "cuda", "--out", str(tmp_path / "out")],
+                   "no CUDA device", tmp_path)
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_out(tmp_path):
+    _fails_cleanly(["guidance.py", "--preset", "smoke", "--out", ""], "--out is empty", tmp_path)
+
+
+def test_unwritable_out(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")  # a folder cannot be made below a file, whoever runs the test
+    _fails_cleanly(["stage2.py", "--preset", "smoke", "--out", str(blocker / "run")], "cannot create the folder",
+                   tmp_path)
+
+
+def test_unwritable_out_file(run):
+    (run / "a_file").write_text("x")
+    _fails_cleanly(["sample.py", "--ckpt", str(run / "stage2_N4.pt"), "--out-file", str(run / "a_file" / "g.png")],
+                   "--out-file's folder", run)
+
+
+@pytest.mark.parametrize("argv", [["guidance.py", "--preset", "smoke", "--batch-size", "0"],
+                                  ["sample.py", "--batch-size", "0"]])
+def test_batch_size_zero(argv, run):
+    if argv[0] == "sample.py":
+        argv = argv + ["--ckpt", str(run / "stage2_N4.pt")]
+    else:
+        argv = argv + ["--out", str(run)]
+    _fails_cleanly(argv, "--batch-size", run)
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    subprocess.run([sys.executable, "guidance.py", "--preset", "smoke", "--iters", "75", "--out", str(out)],
+                   cwd=ROOT, capture_output=True, check=True)
+    good = (out / "teacher.pt").read_bytes()
+    # Resume with an absurd learning rate: the weights blow up within a few steps.
+    err = _fails_cleanly(["guidance.py", "--preset", "smoke", "--iters", "150", "--set", "lr=1e30", "--out", str(out)],
+                         "keeps the last good weights", out, after_progress=True)
+    assert "loss became" in err and (out / "teacher.pt").read_bytes() == good
+    _fails_cleanly(["guidance.py", "--preset", "smoke", "--set", "lr=1e30", "--out", str(tmp_path / "new")],
+                         "no checkpoint was written", tmp_path / "new", after_progress=True)
