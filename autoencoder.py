@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import distributed
 from config import add_common_args, add_training_args, atomic_write, run_cli, save_checkpoint, setup, UserError
 from data import DATASETS, load_dataset, random_batch, to_float
 
@@ -74,6 +75,11 @@ class AutoEncoder(nn.Module):
         mean, logvar = h.chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)
 
+    def forward(self, x, eps):
+        """A training pass: u = mean + std * eps ~ q(u | x) -> (x_rec, mean, logvar)."""
+        mean, logvar = self.encode(x)  # (B, z, h, w) each
+        return self.decode(mean + (0.5 * logvar).exp() * eps), mean, logvar
+
     def decode(self, u):
         """-> x_rec (B, C, H, W) (unclipped)."""
         h = self.dec_in(u)
@@ -89,9 +95,8 @@ def from_config(cfg):
 def ae_loss(model, x, eps, kl_weight):
     """Per-pixel MSE of the reconstruction of u = mean + std * eps, plus kl_weight times the
     KL(q(u | x) || N(0, I)) per pixel of x -> (loss, mse)."""
-    mean, logvar = model.encode(x)  # (B, z, h, w) each
-    u = mean + (0.5 * logvar).exp() * eps
-    mse = (model.decode(u) - x).pow(2).mean()
+    x_rec, mean, logvar = model(x, eps)  # (B, C, H, W), (B, z, h, w) x 2
+    mse = (x_rec - x).pow(2).mean()
     kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).flatten(1).sum(1).mean() / x[0].numel()
     return mse + kl_weight * kl, mse
 
@@ -171,6 +176,7 @@ def train(cfg, out, device, seed=0, resume=True, data_dir="data", progress=True)
     torch.manual_seed(seed)
     images, labels = load_dataset(cfg["dataset"], cfg["resolution"], data_dir)
     model = from_config(cfg).to(device)
+    net = distributed.wrap(model)  # DDP under torchrun
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = guidance.make_optimizer(model, {**cfg, "lr": cfg["ae_lr"], "weight_decay": 0.0}, device)
     gens = {"data": torch.Generator().manual_seed(seed), "noise": torch.Generator(device).manual_seed(seed + 1)}
@@ -181,16 +187,18 @@ def train(cfg, out, device, seed=0, resume=True, data_dir="data", progress=True)
         return ckpt
 
     B, h = cfg["batch_size"], cfg["resolution"] >> cfg["ae_levels"]
-    bar = tqdm(range(start, iters), initial=start, total=iters, desc="autoencoder", disable=not progress)
+    bar = tqdm(range(start, iters), initial=start, total=iters, desc="autoencoder",
+               disable=not progress or not distributed.is_main())
     mses, t0 = [], time.time()
     for step in bar:
         # A batch, a latent draw per image, the loss; Adam with lr decaying linearly to 0.
         x, _ = random_batch(images, labels, B, gens["data"], cfg["randflip"], device)  # (B, C, H, W)
         eps = torch.randn((B, cfg["ae_z_channels"], h, h), generator=gens["noise"], device=device)  # (B, z, h, h)
-        loss, mse = ae_loss(model, x, eps, cfg["ae_kl_weight"])
+        x, eps = distributed.shard(x, eps)  # this process's B / K examples (torchrun)
+        loss, mse = ae_loss(net, x, eps, cfg["ae_kl_weight"])
         grad_norm = guidance.optimizer_step(loss, model, ema, opt, cfg["ae_lr"] * (1 - step / iters), cfg, step,
                                             cfg["ae_ema_decay"], ckpt_path)
-        mses.append(mse.item())
+        mses.append(distributed.mean(mse).item())  # the global batch's error
         bar.set_postfix(mse=f"{sum(mses[-50:]) / len(mses[-50:]):.5f}")
 
         # Every ckpt_every steps and at the end: checkpoint (with the scale factor) and a metrics line.

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+import distributed
+
 # ---------------------------------------------------------------- presets
 # Shared defaults; each preset below overrides what differs. Sources:
 #   [SH]  Salimans & Ho 2022, official configs `diffusion_distillation/config/*_base.py`
@@ -181,10 +183,18 @@ def setup(args):
         import text  # here, not at the top: text.py imports this file
 
         cfg = text.with_text(cfg)
-    device = pick_device(args.device)
+    device = distributed.init(pick_device(args.device))  # under torchrun: join the process group
+    check_batch_size(cfg)
     out = writable_dir(args.out if args.out is not None else
                        Path("runs") / (args.preset + "_latent" * bool(latent) + "_text" * use_text), "--out")
     return cfg, out, device
+
+
+def check_batch_size(cfg):
+    """--batch-size must be >= 1 and split evenly over the processes of a torchrun."""
+    if cfg["batch_size"] < 1 or cfg["batch_size"] % distributed.world():
+        raise UserError(f"--batch-size {cfg['batch_size']} must be >= 1 and divisible by the "
+                        f"{distributed.world()} process(es)")
 
 
 def writable_dir(path, flag):
@@ -266,8 +276,9 @@ def atomic_write(path, write):
 
 
 def save_checkpoint(ckpt, path):
-    """Write a checkpoint atomically (atomic_write)."""
-    atomic_write(path, lambda f: torch.save(ckpt, f))
+    """Write a checkpoint atomically (atomic_write); under torchrun only rank 0 writes."""
+    if distributed.is_main():
+        atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
 def load_checkpoint(path, stage=None):

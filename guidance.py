@@ -26,9 +26,10 @@ from tqdm import tqdm
 
 import autoencoder
 import ddpm
+import distributed
 import text
-from config import (add_common_args, add_training_args, load_checkpoint, run_cli, save_checkpoint,
-                    setup, space, UserError)
+from config import (add_common_args, add_training_args, check_batch_size, load_checkpoint, run_cli,
+                    save_checkpoint, setup, space, UserError)
 from data import data_shape, random_batch, training_set
 from unet import from_config
 
@@ -98,7 +99,9 @@ def set_rng_state(gens, state):
 
 
 def log_metrics(out, record):
-    """Append one JSON line to the run's metrics.jsonl."""
+    """Append one JSON line to the run's metrics.jsonl (rank 0 only under torchrun)."""
+    if not distributed.is_main():
+        return
     with open(out / "metrics.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
 
@@ -109,7 +112,10 @@ def save_grid(make_predict, path, cfg, device, steps, w_values=None, seed=0):
     the same noise down each column.
 
     make_predict(y, w) -> predict(z_t, t); y and w hold one entry per image. Latents are decoded.
+    Under torchrun only rank 0 draws it.
     """
+    if not distributed.is_main():
+        return
     from data import DATASETS
 
     w_values = cfg["grid_w"] if w_values is None else w_values
@@ -185,6 +191,7 @@ def train(cfg, out, device, seed=0, resume=True, data_dir="data", progress=True)
     torch.manual_seed(seed)
     images, labels = training_set(cfg, data_dir)  # (N, C, H, W) uint8 images, or float latents
     model = from_config(cfg).to(device)
+    net = distributed.wrap(model)  # DDP under torchrun: the forward pass; gradients averaged over ranks
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = make_optimizer(model, cfg, device)
     gens = {"data": torch.Generator().manual_seed(seed),  # batch indices, flips
@@ -196,7 +203,8 @@ def train(cfg, out, device, seed=0, resume=True, data_dir="data", progress=True)
             print(f"{ckpt_path}: {'finished' if start >= iters else 'resuming'} at step {start}/{iters}")
 
     B = cfg["batch_size"]
-    bar = tqdm(range(start, iters), initial=start, total=iters, desc="teacher", disable=not progress)
+    bar = tqdm(range(start, iters), initial=start, total=iters, desc="teacher",
+               disable=not progress or not distributed.is_main())
     losses, running, t0 = [], 0.0, time.time()
     for step in bar:
         # Data: a batch; each label (or caption) becomes null with probability p_uncond.
@@ -207,16 +215,17 @@ def train(cfg, out, device, seed=0, resume=True, data_dir="data", progress=True)
         # Forward process at t ~ U[0, 1]: z_t = alpha_t x + sigma_t eps.
         t = torch.rand(B, generator=gens["noise"], device=device)  # (B,)
         eps = torch.randn(x.shape, generator=gens["noise"], device=device)  # (B, C, H, W)
+        x, y, t, eps = distributed.shard(x, y, t, eps)  # this process's B / K examples (torchrun)
         z_t = ddpm.q_sample(x, t, eps)
 
         # Predict v, convert to x_hat, weight the x-space error by omega(lambda_t).
-        x_hat = ddpm.x_from_v(z_t, model(z_t, t, y), t)  # (B, C, H, W)
+        x_hat = ddpm.x_from_v(z_t, net(z_t, t, y), t)  # (B, C, H, W)
         loss = ddpm.weighted_x_loss(x_hat, x, t, cfg["loss_weight"])
 
         # Update: linear warm-up, gradient clipping, AdamW, EMA.
         lr = cfg["lr"] * min(1.0, (step + 1) / max(1, cfg["warmup"]))
         grad_norm = optimizer_step(loss, model, ema, opt, lr, cfg, step, cfg["ema_decay"], ckpt_path)
-        losses.append(loss.item())
+        losses.append(distributed.mean(loss).item())  # the global batch's loss
         running = 0.99 * running + 0.01 * losses[-1] if step > start else losses[-1]
         bar.set_postfix(loss=f"{running:.4f}")
 
@@ -255,8 +264,9 @@ def main(argv=None):
                        ("p_uncond", args.p_uncond), ("loss_weight", args.loss_weight)]:
         if value is not None:
             cfg[key] = value
-    if cfg["batch_size"] < 1 or cfg["teacher_iters"] < 0:
-        raise UserError("--batch-size must be >= 1 and --iters >= 0")
+    check_batch_size(cfg)
+    if cfg["teacher_iters"] < 0:
+        raise UserError("--iters must be >= 0")
     print(f"teacher: preset {cfg['preset']}, {cfg['dataset']} {cfg['resolution']}px on {space(cfg)}, "
           f"device {device}, run folder {out}")
     train(cfg, out, device, args.seed, args.resume, args.data_dir)

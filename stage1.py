@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 import ddpm
+import distributed
 import guidance
 from config import add_common_args, add_training_args, run_cli, save_checkpoint, setup, UserError
 from data import random_batch, training_set
@@ -70,7 +71,8 @@ def distill(name, N, cfg, out, device, student, loss_fn, iters, lr, seed, resume
     linearly to 0, an EMA of decay distill_ema_decay (0 [SH]: the checkpoint's 'ema' is the weights;
     the next stage starts from the 'ema'), a checkpoint + metrics line + sample grid every
     distill_ckpt_every steps (grid=False: no grid, e.g. for an encoder), resumable inside a round.
-    loss_fn(x, y, w, gen) -> scalar loss."""
+    loss_fn(x, y, w, gen) -> scalar loss; it gets the global batch and draws its noise for all of it,
+    then keeps this process's slice (distributed.shard), so torchrun gives the single-process result."""
     ckpt_path, stage = out / f"{name}.pt", name.split("_")[0]  # stage2_N64.pt holds stage 'stage2'
     images, labels = training_set(cfg, data_dir)  # images, or latents with --latent
     ema = copy.deepcopy(student).requires_grad_(False)
@@ -80,7 +82,7 @@ def distill(name, N, cfg, out, device, student, loss_fn, iters, lr, seed, resume
     start, ckpt = guidance.resume_from(ckpt_path, stage, cfg, student, ema, opt, gens) \
         if resume else (0, None)
     B, losses, t0 = cfg["batch_size"], [], time.time()
-    bar = tqdm(range(start, iters), initial=start, total=iters, desc=name, disable=not progress)
+    bar = tqdm(range(start, iters), initial=start, total=iters, desc=name, disable=not progress or not distributed.is_main())
     for step in bar:
         # Data and a guidance weight per example, w ~ U[w_min, w_max].
         x, y = random_batch(images, labels, B, gens["data"], cfg["randflip"], device)  # (B, C, H, W), (B,)
@@ -91,7 +93,7 @@ def distill(name, N, cfg, out, device, student, loss_fn, iters, lr, seed, resume
         step_lr = lr * (1 - step / iters)
         grad_norm = guidance.optimizer_step(loss, student, ema, opt, step_lr, cfg, step,
                                             cfg["distill_ema_decay"], ckpt_path)
-        losses.append(loss.item())
+        losses.append(distributed.mean(loss).item())  # the global batch's loss
         bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
 
         # Every distill_ckpt_every steps and at the end: checkpoint, metrics line, sample grid.
@@ -119,12 +121,14 @@ def train(cfg, out, device, seed=0, resume=True, data_dir="data", progress=True)
     teacher_ckpt = guidance.train(cfg, out, device, seed, True, data_dir, progress)
     teacher = load_model(teacher_ckpt, device)
     student = init_student(teacher_ckpt, device)
+    net = distributed.wrap(student)  # DDP under torchrun
     torch.manual_seed(seed)
 
     def loss_fn(x, y, w, gen):
         t = torch.rand(x.shape[0], generator=gen, device=device)  # (B,)
         eps = torch.randn(x.shape, generator=gen, device=device)  # (B, C, H, W)
-        return stage1_loss(student, teacher, x, y, w, t, eps, cfg["loss_weight"])
+        x, y, w, t, eps = distributed.shard(x, y, w, t, eps)  # this process's B / K examples (torchrun)
+        return stage1_loss(net, teacher, x, y, w, t, eps, cfg["loss_weight"])
 
     return distill("stage1", cfg["teacher_N"], cfg, out, device, student, loss_fn, cfg["stage1_iters"],
                    cfg["stage1_lr"], seed, resume, data_dir, progress)

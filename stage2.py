@@ -28,6 +28,7 @@ import argparse
 import torch
 
 import ddpm
+import distributed
 import guidance
 import stage1
 from config import add_common_args, add_training_args, run_cli, setup, space, UserError
@@ -75,11 +76,13 @@ def halve(ckpt, prefix, round_loss, cfg, out, device, start_steps, steps, seed, 
         # Round: the previous model is the 2N-step teacher and this student's initialization.
         teacher = stage1.load_model(ckpt, device)
         student = stage1.load_model(ckpt, device).train().requires_grad_(True)
+        net = distributed.wrap(student)  # DDP under torchrun
 
-        def loss_fn(x, y, w, gen, N=N, teacher=teacher, student=student):
+        def loss_fn(x, y, w, gen, N=N, teacher=teacher, net=net):
             i = torch.randint(N, (x.shape[0],), generator=gen, device=device)  # (B,)
             eps = torch.randn(x.shape, generator=gen, device=device)  # (B, C, H, W)
-            return round_loss(student, teacher, x, y, w, i, N, eps)
+            x, y, w, i, eps = distributed.shard(x, y, w, i, eps)  # this process's B / K examples (torchrun)
+            return round_loss(net, teacher, x, y, w, i, N, eps)
 
         ckpt = stage1.distill(f"{prefix}_N{N}", N, cfg, out, device, student, loss_fn, round_iters(cfg, N),
                               cfg["stage2_lr"], seed, resume, data_dir, progress, grid)
