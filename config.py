@@ -251,9 +251,11 @@ def pick_device(name="auto"):
 
 
 def run_cli(main):
-    """Run main(); a UserError becomes one line on stderr and exit code 2."""
+    """Run main(); a UserError becomes one line on stderr and exit code 2. Under torchrun every
+    rank waits for the others before it exits."""
     try:
         main()
+        distributed.finish()
     except UserError as e:
         print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -264,7 +266,9 @@ def run_cli(main):
 # reads it: stage, N (sampler steps), w_range, config, model, ema, optimizer, step, rng.
 def atomic_write(path, write):
     """Call write(f) on a temp file in path's folder, fsync, then rename over `path`: a reader
-    (or a crash) never sees half a file."""
+    (or a crash) never sees half a file. Under torchrun only rank 0 writes."""
+    if not distributed.is_main():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -276,9 +280,8 @@ def atomic_write(path, write):
 
 
 def save_checkpoint(ckpt, path):
-    """Write a checkpoint atomically (atomic_write); under torchrun only rank 0 writes."""
-    if distributed.is_main():
-        atomic_write(path, lambda f: torch.save(ckpt, f))
+    """Write a checkpoint atomically (atomic_write; under torchrun only rank 0 writes)."""
+    atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
 def load_checkpoint(path, stage=None):

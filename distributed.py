@@ -17,6 +17,17 @@ as one process with the same B, up to float summation order (tests/test_distribu
 Drawing the whole batch on every rank costs a few random numbers per step, nothing next to the
 network. Only rank 0 writes checkpoints, grids and metrics and shows progress bars; every rank
 resumes from the same checkpoint files.
+
+Sampling (sample.py, evaluate.py) splits the images instead: rank r generates its contiguous
+share of them (my_rows), and gather concatenates every rank's images in order. Image k comes
+from its own seed, so the result does not depend on the number of processes.
+
+    torchrun --nproc_per_node=2 sample.py --ckpt runs/cpu/stage2_N4.pt --rows 8
+    torchrun --nproc_per_node=2 evaluate.py --run-dir runs/cpu     # not --run: torchrun takes it
+
+torchrun reads abbreviations of its own options even after the script's name, so a script's
+--run or --n is taken for torchrun's --run-path or --nnodes; evaluate.py spells them --run-dir
+and --num-samples as well.
 """
 import os
 
@@ -33,6 +44,14 @@ def init(device):
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return device
+
+
+def finish():
+    """After a successful run: wait for every rank, then leave the process group (a rank that
+    exits while another still uses the group can abort it)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def world():
@@ -72,3 +91,17 @@ def mean(x):
     x = x.detach().clone()
     dist.all_reduce(x)
     return x / world()
+
+
+def my_rows(n):
+    """The indices (contiguous) of the n images this rank samples; all of them in one process."""
+    return torch.tensor_split(torch.arange(n), world())[rank()]
+
+
+def gather(x):
+    """Every rank's x (dim 0) concatenated in rank order, on every rank; x itself in one process."""
+    if world() == 1:
+        return x
+    parts = [None] * world()
+    dist.all_gather_object(parts, x.cpu())
+    return torch.cat(parts)

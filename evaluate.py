@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import autoencoder
+import distributed
 import effnet
 from config import PRESETS, UserError, atomic_write, get_config, load_checkpoint, pick_device, run_cli
 from data import DATASETS, load_dataset, to_float
@@ -310,7 +311,7 @@ def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
     rows, models = plan_rows(run, cfg), {}
     teacher_N = max(r["N"] for r in rows if r["model"] == "teacher")
     ids = {f: fingerprint(run / f) for f in {r["file"] for r in rows}}
-    for row in tqdm(rows, desc="report rows", disable=not progress):
+    for row in tqdm(rows, desc="report rows", disable=not progress or not distributed.is_main()):
         row["ckpt_id"] = ids[row["file"]]
         if done.get(row_key(row), {}).get("ckpt_id") == row["ckpt_id"]:
             continue
@@ -320,8 +321,9 @@ def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
         r = done[row_key(row)] = row | dict(calls=calls, ms_per_image=ms, **score(x, ref, extract))
         save_images(x[:2 * n_classes], folder / "grids" / f"{row_key(row)}.png", min(n_classes, 10))
         save_json(dict(protocol=proto, rows=list(done.values())), results)
-        tqdm.write(f"{row_key(row):28s} FID {r['fid']:7.2f}  KID {r['kid']:7.4f}  "
-                   f"IS {r['inception_score']:5.2f}  {calls:5d} calls  {ms:9.2f} ms/img")
+        if distributed.is_main():
+            tqdm.write(f"{row_key(row):28s} FID {r['fid']:7.2f}  KID {r['kid']:7.4f}  "
+                       f"IS {r['inception_score']:5.2f}  {calls:5d} calls  {ms:9.2f} ms/img")
 
     # Targets, results.json, plots and report.md (report.py).
     rows = [done[f] for f in floors] + [done[row_key(r)] for r in rows]  # only this run's current checkpoints
@@ -330,10 +332,11 @@ def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
             f"(the sampling budget). The data row is {proto['n']} training images: the floor at this sample size.")
     out = dict(protocol=proto, plan=plan, reference_is=float(ref["inception_score"]),
                eval_w=[float(w) for w in cfg["eval_w"]], rows=rows, targets=check_targets(rows, teacher_N))
-    folder.mkdir(parents=True, exist_ok=True)
     save_json(out, results)
-    plot(rows, out["eval_w"], folder)
-    write_report(folder, out)
+    if distributed.is_main():  # rank 0 writes
+        folder.mkdir(parents=True, exist_ok=True)
+        plot(rows, out["eval_w"], folder)
+        write_report(folder, out)
     return rows, out["targets"]
 
 
@@ -341,12 +344,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--run", help="a run folder: evaluate all its checkpoints, write DIR/report/")
+    what.add_argument("--run", "--run-dir", dest="run",
+                      help="a run folder: evaluate all its checkpoints, write DIR/report/ (under torchrun, "
+                           "write --run-dir: torchrun takes --run for its own --run-path)")
     what.add_argument("--ckpt", help="one checkpoint: print its FID and IS")
     parser.add_argument("--steps", type=int, help="--ckpt: sampler steps (default: its own N)")
     parser.add_argument("--sampler", default="ddim", choices=["ddim", "ancestral", "stochastic"])
     parser.add_argument("--w", type=float, default=1.0, help="--ckpt: guidance weight (0 = unguided)")
-    parser.add_argument("--n", type=int, help="samples per row (default: the preset's eval_n)")
+    parser.add_argument("--n", "--num-samples", dest="n", type=int,
+                        help="samples per row (default: the preset's eval_n; under torchrun write --num-samples)")
     parser.add_argument("--preset", choices=list(PRESETS), help="eval_* protocol (default: the run's preset)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a protocol value, e.g. --set eval_feature_size=224")
@@ -355,7 +361,7 @@ def main(argv=None):
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--seed", type=int, default=0, help="noise seeds and the data row's images")
     args = parser.parse_args(argv)
-    device = pick_device(args.device)
+    device = distributed.init(pick_device(args.device))  # under torchrun: ranks share the sampling
     ckpt = load_checkpoint(Path(args.run) / "teacher.pt" if args.run else args.ckpt)
     cfg = eval_config(ckpt, args.preset, args.set)
     if args.n:
@@ -365,6 +371,8 @@ def main(argv=None):
 
     if args.run:
         rows, targets = report(Path(args.run), cfg, args.seed, device, args.stats_dir, args.data_dir)
+        if not distributed.is_main():
+            return
         for t in targets:
             print(f"{'PASS' if t['passed'] else 'MISS'}  {t['target']}: {t['value']:.2f} ({t['detail']})")
         print(f"wrote {Path(args.run) / 'report'}/report.md, results.json, fid_vs_calls.png, fid_vs_is.png, grids/")
@@ -379,6 +387,8 @@ def main(argv=None):
     row = dict(model=stage, file=Path(args.ckpt).name, sampler=args.sampler, N=args.steps or ckpt["N"], w=args.w)
     x, ms = run_row(row, Path(args.ckpt).parent, cfg, args.seed, device, {})
     r = score(x, ref, extract)
+    if not distributed.is_main():
+        return
     proto = protocol(cfg, ref, DATASETS[cfg["dataset"]]["n_classes"], device, args.seed)
     print(f"{Path(args.ckpt).name} {args.sampler} N={row['N']} w={args.w:g}: FID {r['fid']:.2f}, "
           f"KID {r['kid']:.4f}, IS {r['inception_score']:.2f} ({ms:.1f} ms/image)")

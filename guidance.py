@@ -131,9 +131,11 @@ def save_grid(make_predict, path, cfg, device, steps, w_values=None, seed=0):
 
 
 def save_images(x, path, n_cols):
-    """Save x (n, C, H, W) in [-1, 1] as a grid; small images are shown at >= 64 px."""
+    """Save x (n, C, H, W) in [-1, 1] as a grid; small images are shown at >= 64 px (rank 0 only)."""
     from torchvision.utils import save_image
 
+    if not distributed.is_main():
+        return
     scale = max(1, 64 // x.shape[-1])
     x = torch.nn.functional.interpolate(x.float().cpu(), scale_factor=scale, mode="nearest")
     path.parent.mkdir(parents=True, exist_ok=True)

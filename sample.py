@@ -27,6 +27,7 @@ import torch
 
 import autoencoder
 import ddpm
+import distributed
 import text
 from config import load_checkpoint, pick_device, run_cli, space, UserError, writable_dir
 from data import DATASETS, data_shape, to_uint8
@@ -77,7 +78,9 @@ def generate(ckpt, model, y, w, steps, sampler, seeds, device, batch_size=256, c
     cfg = ckpt["config"]
     shape, clip = data_shape(cfg), clip and not cfg.get("latent")  # (C, H, W) of an image or a latent
     y = text.conditions(cfg, y)  # text models: class labels become held-out captions
-    out = []
+    rows = distributed.my_rows(len(y))  # under torchrun: this process's share of the images
+    y, w, seeds = y[rows], w[rows], torch.as_tensor(seeds)[rows]
+    out = [torch.empty(0, DATASETS[cfg["dataset"]]["channels"], cfg["resolution"], cfg["resolution"])]
     for lo in range(0, len(y), batch_size):
         # Noise from each image's own seed; labels and weights of this batch.
         z_1, noise = image_noise(seeds[lo:lo + batch_size], shape, device)
@@ -85,7 +88,7 @@ def generate(ckpt, model, y, w, steps, sampler, seeds, device, batch_size=256, c
         yb, wb = y[lo:lo + batch_size].to(device), w[lo:lo + batch_size].to(device)
         x = ddpm.sample_loop(predictor(ckpt, model, yb, wb), z_1, steps, ddpm.make_step(sampler, noise), clip)
         out.append(autoencoder.to_images(x, cfg).float().cpu())  # (b, C, H, W) pixels
-    return torch.cat(out)
+    return distributed.gather(torch.cat(out))  # every process's images, in order
 
 
 def main(argv=None):
@@ -105,7 +108,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-file", help="grid .png path (default: next to the checkpoint); .npz beside it")
     args = parser.parse_args(argv)
-    device = pick_device(args.device)
+    device = distributed.init(pick_device(args.device))  # under torchrun: join the process group
     ckpt = load_checkpoint(args.ckpt)
     stage = sampling_stage(ckpt, args.ckpt)
     steps = args.steps or ckpt["N"]
@@ -145,6 +148,8 @@ def main(argv=None):
     seconds = time.time() - t0
     calls = steps * (2 if stage == "teacher" else 1)
 
+    if not distributed.is_main():  # rank 0 writes
+        return
     save_images(x, out, n_cols)
     np.savez(out.with_suffix(".npz"), x=to_uint8(x).numpy(), y=col.numpy(), w=w.numpy(),
              prompts=np.array(args.prompt or [], dtype=str))  # y: the class, or the prompt's index

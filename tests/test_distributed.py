@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 
 from config import load_checkpoint
 
@@ -62,3 +64,21 @@ def test_a_batch_that_does_not_split_evenly_is_a_one_line_error(tmp_path):
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode != 0 and "divisible by the 2 process(es)" in r.stderr
     assert not list((tmp_path / "o").glob("*")) if (tmp_path / "o").exists() else True  # nothing written
+
+
+def test_two_processes_sample_the_same_images_as_one(smoke_run, tmp_path):
+    """sample.py under torchrun: each rank samples its share, rank 0 writes them all; per-image
+    seeds make the images those of one process (up to a uint8 step from float summation order)."""
+    images = []
+    for processes in (1, 2):
+        out = tmp_path / f"p{processes}.png"
+        launch = [sys.executable] if processes == 1 else \
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        r = subprocess.run(launch + ["sample.py", "--ckpt", str(smoke_run[0] / "stage2_N4.pt"), "--sampler",
+                                     "stochastic", "--w", "0,2", "--rows", "2", "--batch-size", "7",
+                                     "--out-file", str(out)], cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        images.append(np.load(out.with_suffix(".npz"))["x"].astype(int))
+    assert images[0].shape == images[1].shape == (40, 1, 8, 8)
+    assert np.abs(images[0] - images[1]).max() <= 1
+    assert not np.array_equal(images[0][:20], images[0][20:]), "w must change the images"
