@@ -1,11 +1,13 @@
 """The bad-input catalogue (README, "Bad input"): each case is one line on stderr, exit code 2,
 and no file written or changed in the run folder. Uses the session's smoke run (conftest.py),
 copied, so its checkpoints stay untouched."""
+import pickle
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,8 +82,17 @@ def test_checkpoint_of_another_image_size(run):
 
 
 def test_checkpoint_of_another_dataset(run, tmp_path):
+    # A tiny CIFAR-10 in its official format, so the data load and the run folder's dataset is what is wrong.
+    from tests.test_data import _cifar_batch
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(folder / name, "wb") as f:
+            pickle.dump(_cifar_batch(rng, 4), f, protocol=2)
     _fails_cleanly(["guidance.py", "--preset", "smoke", "--set", "dataset='cifar10'", "--data-dir", str(tmp_path),
-                    "--out", str(run)], "CIFAR-10 not found", run)  # the data are checked first
+                    "--out", str(run)], "was trained with other dataset", run)
 
 
 def test_missing_dataset(tmp_path):
