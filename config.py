@@ -162,6 +162,11 @@ def add_training_args(parser, what):
                         help="where cifar10 / imagenet64 live (fashion: the Debian package first)")
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help=f"continue from {what} if it exists (default), or start over")
+    return parser
+
+
+def add_space_args(parser):
+    """--latent and --text: what the diffusion stages (guidance, stage1, stage2) work on."""
     parser.add_argument("--latent", metavar="AE_CKPT",
                         help="work on the latents of this autoencoder (python autoencoder.py writes "
                              "runs/<preset>/autoencoder.pt); default: pixels. Use its own --out")

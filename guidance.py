@@ -28,8 +28,8 @@ import autoencoder
 import ddpm
 import distributed
 import text
-from config import (add_common_args, add_training_args, check_batch_size, load_checkpoint, run_cli,
-                    save_checkpoint, setup, space, UserError)
+from config import (add_common_args, add_space_args, add_training_args, check_batch_size, load_checkpoint,
+                    run_cli, save_checkpoint, setup, space, UserError)
 from data import data_shape, random_batch, training_set
 from unet import from_config
 
@@ -260,6 +260,7 @@ def main(argv=None):
     parser.add_argument("--loss-weight", choices=ddpm.LOSS_WEIGHTS,
                         help="omega(lambda_t) of the x-space loss (default: snr_trunc = max(SNR, 1))")
     add_training_args(parser, "<out>/teacher.pt")
+    add_space_args(parser)
     args = parser.parse_args(argv)
     cfg, out, device = setup(args)
     for key, value in [("teacher_iters", args.iters), ("batch_size", args.batch_size),

@@ -25,7 +25,7 @@ from tqdm import tqdm
 import ddpm
 import distributed
 import guidance
-from config import add_common_args, add_training_args, run_cli, save_checkpoint, setup, UserError
+from config import add_common_args, add_space_args, add_training_args, run_cli, save_checkpoint, setup, UserError
 from data import random_batch, training_set
 from unet import from_config
 
@@ -140,6 +140,7 @@ def main(argv=None):
     add_common_args(parser)
     parser.add_argument("--iters", type=int, help="training steps (default: the preset's stage1_iters)")
     add_training_args(parser, "<out>/stage1.pt")
+    add_space_args(parser)
     args = parser.parse_args(argv)
     cfg, out, device = setup(args)
     if args.iters is not None:

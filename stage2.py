@@ -31,7 +31,7 @@ import ddpm
 import distributed
 import guidance
 import stage1
-from config import add_common_args, add_training_args, run_cli, setup, space, UserError
+from config import add_common_args, add_space_args, add_training_args, run_cli, setup, space, UserError
 
 
 def two_step_target(teacher_predict, z_t, t, N):
@@ -124,6 +124,7 @@ def main(argv=None):
                         help="the stage-1 student's step count where halving starts "
                              "(default: the preset's stage2_start_N: 1024 as in the paper, 64 for cpu)")
     add_training_args(parser, "the unfinished round, skipping finished ones")
+    add_space_args(parser)
     args = parser.parse_args(argv)
     cfg, out, device = setup(args)
     start_steps = args.start_steps or cfg["stage2_start_N"]
