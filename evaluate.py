@@ -332,9 +332,8 @@ def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
             f"(the sampling budget). The data row is {proto['n']} training images: the floor at this sample size.")
     out = dict(protocol=proto, plan=plan, reference_is=float(ref["inception_score"]),
                eval_w=[float(w) for w in cfg["eval_w"]], rows=rows, targets=check_targets(rows, teacher_N))
-    save_json(out, results)
+    save_json(out, results)  # creates the folder (atomic_write)
     if distributed.is_main():  # rank 0 writes
-        folder.mkdir(parents=True, exist_ok=True)
         plot(rows, out["eval_w"], folder)
         write_report(folder, out)
     return rows, out["targets"]

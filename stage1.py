@@ -82,7 +82,8 @@ def distill(name, N, cfg, out, device, student, loss_fn, iters, lr, seed, resume
     start, ckpt = guidance.resume_from(ckpt_path, stage, cfg, student, ema, opt, gens) \
         if resume else (0, None)
     B, losses, t0 = cfg["batch_size"], [], time.time()
-    bar = tqdm(range(start, iters), initial=start, total=iters, desc=name, disable=not progress or not distributed.is_main())
+    bar = tqdm(range(start, iters), initial=start, total=iters, desc=name,
+               disable=not progress or not distributed.is_main())
     for step in bar:
         # Data and a guidance weight per example, w ~ U[w_min, w_max].
         x, y = random_batch(images, labels, B, gens["data"], cfg["randflip"], device)  # (B, C, H, W), (B,)

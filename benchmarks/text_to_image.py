@@ -56,8 +56,7 @@ def main():
     print(f"n = {cfg['eval_n']} per row, {args.captions} captions; held-out captions: {len(emb)}; the encoder puts {100 * encoder_acc:.0f} % "
           f"of them nearest their own class; probe accuracy on real test images: {100 * ceiling:.1f} %")
 
-    rows = [("teacher", "teacher.pt", "ddim", 1024 if teacher["N"] >= 1024 else teacher["N"], w)
-            for w in args.teacher_w]
+    rows = [("teacher", "teacher.pt", "ddim", teacher["N"], w) for w in args.teacher_w]  # its full N (1024)
     rows += [("teacher", "teacher.pt", "ddim", 4, w) for w in args.teacher_w]
     rows += [("stage2", f"stage2_N{N}.pt", "ddim", N, w) for N in args.steps for w in args.w]
     if args.class_run:  # the same rows for a class-conditioned run (its own checkpoints)
