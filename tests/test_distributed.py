@@ -14,10 +14,11 @@ SHORT = ["--preset", "smoke", "--set", "teacher_iters=20", "--set", "ckpt_every=
          "--set", "stage2_iters_small=6", "--set", "distill_ckpt_every=3"]
 
 
-def _run(argv, out, processes):
+def _run(argv, processes):
+    """python argv..., or the same under torchrun with `processes` gloo processes."""
     launch = [sys.executable] if processes == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-    r = subprocess.run(launch + argv + ["--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(launch + argv, cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
@@ -32,8 +33,8 @@ def test_two_processes_train_the_same_pipeline_as_one(tmp_path):
     N = 1024 are not used: there the student starts equal to its teacher, its gradients are float
     noise, and Adam's normalization turns that noise into lr-sized steps in either run."""
     argv = ["stage2.py", *SHORT, "--steps", "2", "--start-steps", "8"]
-    _run(argv, tmp_path / "one", 1)
-    _run(argv, tmp_path / "two", 2)
+    _run(argv + ["--out", str(tmp_path / "one")], 1)
+    _run(argv + ["--out", str(tmp_path / "two")], 2)
     prev = None
     for name in ["teacher.pt", "stage1.pt", "stage2_N4.pt", "stage2_N2.pt"]:
         a, b = load_checkpoint(tmp_path / "one" / name), load_checkpoint(tmp_path / "two" / name)
@@ -52,8 +53,8 @@ def test_two_processes_train_the_same_pipeline_as_one(tmp_path):
 
 def test_two_processes_train_the_same_autoencoder_as_one(tmp_path):
     argv = ["autoencoder.py", "--preset", "smoke", "--iters", "20", "--set", "ckpt_every=10"]
-    _run(argv, tmp_path / "one", 1)
-    _run(argv, tmp_path / "two", 2)
+    _run(argv + ["--out", str(tmp_path / "one")], 1)
+    _run(argv + ["--out", str(tmp_path / "two")], 2)
     a, b = (load_checkpoint(tmp_path / d / "autoencoder.pt") for d in ("one", "two"))
     assert a["step"] == b["step"] == 20 and _max_diff(a["model"], b["model"]) < 1e-5
 
@@ -72,12 +73,8 @@ def test_two_processes_sample_the_same_images_as_one(smoke_run, tmp_path):
     images = []
     for processes in (1, 2):
         out = tmp_path / f"p{processes}.png"
-        launch = [sys.executable] if processes == 1 else \
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-        r = subprocess.run(launch + ["sample.py", "--ckpt", str(smoke_run[0] / "stage2_N4.pt"), "--sampler",
-                                     "stochastic", "--w", "0,2", "--rows", "2", "--batch-size", "7",
-                                     "--out-file", str(out)], cwd=ROOT, capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr[-2000:]
+        _run(["sample.py", "--ckpt", str(smoke_run[0] / "stage2_N4.pt"), "--sampler", "stochastic", "--w", "0,2",
+              "--rows", "2", "--batch-size", "7", "--out-file", str(out)], processes)
         images.append(np.load(out.with_suffix(".npz"))["x"].astype(int))
     assert images[0].shape == images[1].shape == (40, 1, 8, 8)
     assert np.abs(images[0] - images[1]).max() <= 1
