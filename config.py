@@ -1,22 +1,13 @@
-"""Presets, the command-line shape every script shares, and the run folder's checkpoints.
+"""Presets (every value with its source) and `--set KEY=VALUE` parsing. Nothing else.
 
-Every script takes `--preset NAME --out DIR --device auto|cpu|cuda|mps --seed S` and
-`--set KEY=VALUE` to override one preset value (repeatable, for quick ablations).
-A run folder (default runs/<preset>) holds every stage's checkpoint: teacher.pt,
-stage1.pt, stage2_N512.pt ... and one metrics.jsonl.
+A preset is a plain dict; every script takes `--preset NAME` and `--set KEY=VALUE` (repeatable,
+for quick ablations), e.g. `python guidance.py --preset smoke --set lr=3e-4`.
 
     python config.py                  # list the presets
     python config.py --preset cpu     # print one preset in full
 """
 import argparse
 import ast
-import os
-import sys
-from pathlib import Path
-
-import torch
-
-import distributed
 
 # ---------------------------------------------------------------- presets
 # Shared defaults; each preset below overrides what differs. Sources:
@@ -61,7 +52,7 @@ _BASE = dict(
     stage2_lr=5e-5,               # [SH] cifar_distill (imagenet64_distill: 1e-4)
     distill_ckpt_every=5000,      # checkpoint + grid every K steps inside stage 1 and each round
     distill_ema_decay=0.0,        # students: no EMA [SH] (their 'ema' is then a copy of the weights)
-    # latent space (autoencoder.py): a KL autoencoder, latents rescaled to unit variance [LDM]
+    # latent space (extensions/autoencoder.py): a KL autoencoder, latents rescaled to unit variance [LDM]
     ae_ch=32,                     # width
     ae_levels=1,                  # stride-2 downsamplings: latents are resolution / 2^levels
     ae_z_channels=2,              # latent channels
@@ -69,8 +60,8 @@ _BASE = dict(
     ae_lr=1e-3,
     ae_iters=2000,
     ae_ema_decay=0.999,
-    latent=None,                  # set by --latent AE_CKPT (with_latent): the diffusion model works on its latents
-    text=None,                    # set by --text (text.with_text): captions instead of class labels
+    latent=None,                  # set by --data FILE of extensions/autoencoder.py: the model works on latents
+    text=None,                    # set by --data FILE of extensions/text.py: captions instead of class labels
     # evaluation (evaluate.py): the FID / IS protocol, written next to every number
     eval_features="effnet",       # effnet (EfficientNet-Lite0, offline) | inception (pytorch-fid)
     eval_feature_size=224,        # images are resized to this for the feature network
@@ -112,7 +103,7 @@ PRESETS = {
                     lr=2e-4, warmup=1000, weight_decay=0.001, teacher_iters=400_000,
                     ckpt_every=10_000),
     # [SH] imagenet64_base.py (as used by [M] for the guided ImageNet 64x64 teacher);
-    # teacher_iters UNVERIFIED (not in the official config): 500k at batch 2048.
+    # teacher_iters is our choice (not in the official config): 500k at batch 2048.
     "imagenet64": dict(dataset="imagenet64", resolution=64, randflip=True, ch=192,
                        ch_mult=(1, 2, 3, 4), num_res_blocks=3, attn_resolutions=(8, 16, 32),
                        attn_head_dim=64, dropout=0.1, batch_size=2048, lr=3e-4, warmup=1000,
@@ -122,7 +113,7 @@ DEFAULT_PRESET = "cpu"
 
 
 class UserError(Exception):
-    """Bad input from the user: printed as one line by `run_cli`, never as a traceback."""
+    """Bad input from the user: printed as one line by infra.run_cli, never as a traceback."""
 
 
 def get_config(preset, overrides=()):
@@ -139,171 +130,6 @@ def get_config(preset, overrides=()):
         except (ValueError, SyntaxError):
             cfg[key] = value  # a bare word such as v_mse
     return cfg
-
-
-# ---------------------------------------------------------------- the shared command line
-def add_common_args(parser):
-    """--preset, --out, --device, --seed, --set: the same on every script."""
-    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
-                        help="hyper-parameter preset (default: %(default)s; smoke is for tests)")
-    parser.add_argument("--out", default=None,
-                        help="run folder holding every stage's checkpoints (default: runs/<preset>)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                        help="auto picks cuda, then mps, then cpu")
-    parser.add_argument("--seed", type=int, default=0, help="seed for weights, data order and noise")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one preset value, e.g. --set lr=3e-4 (repeatable)")
-    return parser
-
-
-def add_training_args(parser, what):
-    """--data-dir and --resume: the same on every training script."""
-    parser.add_argument("--data-dir", default="data",
-                        help="where cifar10 / imagenet64 live (fashion: the Debian package first)")
-    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                        help=f"continue from {what} if it exists (default), or start over")
-    return parser
-
-
-def add_space_args(parser):
-    """--latent and --text: what the diffusion stages (guidance, stage1, stage2) work on."""
-    parser.add_argument("--latent", metavar="AE_CKPT",
-                        help="work on the latents of this autoencoder (python autoencoder.py writes "
-                             "runs/<preset>/autoencoder.pt); default: pixels. Use its own --out")
-    parser.add_argument("--text", action="store_true",
-                        help="condition on captions embedded by a sentence encoder (text.py; needs "
-                             "pip install -r requirements-text.txt) instead of class labels")
-    return parser
-
-
-def setup(args):
-    """Parsed common args -> (cfg, run folder Path, torch.device). With --latent the config
-    carries the autoencoder (with_latent), with --text the captions (text.with_text), and the
-    run folder defaults to runs/<preset>[_latent][_text]."""
-    cfg = get_config(args.preset, args.set)
-    latent, use_text = getattr(args, "latent", None), getattr(args, "text", False)
-    if latent:
-        cfg = with_latent(cfg, latent)
-    if use_text:
-        import text  # here, not at the top: text.py imports this file
-
-        cfg = text.with_text(cfg)
-    device = distributed.init(pick_device(args.device))  # under torchrun: join the process group
-    check_batch_size(cfg)
-    out = writable_dir(args.out if args.out is not None else
-                       Path("runs") / (args.preset + "_latent" * bool(latent) + "_text" * use_text), "--out")
-    return cfg, out, device
-
-
-def check_batch_size(cfg):
-    """--batch-size must be >= 1 and split evenly over the processes of a torchrun."""
-    if cfg["batch_size"] < 1 or cfg["batch_size"] % distributed.world():
-        raise UserError(f"--batch-size {cfg['batch_size']} must be >= 1 and divisible by the "
-                        f"{distributed.world()} process(es)")
-
-
-def writable_dir(path, flag):
-    """The folder `path` (created if missing) if files can be written there, else a one-line error."""
-    if not str(path).strip():
-        raise UserError(f"{flag} is empty; give a folder, e.g. {flag} runs/mine")
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{flag} {path}: cannot create the folder ({e.strerror}); choose another") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {path}: not writable; choose another folder")
-    return path
-
-
-def with_latent(cfg, ae_path):
-    """cfg for a latent-space run (Meng et al. Sec. 5.2): cfg['latent'] holds the autoencoder's
-    EMA weights, its ae_* config and scale_factor, so every checkpoint of the run can decode its
-    samples by itself. The data the diffusion model sees become (z_channels, size, size) latents,
-    encoded once and cached (autoencoder.cached_latents), so random flips are off."""
-    ae = load_checkpoint(ae_path, stage="autoencoder")
-    ae_cfg = ae["config"]
-    for key in ("dataset", "resolution"):
-        if ae_cfg[key] != cfg[key]:
-            raise UserError(f"--latent {ae_path} was trained on {key} {ae_cfg[key]!r}, this run uses "
-                            f"{cfg[key]!r}; train an autoencoder with the same preset")
-    keys = ("ae_ch", "ae_levels", "ae_z_channels")
-    return cfg | {k: ae_cfg[k] for k in keys} | dict(randflip=False, latent=dict(
-        path=str(ae_path), scale_factor=float(ae["scale_factor"]), channels=ae_cfg["ae_z_channels"],
-        size=ae_cfg["resolution"] >> ae_cfg["ae_levels"], weights=ae["ema"]))
-
-
-def space(cfg):
-    """What a config's diffusion model works on, in words: 'pixels' or 'latents of AE (C x H x W)',
-    and what it is conditioned on: 'class labels' or 'captions (encoder)'."""
-    lat, txt = cfg.get("latent"), cfg.get("text")
-    where = "pixels" if not lat else f"latents of {lat['path']} ({lat['channels']} x {lat['size']}^2)"
-    return where + (f", captions ({txt['encoder']})" if txt else ", class labels")
-
-
-def pick_device(name="auto"):
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available here; use --device cpu or auto")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("--device mps: MPS is not available here; use --device cpu or auto")
-    return torch.device(name)
-
-
-def run_cli(main):
-    """Run main(); a UserError becomes one line on stderr and exit code 2. Under torchrun every
-    rank waits for the others before it exits."""
-    try:
-        main()
-        distributed.finish()
-    except UserError as e:
-        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
-# ---------------------------------------------------------------- checkpoints
-# A checkpoint is a dict of primitives and state_dicts, so torch.load(weights_only=True)
-# reads it: stage, N (sampler steps), w_range, config, model, ema, optimizer, step, rng.
-def atomic_write(path, write):
-    """Call write(f) on a temp file in path's folder, fsync, then rename over `path`: a reader
-    (or a crash) never sees half a file. Under torchrun only rank 0 writes."""
-    if not distributed.is_main():
-        return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def save_checkpoint(ckpt, path):
-    """Write a checkpoint atomically (atomic_write; under torchrun only rank 0 writes)."""
-    atomic_write(path, lambda f: torch.save(ckpt, f))
-
-
-def load_checkpoint(path, stage=None):
-    """Read a checkpoint safely (weights_only=True) onto the CPU; check its stage."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"no checkpoint at {path}; train it first (see README) or check --out")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated file, wrong format, pickled code ...
-        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}); "
-                        "delete it and rerun the stage that writes it") from None
-    if not isinstance(ckpt, dict) or "stage" not in ckpt:
-        raise UserError(f"{path} is not a distill-guided checkpoint (no 'stage' key)")
-    if stage is not None and not str(ckpt["stage"]).startswith(stage):
-        raise UserError(f"{path} holds stage {ckpt['stage']!r}, but this needs {stage!r}")
-    return ckpt
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import text
 from config import UserError
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -119,21 +118,36 @@ def load_dataset(name, resolution, data_dir="data", train=True):
     return x, torch.from_numpy(np.asarray(labels, np.int64))
 
 
-def training_set(cfg, data_dir="data", train=True):
-    """What the diffusion model learns from: the images (N, C, H, W) uint8, or with --latent
-    (cfg['latent']) the autoencoder's scaled latents (N, c, h, w) float32; and the labels (N,),
-    or with --text (cfg['text']) one caption embedding per image (N, 384)."""
-    import autoencoder  # here, not at the top: autoencoder.py imports this file
+def training_set(cfg, data_dir="data", data_file=None):
+    """What the diffusion model learns from -> (x (N, ...), y (N, ...), cfg).
 
-    if cfg.get("latent"):
-        x, labels = autoencoder.cached_latents(cfg, data_dir, train)
-    else:
-        x, labels = load_dataset(cfg["dataset"], cfg["resolution"], data_dir, train)
-    return x, text.image_captions(cfg, labels) if cfg.get("text") else labels
+    Without data_file: the dataset's images (N, C, H, W) uint8 and class labels (N,).
+    With data_file (written by an extension: latents, captions): its tensors x and y, stored as
+    they are fed to the model, and cfg updated with the file's config entries (e.g. 'latent': how
+    to decode samples; 'text': the captions), which every checkpoint then carries. This is the one
+    seam through which extensions reach the training scripts; nothing here knows what x or y mean.
+    """
+    if data_file is None:
+        x, y = load_dataset(cfg["dataset"], cfg["resolution"], data_dir)
+        return x, y, cfg
+    path = Path(data_file)
+    if not path.is_file():
+        raise UserError(f"--data {path}: no such file; an extension writes it (see docs/latent_and_text.md)")
+    try:
+        pairs = torch.load(path, map_location="cpu", weights_only=True)
+        x, y, extra = pairs["x"], pairs["y"], pairs["config"]
+    except Exception as e:  # truncated, not a torch file, missing keys
+        raise UserError(f"--data {path}: not a data file of an extension ({type(e).__name__}); "
+                        "write it again") from None
+    for key in ("dataset", "resolution"):
+        if extra[key] != cfg[key]:
+            raise UserError(f"--data {path} holds {key} {extra[key]!r}, this run uses {cfg[key]!r}; "
+                            "use the same --preset as the extension that wrote it")
+    return x, y, cfg | extra
 
 
 def data_shape(cfg):
-    """(C, H, W) of what the diffusion model denoises: an image, or a latent with --latent."""
+    """(C, H, W) of what the diffusion model denoises: an image, or a latent (cfg['latent'])."""
     if cfg.get("latent"):
         return cfg["latent"]["channels"], cfg["latent"]["size"], cfg["latent"]["size"]
     return DATASETS[cfg["dataset"]]["channels"], cfg["resolution"], cfg["resolution"]
@@ -161,6 +175,10 @@ def random_batch(images, labels, batch_size, generator, randflip=False, device="
 
 
 if __name__ == "__main__":
+    import sys
+
+    from torchvision.utils import save_image
+
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="fashion", choices=list(_LOADERS))
@@ -168,17 +186,14 @@ if __name__ == "__main__":
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--grid", default="data_grid.png", help="where to save 8 images per class")
     args = parser.parse_args()
-    from config import run_cli
-
-    def main():
-        from torchvision.utils import save_image
-
+    try:
         x, y = load_dataset(args.dataset, args.resolution, args.data_dir)
-        print(f"{args.dataset}: images {tuple(x.shape)} {x.dtype}, labels {tuple(y.shape)}, "
-              f"classes {int(y.min())}..{int(y.max())}")
-        n_cls = min(int(y.max()) + 1, 10)
-        picks = torch.stack([torch.nonzero(y == c)[:8, 0] for c in range(n_cls)], 1).flatten()  # (8*n_cls,)
-        save_image(x[picks].float() / 255, args.grid, nrow=n_cls)  # one class per column
-        print(f"wrote {args.grid}")
-
-    run_cli(main)
+    except UserError as e:
+        print(f"data.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"{args.dataset}: images {tuple(x.shape)} {x.dtype}, labels {tuple(y.shape)}, "
+          f"classes {int(y.min())}..{int(y.max())}")
+    n_cls = min(int(y.max()) + 1, 10)
+    picks = torch.stack([torch.nonzero(y == c)[:8, 0] for c in range(n_cls)], 1).flatten()  # (8*n_cls,)
+    save_image(x[picks].float() / 255, args.grid, nrow=n_cls)  # one class per column
+    print(f"wrote {args.grid}")

@@ -6,7 +6,8 @@ Gaussian-mixture denoiser of the tests. Continuous time t in [0, 1], variance pr
 as in Salimans & Ho (ICLR 2022, arXiv 2202.00512), Sec. 2 and App. B, and Meng et al.
 (CVPR 2023, arXiv 2210.03142), Sec. 2.
 
-Notation (code name = paper symbol):
+Papers (arXiv versions read): Meng et al. 2210.03142v3, Salimans & Ho 2202.00512v2 ("S&H"),
+Ho & Salimans 2207.12598v1 ("CFG"). Notation (code name = paper symbol):
 
     x          x            clean data, scaled to [-1, 1]                   (B, C, H, W)
     eps        epsilon      standard Gaussian noise                         (B, C, H, W)
@@ -28,6 +29,7 @@ Run `python ddpm.py` to print the schedule at a few times.
 import math
 
 import torch
+from tqdm import tqdm
 
 LOGSNR_MIN, LOGSNR_MAX = -20.0, 20.0
 
@@ -37,7 +39,7 @@ def _bcast(a, x):
     return a.reshape(a.shape + (1,) * (x.ndim - a.ndim))  # (B, 1, 1, 1) for images
 
 
-# ---------------------------------------------------------------- schedule (PAPER_NOTES §1)
+# ---------------------------------------------------------------- schedule (S&H Sec. 2, App. B)
 def logsnr_schedule(t, logsnr_min=LOGSNR_MIN, logsnr_max=LOGSNR_MAX):
     """Truncated cosine schedule: lambda(t) = -2 log tan(a t + b).
 
@@ -97,7 +99,7 @@ def v_from_x(z_t, x, t):
     return v_from_x_eps(x, eps_from_x(z_t, x, t), t)
 
 
-# ---------------------------------------------------------------- one sampler step (PAPER_NOTES §2)
+# ---------------------------------------------------------------- one sampler step (S&H Sec. 2; DDIM)
 def ddim_step(z_t, x_hat, t, s):
     """Deterministic DDIM step t -> s: z_s = alpha_s x_hat + sigma_s eps_hat.
 
@@ -192,8 +194,6 @@ def sample_loop(predict, z_1, N, step, clip=True, progress=None, t_start=1.0):
     z_t = z_1  # (B, C, H, W)
     steps = range(N, 0, -1)
     if progress:
-        from tqdm import tqdm
-
         steps = tqdm(steps, desc=progress, leave=False)
     for i in steps:
         t = torch.full((z_t.shape[0],), t_start * i / N, device=z_t.device)  # (B,)
@@ -220,17 +220,22 @@ def sample_stochastic(predict, z_1, N, clip=True, noise=None, progress=None, t_s
     return sample_loop(predict, z_1, N, make_step("stochastic", noise), clip, progress, t_start)
 
 
-# ---------------------------------------------------------------- loss weights (PAPER_NOTES §1)
+# ---------------------------------------------------------------- loss weights (S&H Sec. 4)
 LOSS_WEIGHTS = ("snr_trunc", "v_mse", "snr", "constant")
 
 
 def loss_weight(logsnr, kind):
     """omega(lambda_t) for an x-space loss omega * ||x - x_hat||^2.
 
-    snr_trunc: max(SNR, 1)   official distillation default ("truncated SNR")
+    snr_trunc: max(SNR, 1)   official distillation default ("truncated SNR", S&H Sec. 4)
     v_mse:     1 + SNR       identical to ||v - v_hat||^2
     snr:       SNR           identical to ||eps - eps_hat||^2
     constant:  1             plain x-space MSE
+
+    Why these are the same losses: at fixed z_t, eps - eps_hat = -(alpha_t / sigma_t)(x - x_hat),
+    so ||eps - eps_hat||^2 = SNR ||x - x_hat||^2, and v - v_hat = -(x - x_hat) / sigma_t gives
+    ||v - v_hat||^2 = (1 + SNR) ||x - x_hat||^2 (1 / sigma_t^2 = 1 + SNR). Hence the official
+    max(||x - x_hat||^2, ||eps - eps_hat||^2) equals max(SNR, 1) ||x - x_hat||^2 (tests/math).
     """
     snr = torch.exp(logsnr)  # (B,)
     if kind == "snr_trunc":

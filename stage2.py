@@ -1,9 +1,9 @@
 """Stage 2: progressive distillation, halving the sampler's steps 1024 -> 512 -> ... -> --steps.
 
-Salimans & Ho 2022, Algorithm 2, with the guidance weight w as an extra input (Meng et al.
-2023, Sec. 4.1, stage two). In each round an N-step student learns to do in one DDIM step
-what its 2N-step teacher does in two; then the student becomes the teacher and N halves.
-Per example (PAPER_NOTES §5):
+Salimans & Ho 2022 (arXiv 2202.00512v2), Algorithm 2, with the guidance weight w as an extra
+input (Meng et al. 2023, stage-two distillation). In each round an N-step student learns to do
+in one DDIM step what its 2N-step teacher does in two; then the student becomes the teacher and
+N halves. Per example:
 
     i ~ {0..N-1},  t = (i+1)/N,  t' = t - 0.5/N,  t'' = t - 1/N,  w ~ U[w_min, w_max]
     z_t = alpha_t x + sigma_t eps
@@ -12,95 +12,140 @@ Per example (PAPER_NOTES §5):
               (i = 0, t'' = 0: x_tilde = the teacher's x_hat(z_t'))
     loss = max(SNR_t, 1) * ||x_hat_student(z_t, w) - x_tilde||^2
 
-x_tilde is the one x_hat for which a single DDIM step t -> t'' lands exactly on z_t''.
-A fresh optimizer each round, lr decaying linearly to 0. Missing prerequisites build
-themselves: without teacher.pt or stage1.pt in the run folder, those stages run first.
-The first teacher is the stage-1 student sampled with stage2_start_N DDIM steps: 1024 in the
-paper; the cpu preset starts at 64, where its small model's sampler is already saturated.
+A fresh optimizer each round, lr decaying linearly to 0, no EMA. Missing prerequisites build
+themselves: without teacher.pt or stage1.pt in the run folder, those stages run first. The
+first teacher is the stage-1 student sampled with stage2_start_N DDIM steps: 1024 in the paper;
+the cpu preset starts at 64, where its small model's sampler is already saturated.
 
     python stage2.py --steps 4                  # cpu preset: the whole pipeline, ~55 min here
     python stage2.py --preset smoke --steps 4   # ~1 minute
     python stage2.py --steps 1 --start-steps 1024
-    python stage2.py --steps 4 --latent runs/cpu/autoencoder.pt    # latent space -> runs/cpu_latent
 """
 import argparse
+import copy
+import time
 
 import torch
+from tqdm import tqdm
 
 import ddpm
-import distributed
-import guidance
+import infra
 import stage1
-from config import add_common_args, add_space_args, add_training_args, run_cli, setup, space, UserError
+from config import UserError
+from data import load_dataset, random_batch, training_set
+from unet import load
 
 
 def two_step_target(teacher_predict, z_t, t, N):
-    """Teacher: two DDIM steps t -> t' -> t'' (no grad) -> (x_tilde, z_t'')."""
+    """Teacher: two DDIM steps t -> t' -> t'' (S&H Algorithm 2) -> (x_tilde, z_t'').
+
+    x_tilde is the x_hat whose single DDIM step t -> t'' lands exactly on z_t''. One line of
+    algebra: solve alpha_t'' x + sigma_t'' (z_t - alpha_t x) / sigma_t = z_t'' for x.
+    """
     t1, t2 = t - 0.5 / N, t - 1.0 / N  # t' (half a student step), t'' (a whole one)
     x_hat1 = teacher_predict(z_t, t)
     z_t1 = ddpm.ddim_step(z_t, x_hat1, t, t1)  # (B, C, H, W)
     x_hat2 = teacher_predict(z_t1, t1)
     z_t2 = ddpm.ddim_step(z_t1, x_hat2, t1, t2)
-    # The x_hat whose single DDIM step t -> t'' lands on z_t''.
     alpha_t, sigma_t = ddpm.alpha_sigma_at(t, z_t)
     alpha_2, sigma_2 = ddpm.alpha_sigma_at(t2, z_t)
     ratio = sigma_2 / sigma_t  # (B, 1, 1, 1)
-    x_tilde = (z_t2 - ratio * z_t) / (alpha_2 - ratio * alpha_t)
+    x_tilde = (z_t2 - ratio * z_t) / (alpha_2 - ratio * alpha_t)  # (B, C, H, W)
     # i = 0: the student's last step returns x_hat itself, so match the teacher's last x_hat.
     last = ddpm._bcast(t2 < 0.5 / N, z_t)
     return torch.where(last, x_hat2, x_tilde), z_t2
 
 
-def stage2_loss(student, teacher, x, y, w, i, N, eps, weighting="snr_trunc"):
-    """One progressive-distillation loss for an N-step student; i (B,) long in [0, N)."""
-    t = (i + 1).to(x.dtype) / N  # (B,) on the student's grid
-    z_t = ddpm.q_sample(x, t, eps)  # (B, C, H, W)
-    with torch.no_grad():
-        x_tilde, _ = two_step_target(stage1.student_predictor(teacher, y, w), z_t, t, N)
-    x_hat = ddpm.x_from_v(z_t, student(z_t, t, y, w), t)  # never clipped inside the loss
-    return ddpm.weighted_x_loss(x_hat, x_tilde, t, weighting)
-
-
 def round_iters(cfg, N):
+    """Iterations of the round that trains an N-step student."""
     return cfg["stage2_iters_small"] if N <= 8 else cfg["stage2_iters"]
 
 
-def halve(ckpt, prefix, round_loss, cfg, out, device, start_steps, steps, seed, resume, data_dir, progress,
-          grid=True):
-    """Progressive halving from the 2N-step model in `ckpt` (N = start_steps / 2) down to `steps`:
-    each round's student starts as a copy of its teacher, the previous round's model, and trains
-    on round_loss(student, teacher, x, y, w, i, N, eps) with i ~ {0..N-1}, into
-    out/{prefix}_N{N}.pt. Returns the last checkpoint. (edit.py halves the DDIM encoder with it.)"""
-    N = start_steps // 2
-    while N >= steps:
-        # Round: the previous model is the 2N-step teacher and this student's initialization.
-        teacher = stage1.load_model(ckpt, device)
-        student = stage1.load_model(ckpt, device).train().requires_grad_(True)
-        net = distributed.wrap(student)  # DDP under torchrun
+def train_round(cfg, out, device, ckpt, N, pairs, seed=0, resume=True, progress=True):
+    """One halving round: the 2N-step model in `ckpt` teaches a copy of itself to take N steps,
+    into out/stage2_N{N}.pt -> its checkpoint."""
+    # Set-up: the frozen 2N-step teacher, the student (a copy of it), Adam, random streams.
+    teacher = load(ckpt, device)
+    student = load(ckpt, device).train().requires_grad_(True)
+    net = infra.wrap(student)  # DDP under torchrun
+    name, iters, lr = f"stage2_N{N}", round_iters(cfg, N), cfg["stage2_lr"]
+    ckpt_path, (images, labels) = out / f"{name}.pt", pairs
+    ema = copy.deepcopy(student).requires_grad_(False)  # decay 0 (S&H): a copy of the weights
+    opt = infra.make_optimizer(student, lr, 0.0, device)  # fresh every round
+    gens = {"data": torch.Generator().manual_seed(seed + N),
+            "noise": torch.Generator(device).manual_seed(seed + N + 1)}
+    start, ckpt = infra.resume(ckpt_path, "stage2", cfg, student, ema, opt, gens) if resume else (0, None)
 
-        def loss_fn(x, y, w, gen, N=N, teacher=teacher, net=net):
-            i = torch.randint(N, (x.shape[0],), generator=gen, device=device)  # (B,)
-            eps = torch.randn(x.shape, generator=gen, device=device)  # (B, C, H, W)
-            x, y, w, i, eps = distributed.shard(x, y, w, i, eps)  # this process's B / K examples (torchrun)
-            return round_loss(net, teacher, x, y, w, i, N, eps)
+    B, losses, t0 = cfg["batch_size"], [], time.time()
+    bar = tqdm(range(start, iters), initial=start, total=iters, desc=name,
+               disable=not progress or not infra.is_main())
+    for step in bar:
+        # Data, w ~ U[w_min, w_max], a time on the student's grid t = (i + 1) / N, and z_t.
+        x, y = random_batch(images, labels, B, gens["data"], cfg["randflip"], device)  # (B, C, H, W), (B,)
+        w = cfg["w_min"] + (cfg["w_max"] - cfg["w_min"]) * torch.rand(B, generator=gens["noise"],
+                                                                      device=device)  # (B,)
+        i = torch.randint(N, (B,), generator=gens["noise"], device=device)  # (B,)
+        eps = torch.randn(x.shape, generator=gens["noise"], device=device)  # (B, C, H, W)
+        x, y, w, i, eps = infra.shard(x, y, w, i, eps)  # this process's B / K examples (torchrun)
+        t = (i + 1).to(x.dtype) / N  # (B,)
+        z_t = ddpm.q_sample(x, t, eps)  # (B, C, H, W)
 
-        ckpt = stage1.distill(f"{prefix}_N{N}", N, cfg, out, device, student, loss_fn, round_iters(cfg, N),
-                              cfg["stage2_lr"], seed, resume, data_dir, progress, grid)
-        N //= 2
+        # Teacher: two DDIM steps t -> t' -> t'' with the same w (no grad), and the x_tilde
+        # whose one step t -> t'' lands on the teacher's z_t''.
+        with torch.no_grad():
+            x_tilde, _ = two_step_target(stage1.student_predictor(teacher, y, w), z_t, t, N)
+
+        # Student: one step, the same z_t and w (x_hat is never clipped inside the loss).
+        x_hat = ddpm.x_from_v(z_t, net(z_t, t, y, w), t)  # (B, C, H, W)
+
+        # Loss: max(SNR_t, 1) ||x_hat - x_tilde||^2 (cfg loss_weight).
+        loss = ddpm.weighted_x_loss(x_hat, x_tilde, t, cfg["loss_weight"])
+        infra.check_finite(loss, step, ckpt_path)
+
+        # Update: lr decays linearly to 0, clip the gradient norm, Adam.
+        step_lr = lr * (1 - step / iters)
+        for group in opt.param_groups:
+            group["lr"] = step_lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(student.parameters(), cfg["grad_clip"]))
+        opt.step()
+        infra.ema_update(ema, student, cfg["distill_ema_decay"], step)
+        losses.append(infra.mean(loss).item())  # the global batch's loss
+        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+
+        # Every distill_ckpt_every steps and at the end: checkpoint, metrics line, sample grid.
+        done = step + 1
+        if done % cfg["distill_ckpt_every"] == 0 or done == iters:
+            elapsed = time.time() - t0
+            ckpt = infra.checkpoint_dict("stage2", N, cfg, student, ema, opt, done, gens)
+            infra.save_checkpoint(ckpt, ckpt_path)
+            infra.log_metrics(out, dict(stage=name, N=N, step=done, loss=sum(losses) / len(losses),
+                                        lr=step_lr, grad_norm=grad_norm, seconds=elapsed,
+                                        img_per_s=len(losses) * B / elapsed))
+            infra.save_grid(lambda y, w: stage1.student_predictor(ema, y, w),
+                            out / "grids" / f"{name}_{done:07d}.png", cfg, device, min(N, cfg["grid_steps"]))
+            losses, t0 = [], time.time()
+    bar.close()
+    if ckpt is None:  # zero iterations: the initial student
+        ckpt = infra.checkpoint_dict("stage2", N, cfg, student, ema, opt, 0, gens)
+        infra.save_checkpoint(ckpt, ckpt_path)
     return ckpt
 
 
-def train(cfg, out, device, steps, start_steps=None, seed=0, resume=True, data_dir="data", progress=True):
-    """Every round from start_steps/2 down to `steps`; returns the last student's checkpoint."""
+def train(cfg, out, device, steps, start_steps=None, pairs=None, seed=0, resume=True, progress=True):
+    """Every round from start_steps / 2 down to `steps` -> the last student's checkpoint.
+    Trains the teacher and stage 1 first where they are missing or unfinished."""
     start_steps = start_steps or cfg["stage2_start_N"]
-    ckpt = stage1.train(cfg, out, device, seed, True, data_dir, progress)  # builds the teacher too
+    pairs = pairs or load_dataset(cfg["dataset"], cfg["resolution"])
+    ckpt = stage1.train(cfg, out, device, pairs, seed, True, progress)
     if ckpt["N"] < start_steps:
         raise UserError(f"stage1.pt samples with N = {ckpt['N']} steps; --start-steps must be <= that")
-
-    def round_loss(student, teacher, x, y, w, i, N, eps):
-        return stage2_loss(student, teacher, x, y, w, i, N, eps, cfg["loss_weight"])
-
-    return halve(ckpt, "stage2", round_loss, cfg, out, device, start_steps, steps, seed, resume, data_dir, progress)
+    N = start_steps // 2
+    while N >= steps:  # the previous round's student is this round's 2N-step teacher
+        ckpt = train_round(cfg, out, device, ckpt, N, pairs, seed, resume, progress)
+        N //= 2
+    return ckpt
 
 
 def check_steps(steps, start_steps, teacher_N):
@@ -116,28 +161,28 @@ def check_steps(steps, start_steps, teacher_N):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser)
+    infra.add_common_args(parser)
     parser.add_argument("--steps", type=int, default=4, help="the final student's sampler steps (power of 2)")
     parser.add_argument("--start-steps", type=int, default=None,
                         help="the stage-1 student's step count where halving starts "
                              "(default: the preset's stage2_start_N: 1024 as in the paper, 64 for cpu)")
-    add_training_args(parser, "the unfinished round, skipping finished ones")
-    add_space_args(parser)
+    infra.add_training_args(parser, "the unfinished round, skipping finished ones")
     args = parser.parse_args(argv)
-    cfg, out, device = setup(args)
+    cfg, out, device = infra.setup(args)
     start_steps = args.start_steps or cfg["stage2_start_N"]
     check_steps(args.steps, start_steps, cfg["teacher_N"])
-    print(f"stage 2: preset {cfg['preset']}, {start_steps} -> {args.steps} steps on {space(cfg)}, "
+    x, y, cfg = training_set(cfg, args.data_dir, args.data)  # images, or an extension's latents
+    print(f"stage 2: preset {cfg['preset']}, {start_steps} -> {args.steps} steps on {infra.space(cfg)}, "
           f"device {device}, run folder {out}")
-    ckpt = train(cfg, out, device, args.steps, start_steps, args.seed, args.resume, args.data_dir)
+    ckpt = train(cfg, out, device, args.steps, start_steps, (x, y), args.seed, args.resume)
     grid = out / f"stage2_N{args.steps}.png"
-    model = stage1.load_model(ckpt, device).to(memory_format=torch.channels_last)
-    guidance.save_grid(lambda y, w: stage1.student_predictor(model, y, w), grid, cfg, device, args.steps)
+    model = load(ckpt, device).to(memory_format=torch.channels_last)
+    infra.save_grid(lambda y, w: stage1.student_predictor(model, y, w), grid, cfg, device, args.steps)
     print(f"wrote {out / f'stage2_N{args.steps}.pt'} and {grid} "
           f"({args.steps} network calls per image; rows w = {', '.join(map(str, cfg['grid_w']))})")
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    infra.run_cli(main)

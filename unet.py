@@ -8,9 +8,9 @@ nearest-neighbour up. Conditioning, summed into one embedding `emb` of width 4*c
            arctan(exp(-lambda/2)) / (pi/2), which equals t for the cosine schedule).
   - class: an embedding table with n_classes + 1 rows; row n_classes is the *null class*
            used for the unconditional branch of classifier-free guidance.
-  - text:  (text_dim > 0, text.py) y is a sentence embedding (B, text_dim) -> MLP, in place of
+  - text:  (text_dim > 0, extensions/text.py) y is a sentence embedding (B, text_dim) -> MLP, in place of
            the class table; an all-zero y means null and is replaced by a learned vector null_text.
-  - w:     (students only, Meng et al. Sec. 4.1) sinusoidal features of 1000*w -> MLP whose
+  - w:     (students only, Meng et al. stage one) sinusoidal features of 1000*w -> MLP whose
            last layer starts at zero, so a fresh w-student equals its teacher for every w.
 
     python unet.py                    # parameter count and output shape for the cpu preset
@@ -22,6 +22,9 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from config import DEFAULT_PRESET, PRESETS, get_config
+from data import DATASETS, data_shape
 
 
 def timestep_embedding(t, dim, scale=1000.0, max_period=10_000.0):
@@ -164,8 +167,6 @@ class UNet(nn.Module):
 
 def from_config(cfg, w_cond=False):
     """The U-Net a preset describes, sized for images or, with cfg['latent'], for latents."""
-    from data import DATASETS, data_shape
-
     (channels, resolution, _), info = data_shape(cfg), DATASETS[cfg["dataset"]]
     return UNet(in_ch=channels, resolution=resolution, ch=cfg["ch"],
                 ch_mult=tuple(cfg["ch_mult"]), num_res_blocks=cfg["num_res_blocks"],
@@ -174,9 +175,16 @@ def from_config(cfg, w_cond=False):
                 text_dim=cfg["text"]["dim"] if cfg.get("text") else 0)
 
 
-if __name__ == "__main__":
-    from config import DEFAULT_PRESET, PRESETS, get_config
+def load(ckpt, device, weights="ema"):
+    """The network a checkpoint holds (w-conditioned for stage1 and stage2), in eval mode,
+    built with dropout 0: students train without dropout (official distillation configs); eval mode ignores it."""
+    cfg = {**ckpt["config"], "dropout": 0.0}
+    model = from_config(cfg, w_cond=ckpt["stage"] in ("stage1", "stage2"))  # teacher, encoder: no w
+    model.load_state_dict(ckpt[weights])
+    return model.to(device).eval().requires_grad_(False)
 
+
+if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS))

@@ -1,0 +1,360 @@
+"""Plumbing shared by every script. A student may skip this file: none of the method is here.
+
+    command line  add_common_args, add_training_args, setup, run_cli, pick_device, writable_dir
+    torchrun      init_distributed, is_main, shard, wrap, mean, my_rows, gather (DDP; see below)
+    checkpoints   atomic_write, save_checkpoint, load_checkpoint, checkpoint_dict, resume
+    training      make_optimizer, check_finite, ema_update, log_metrics
+    pictures      save_images, save_grid
+    the seam      decode, conditions, space: what an extension's --data file put in the config
+
+Data-parallel training under torchrun: every rank draws the whole global batch from the same
+seeded generators and keeps its own slice (shard), so K processes train the same weights as one
+process with the same batch (up to float summation order); DDP averages the slice gradients.
+Only rank 0 writes files and shows progress. Sampling splits the images instead (my_rows,
+gather); image k comes from its own seed, so the result does not depend on the process count.
+
+    torchrun --nproc_per_node=2 stage2.py --preset smoke --steps 4     # 2 processes (gloo, CPU)
+    torchrun --nproc_per_node=8 guidance.py --preset imagenet64        # 8 GPUs (nccl)
+"""
+import argparse
+import hashlib
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torchvision.utils import save_image
+
+import ddpm
+from config import DEFAULT_PRESET, PRESETS, UserError, get_config
+from data import DATASETS, data_shape
+
+
+# ---------------------------------------------------------------- command line
+def add_common_args(parser):
+    """--preset, --out, --device, --seed, --set: the same on every training script."""
+    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
+                        help="hyper-parameter preset (default: %(default)s; smoke is for tests)")
+    parser.add_argument("--out", default=None, help="run folder holding every stage's checkpoints "
+                        "(default: runs/<preset>, or the folder of --data)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                        help="auto picks cuda, then mps, then cpu")
+    parser.add_argument("--seed", type=int, default=0, help="seed for weights, data order and noise")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one preset value, e.g. --set lr=3e-4 (repeatable)")
+    return parser
+
+
+def add_training_args(parser, what):
+    """--data-dir, --data and --resume: the same on every diffusion training script."""
+    parser.add_argument("--data-dir", default="data",
+                        help="where cifar10 / imagenet64 live (fashion: the Debian package first)")
+    parser.add_argument("--data", metavar="FILE", help="train on the (x, y) pairs of a data file "
+                        "that an extension wrote (latents, captions; docs/latent_and_text.md)")
+    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                        help=f"continue from {what} if it exists (default), or start over")
+    return parser
+
+
+def setup(args):
+    """Parsed common args -> (cfg, run folder, device); under torchrun, join the process group."""
+    cfg = get_config(args.preset, args.set)
+    device = init_distributed(pick_device(args.device))
+    check_batch_size(cfg)
+    data = getattr(args, "data", None)
+    default = Path(data).parent if data else Path("runs") / args.preset
+    return cfg, writable_dir(default if args.out is None else args.out, "--out"), device
+
+
+def check_batch_size(cfg):
+    """The batch must be >= 1 and split evenly over the processes of a torchrun."""
+    if cfg["batch_size"] < 1 or cfg["batch_size"] % world():
+        raise UserError(f"--batch-size {cfg['batch_size']} must be >= 1 and divisible by the "
+                        f"{world()} process(es)")
+
+
+def writable_dir(path, flag):
+    """The folder `path` (created if missing) if files can be written there, else a one-line error."""
+    if not str(path).strip():
+        raise UserError(f"{flag} is empty; give a folder, e.g. {flag} runs/mine")
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot create the folder ({e.strerror}); "
+                        "choose another") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: not writable; choose another folder")
+    return path
+
+
+def pick_device(name="auto"):
+    """auto: cuda, then mps, then cpu. An unavailable device is a one-line error."""
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    if name == "mps" and not mps:
+        raise UserError("--device mps: MPS is not available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def run_cli(main):
+    """Run main(); a UserError becomes one line on stderr and exit code 2. Under torchrun every
+    rank waits for the others before it exits."""
+    try:
+        main()
+        if dist.is_initialized():  # a rank that leaves while another uses the group can abort it
+            dist.barrier()
+            dist.destroy_process_group()
+    except UserError as e:
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+# ---------------------------------------------------------------- torchrun (DDP)
+def init_distributed(device):
+    """Join the process group when torchrun started several processes: nccl on CUDA (one GPU per
+    local rank), gloo otherwise -> the device this process uses."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def world():
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank():
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def is_main():
+    """Rank 0 writes files and shows progress; the others only compute."""
+    return rank() == 0
+
+
+def shard(*tensors):
+    """This rank's slice (dim 0, B / K each) of global-batch tensors; all of them in one process."""
+    return tensors if world() == 1 else tuple(t.chunk(world())[rank()] for t in tensors)
+
+
+def wrap(model):
+    """DDP around a model under torchrun (it averages gradients in backward); else the model.
+    Call the wrapper for the forward pass; save and update the model itself."""
+    if world() == 1:
+        return model
+    device = next(model.parameters()).device
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def mean(x):
+    """The mean of a scalar over the ranks (the global batch's loss, for logging)."""
+    if world() == 1:
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x / world()
+
+
+def my_rows(n):
+    """The indices (contiguous) of the n images this rank samples."""
+    return torch.tensor_split(torch.arange(n), world())[rank()]
+
+
+def gather(x):
+    """Every rank's x (dim 0) concatenated in rank order, on every rank."""
+    if world() == 1:
+        return x
+    parts = [None] * world()
+    dist.all_gather_object(parts, x.cpu())
+    return torch.cat(parts)
+
+
+# ---------------------------------------------------------------- checkpoints
+# A checkpoint is a dict of primitives and state_dicts, so torch.load(weights_only=True) reads it:
+# stage, N (sampler steps), w_range, config, model, ema, optimizer, step, rng.
+def atomic_write(path, write):
+    """write(f) to a temp file beside `path`, fsync, rename: a reader (or a crash) never sees
+    half a file. Under torchrun only rank 0 writes."""
+    if not is_main():
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(ckpt, path):
+    atomic_write(path, lambda f: torch.save(ckpt, f))
+
+
+def load_checkpoint(path, stage=None):
+    """Read a checkpoint safely (weights_only=True) onto the CPU; check its stage."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}; train it first (see README) or check --out")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, wrong format, pickled code ...
+        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}); "
+                        "delete it and rerun the stage that writes it") from None
+    if not isinstance(ckpt, dict) or "stage" not in ckpt:
+        raise UserError(f"{path} is not a distill-guided checkpoint (no 'stage' key)")
+    if stage is not None and not str(ckpt["stage"]).startswith(stage):
+        raise UserError(f"{path} holds stage {ckpt['stage']!r}, but this needs {stage!r}")
+    return ckpt
+
+
+def rng_state(gens):
+    """Every random stream of a run as tensors: the named generators, torch's global one (dropout)
+    and CUDA's, so a resumed run is bitwise the same as an uninterrupted one."""
+    state = {name: g.get_state() for name, g in gens.items()} | {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def checkpoint_dict(stage, N, cfg, model, ema, opt, step, gens):
+    """Everything a stage needs to resume or to be sampled: primitives and state_dicts."""
+    return dict(stage=stage, N=N, w_range=[cfg["w_min"], cfg["w_max"]], config=cfg,
+                model=model.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(),
+                step=step, rng=rng_state(gens))
+
+
+MODEL_KEYS = ("dataset", "resolution", "ch", "ch_mult", "num_res_blocks", "attn_resolutions",
+              "attn_head_dim")  # a checkpoint resumes only under the same architecture and data
+
+
+def resume(path, stage, cfg, model, ema, opt, gens):
+    """Load weights, optimizer and random streams from `path` if it exists -> (step, ckpt)."""
+    if not path.exists():
+        return 0, None
+    ckpt = load_checkpoint(path, stage=stage)
+    kind = lambda c: ((c.get("latent") or {}).get("scale_factor"), bool(c.get("text")))  # noqa: E731
+    if kind(ckpt["config"]) != kind(cfg):
+        raise UserError(f"{path} holds a model of {space(ckpt['config'])}, this run is on "
+                        f"{space(cfg)}; pass the same --data (or none), or use another --out")
+    changed = [k for k in MODEL_KEYS if ckpt["config"][k] != cfg[k]]
+    if changed:
+        raise UserError(f"{path} was trained with other {', '.join(changed)}; "
+                        "use another --out or --no-resume to start over")
+    model.load_state_dict(ckpt["model"])
+    ema.load_state_dict(ckpt["ema"])
+    opt.load_state_dict(ckpt["optimizer"])
+    for name, g in gens.items():
+        g.set_state(ckpt["rng"][name])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if torch.cuda.is_available() and "cuda" in ckpt["rng"]:
+        torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
+    return ckpt["step"], ckpt
+
+
+# ---------------------------------------------------------------- training helpers
+def make_optimizer(model, lr, weight_decay, device):
+    """AdamW; the fused kernel is ~8x faster per step for small nets on CPU."""
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay,
+                             fused=device.type in ("cpu", "cuda"))
+
+
+def check_finite(loss, step, ckpt_path):
+    """Stop with a one-line error on a NaN / inf loss, saying whether a checkpoint was kept."""
+    if not torch.isfinite(loss):
+        kept = (f"{ckpt_path} keeps the last good weights" if ckpt_path.exists()
+                else "no checkpoint was written")
+        raise UserError(f"loss became {loss.item()} at step {step}; {kept}; lower the learning "
+                        "rate (--set ...) and rerun")
+
+
+@torch.no_grad()
+def ema_update(ema, model, decay, step):
+    """EMA of the weights, with warm-up: the decay is min(decay, (1 + k) / (10 + k))."""
+    d = min(decay, (1 + step) / (10 + step))
+    for p_ema, p in zip(ema.parameters(), model.parameters()):
+        p_ema.lerp_(p, 1 - d)
+    for b_ema, b in zip(ema.buffers(), model.buffers()):
+        b_ema.copy_(b)
+
+
+def log_metrics(out, record):
+    """Append one JSON line to the run's metrics.jsonl (rank 0 only)."""
+    if is_main():
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+# ---------------------------------------------------------------- pictures
+def save_images(x, path, n_cols):
+    """Save x (n, C, H, W) in [-1, 1] as a grid; small images are shown at >= 64 px (rank 0)."""
+    if not is_main():
+        return
+    scale = max(1, 64 // x.shape[-1])
+    x = torch.nn.functional.interpolate(x.float().cpu(), scale_factor=scale, mode="nearest")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_image((x + 1) / 2, path, nrow=n_cols, padding=2 * scale)
+
+
+@torch.no_grad()
+def save_grid(make_predict, path, cfg, device, steps, seed=0):
+    """A DDIM sample grid: one class per column, one row per w of cfg['grid_w'], the same noise
+    down each column. make_predict(y, w) -> predict(z_t, t), y and w one entry per image."""
+    if not is_main():
+        return
+    w_values, n_cols = cfg["grid_w"], min(DATASETS[cfg["dataset"]]["n_classes"], 10)
+    z_col = torch.randn((n_cols, *data_shape(cfg)), generator=torch.Generator().manual_seed(seed))
+    z_1 = z_col.repeat(len(w_values), 1, 1, 1).to(device)  # (rows*cols, C, H, W)
+    y = conditions(cfg, torch.arange(n_cols, device=device).repeat(len(w_values)))  # (rows*cols,)
+    w = torch.tensor(w_values, device=device).repeat_interleave(n_cols)  # (rows*cols,)
+    x = ddpm.sample_ddim(make_predict(y, w), z_1.contiguous(memory_format=torch.channels_last),
+                         steps, clip=not cfg["latent"])  # latents have no [-1, 1] box
+    save_images(decode(x, cfg), path, n_cols)
+
+
+# ---------------------------------------------------------------- the seam for extensions
+_PROGRAMS = {}  # exported decoders, loaded once per (config, device)
+
+
+def decode(x, cfg):
+    """What a model sampled -> images in [-1, 1]. Pixels pass through. A latent model's config
+    carries its decoder as an exported program (torch.export, written by the extension that made
+    the latents), so no autoencoder code is needed here: latents in, clamped pixels out."""
+    if not cfg.get("latent"):
+        return x
+    raw = cfg["latent"]["decoder"].numpy().tobytes()  # a uint8 tensor: weights_only-safe
+    key = (hashlib.sha1(raw).hexdigest(), str(x.device))
+    if key not in _PROGRAMS:
+        _PROGRAMS[key] = torch.export.load(io.BytesIO(raw)).module().to(x.device)
+    return _PROGRAMS[key](x.float())  # (B, C, H, W)
+
+
+def conditions(cfg, labels, split="test"):
+    """What a model conditions on for images of classes `labels` (n,): the labels themselves, or
+    for a caption model (cfg['text']) the embedding of one of that class's `split` captions,
+    image i taking its class's caption number i // n_classes in turn."""
+    if not cfg.get("text") or labels.is_floating_point():  # labels, or embeddings already
+        return labels
+    table = cfg["text"][split]
+    classes = torch.tensor(table["classes"])  # (n_captions,) grouped by class, equal counts
+    per_class, n_classes = int((classes == 0).sum()), int(classes.max()) + 1
+    k = torch.arange(len(labels)) // n_classes  # (n,)
+    first = torch.searchsorted(classes, labels.cpu())  # (n,) each class's first caption
+    return table["emb"][first + k % per_class].to(labels.device)  # (n, text_dim)
+
+
+def space(cfg):
+    """What a config's model works on, in words: pixels or latents; class labels or captions."""
+    lat, txt = cfg.get("latent"), cfg.get("text")
+    where = "pixels" if not lat else f"latents ({lat['channels']} x {lat['size']}^2)"
+    return where + (f", captions ({txt['encoder']})" if txt else ", class labels")
