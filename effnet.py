@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from config import UserError, run_cli
+from config import UserError
+from infra import run_cli
 
 # Stages: (kernel k, repeats, in channels, out channels, expand ratio, stride of the first block).
 LITE0_STAGES = [(3, 1, 32, 16, 1, 1), (3, 2, 16, 24, 6, 2), (5, 2, 24, 40, 6, 2),

@@ -28,7 +28,7 @@ the stage-1 student with DDIM at the same N, every stage-2 student at its own N 
 DDIM and the stochastic sampler), each at every w of eval_w, except that rows with
 N > eval_all_w_max_N run only at eval_long_w (and the teacher at its full N also at eval_teacher_w).
 A data row (n training images against the reference) gives the FID floor for this sample size;
-a latent run (stage2.py --latent) adds data_ae, the same images encoded and decoded by its autoencoder.
+a latent run adds data_ae, the same images encoded and decoded by its autoencoder.
 w = 0 is unguided; diffusers' guidance_scale = 1 + w.
 
     python evaluate.py --run runs/cpu           # report/ in the run: ~55 min on 2 CPU cores
@@ -48,15 +48,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import autoencoder
-import distributed
 import effnet
-from config import PRESETS, UserError, atomic_write, get_config, load_checkpoint, pick_device, run_cli
+import infra
+from config import PRESETS, UserError, get_config
 from data import DATASETS, load_dataset, to_float
-from guidance import save_images
 from report import check_targets, plot, write_report
 from sample import SAMPLERS, generate, sampling_stage, warn_w_range
-from stage1 import load_model
+from unet import load
 
 
 KID_REF_N = 2000  # reference images kept (as features) for KID
@@ -162,7 +160,7 @@ def reference_stats(cfg, extract, stats_dir, data_dir):
         sqrt_sigma = scipy.linalg.sqrtm(sigma).real  # (d, d)
     stats = dict(mu=mu, sigma=sigma, sqrt_sigma=sqrt_sigma, kid_feats=feats[:KID_REF_N].astype(np.float32),
                  inception_score=inception_score(probs), n=len(images))
-    atomic_write(path, lambda f: np.savez(f, **stats))
+    infra.atomic_write(path, lambda f: np.savez(f, **stats))
     return stats | {"file": str(path)}
 
 
@@ -174,49 +172,10 @@ def score(x, ref, extract):
                 kid=kernel_distance(feats, ref["kid_feats"]), inception_score=inception_score(probs))
 
 
-# ---------------------------------------------------------------- a class probe (text prompts, text.py)
-def class_probe(cfg, extract, stats_dir, data_dir, n_train=5000, n_test=2000):
-    """A linear probe on the feature network's pooled features: multinomial logistic regression
-    (L-BFGS, small L2) on n_train real training images; cached as .npz like the reference statistics.
-    -> (classify(x (n, C, H, W) in [-1, 1]) -> classes (n,), its accuracy on n_test real test images)."""
-    name = f"probe_{cfg['dataset']}_{cfg['resolution']}px_{cfg['eval_features']}{feature_size(cfg)}_n{n_train}.npz"
-    path = Path(stats_dir) / name
-    if path.is_file():
-        with np.load(path) as f:
-            probe = {k: torch.from_numpy(f[k]) for k in f.files}
-    else:
-        images, labels = load_dataset(cfg["dataset"], cfg["resolution"], data_dir, train=True)
-        feats = torch.from_numpy(features(extract, to_float(images[:n_train]))[0]).float()  # (n, d)
-        mu, sd = feats.mean(0), feats.std(0) + 1e-6  # (d,) each: standardize the features
-        f, y = (feats - mu) / sd, labels[:n_train]
-        lin = torch.nn.Linear(f.shape[1], DATASETS[cfg["dataset"]]["n_classes"])
-        opt = torch.optim.LBFGS(lin.parameters(), max_iter=300, line_search_fn="strong_wolfe")
-
-        def closure():
-            opt.zero_grad()
-            loss = F.cross_entropy(lin(f), y) + 1e-3 * lin.weight.pow(2).sum()
-            loss.backward()
-            return loss
-        opt.step(closure)
-        probe = dict(weight=lin.weight.detach(), bias=lin.bias.detach(), mu=mu, sd=sd)
-        test, test_labels = load_dataset(cfg["dataset"], cfg["resolution"], data_dir, train=False)
-        classify = _probe_fn(probe, extract)
-        probe["test_accuracy"] = (classify(to_float(test[:n_test])) == test_labels[:n_test]).float().mean()
-        atomic_write(path, lambda fh: np.savez(fh, **{k: v.numpy() for k, v in probe.items()}))
-    return _probe_fn(probe, extract), float(probe["test_accuracy"])
-
-
-def _probe_fn(probe, extract):
-    def classify(x):
-        f = (torch.from_numpy(features(extract, x)[0]).float() - probe["mu"]) / probe["sd"]  # (n, d)
-        return (f @ probe["weight"].T + probe["bias"]).argmax(1)  # (n,)
-    return classify
-
-
 # ---------------------------------------------------------------- the report's rows
 def plan_rows(run, cfg):
     """The run folder's checkpoints -> rows dict(model, file, sampler, N, w), cheapest first."""
-    teacher = load_checkpoint(run / "teacher.pt", "teacher")
+    teacher = infra.load_checkpoint(run / "teacher.pt", "teacher")
     ladder = [2 ** k for k in range(int(np.log2(teacher["N"])) + 1)]  # 1, 2, 4, ..., 1024
     keep = lambda N, w: N <= cfg["eval_all_w_max_N"] or w in cfg["eval_long_w"]  # noqa: E731
     models = [("teacher", "teacher.pt", "ddim", ladder), ("stage1", "stage1.pt", "ddim", ladder)]
@@ -255,8 +214,8 @@ def protocol(cfg, ref, n_classes, device, seed):
 def run_row(row, run, cfg, seed, device, models):
     """Sample one row's eval_n images and time it -> x (n, C, H, W) in [-1, 1], ms per image."""
     if row["file"] not in models:
-        ckpt = load_checkpoint(run / row["file"])
-        model = load_model(ckpt, device).to(memory_format=torch.channels_last)
+        ckpt = infra.load_checkpoint(run / row["file"])
+        model = load(ckpt, device).to(memory_format=torch.channels_last)
         generate(ckpt, model, torch.zeros(2, dtype=torch.long), torch.zeros(2), 1, "ddim", [0, 1], device)  # warm up
         models[row["file"]] = ckpt, model
     ckpt, model = models[row["file"]]
@@ -284,7 +243,7 @@ def eval_config(ckpt, preset=None, overrides=()):
 
 
 def save_json(obj, path):
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+    infra.atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
 
 def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
@@ -305,13 +264,13 @@ def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
     floors = ["data", "data_ae"] if cfg["latent"] else ["data"]
     for name in (f for f in floors if f not in done):
         x = data_row(cfg, data_dir, seed)  # (n, C, H, W)
-        x = autoencoder.to_images(autoencoder.to_latents(x, cfg), cfg) if name == "data_ae" else x
+        x = infra.decode(infra.encode(x, cfg), cfg) if name == "data_ae" else x
         done[name] = dict(model=name, file="-", sampler="-", N=0, w=None, calls=0, ms_per_image=0.0,
                           **score(x, ref, extract))
     rows, models = plan_rows(run, cfg), {}
     teacher_N = max(r["N"] for r in rows if r["model"] == "teacher")
     ids = {f: fingerprint(run / f) for f in {r["file"] for r in rows}}
-    for row in tqdm(rows, desc="report rows", disable=not progress or not distributed.is_main()):
+    for row in tqdm(rows, desc="report rows", disable=not progress or not infra.is_main()):
         row["ckpt_id"] = ids[row["file"]]
         if done.get(row_key(row), {}).get("ckpt_id") == row["ckpt_id"]:
             continue
@@ -319,9 +278,9 @@ def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
         x, ms = run_row(row, run, cfg, seed, device, models)  # (n, C, H, W)
         calls = row["N"] * (2 if row["model"] == "teacher" else 1)
         r = done[row_key(row)] = row | dict(calls=calls, ms_per_image=ms, **score(x, ref, extract))
-        save_images(x[:2 * n_classes], folder / "grids" / f"{row_key(row)}.png", min(n_classes, 10))
+        infra.save_images(x[:2 * n_classes], folder / "grids" / f"{row_key(row)}.png", min(n_classes, 10))
         save_json(dict(protocol=proto, rows=list(done.values())), results)
-        if distributed.is_main():
+        if infra.is_main():
             tqdm.write(f"{row_key(row):28s} FID {r['fid']:7.2f}  KID {r['kid']:7.4f}  "
                        f"IS {r['inception_score']:5.2f}  {calls:5d} calls  {ms:9.2f} ms/img")
 
@@ -333,14 +292,14 @@ def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
     out = dict(protocol=proto, plan=plan, reference_is=float(ref["inception_score"]),
                eval_w=[float(w) for w in cfg["eval_w"]], rows=rows, targets=check_targets(rows, teacher_N))
     save_json(out, results)  # creates the folder (atomic_write)
-    if distributed.is_main():  # rank 0 writes
+    if infra.is_main():  # rank 0 writes
         plot(rows, out["eval_w"], folder)
         write_report(folder, out)
     return rows, out["targets"]
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--run", "--run-dir", dest="run",
@@ -360,8 +319,8 @@ def main(argv=None):
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--seed", type=int, default=0, help="noise seeds and the data row's images")
     args = parser.parse_args(argv)
-    device = distributed.init(pick_device(args.device))  # under torchrun: ranks share the sampling
-    ckpt = load_checkpoint(Path(args.run) / "teacher.pt" if args.run else args.ckpt)
+    device = infra.init_distributed(infra.pick_device(args.device))  # torchrun: ranks share the sampling
+    ckpt = infra.load_checkpoint(Path(args.run) / "teacher.pt" if args.run else args.ckpt)
     cfg = eval_config(ckpt, args.preset, args.set)
     if args.n:
         cfg["eval_n"] = args.n
@@ -370,7 +329,7 @@ def main(argv=None):
 
     if args.run:
         rows, targets = report(Path(args.run), cfg, args.seed, device, args.stats_dir, args.data_dir)
-        if not distributed.is_main():
+        if not infra.is_main():
             return
         for t in targets:
             print(f"{'PASS' if t['passed'] else 'MISS'}  {t['target']}: {t['value']:.2f} ({t['detail']})")
@@ -386,7 +345,7 @@ def main(argv=None):
     row = dict(model=stage, file=Path(args.ckpt).name, sampler=args.sampler, N=args.steps or ckpt["N"], w=args.w)
     x, ms = run_row(row, Path(args.ckpt).parent, cfg, args.seed, device, {})
     r = score(x, ref, extract)
-    if not distributed.is_main():
+    if not infra.is_main():
         return
     proto = protocol(cfg, ref, DATASETS[cfg["dataset"]]["n_classes"], device, args.seed)
     print(f"{Path(args.ckpt).name} {args.sampler} N={row['N']} w={args.w:g}: FID {r['fid']:.2f}, "
@@ -395,4 +354,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    infra.run_cli(main)

@@ -102,12 +102,7 @@ def train(cfg, out, device, pairs=None, seed=0, resume=True, progress=True):
 
         # Update: linear warm-up, clip the gradient norm, AdamW, EMA.
         lr = cfg["lr"] * min(1.0, (step + 1) / max(1, cfg["warmup"]))
-        for group in opt.param_groups:
-            group["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"]))
-        opt.step()
+        grad_norm = infra.optimizer_step(loss, model, opt, lr, cfg["grad_clip"])
         infra.ema_update(ema, model, cfg["ema_decay"], step)
         losses.append(infra.mean(loss).item())  # the global batch's loss
         running = 0.99 * running + 0.01 * losses[-1] if step > start else losses[-1]

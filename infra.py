@@ -3,9 +3,9 @@
     command line  add_common_args, add_training_args, setup, run_cli, pick_device, writable_dir
     torchrun      init_distributed, is_main, shard, wrap, mean, my_rows, gather (DDP; see below)
     checkpoints   atomic_write, save_checkpoint, load_checkpoint, checkpoint_dict, resume
-    training      make_optimizer, check_finite, ema_update, log_metrics
+    training      make_optimizer, check_finite, optimizer_step, ema_update, log_metrics
     pictures      save_images, save_grid
-    the seam      decode, conditions, space: what an extension's --data file put in the config
+    the seam      decode, encode, conditions, space: what an extension's --data file put in cfg
 
 Data-parallel training under torchrun: every rank draws the whole global batch from the same
 seeded generators and keeps its own slice (shard), so K processes train the same weights as one
@@ -278,6 +278,17 @@ def check_finite(loss, step, ckpt_path):
                         "rate (--set ...) and rerun")
 
 
+def optimizer_step(loss, model, opt, lr, grad_clip):
+    """Set the learning rate, backpropagate, clip the gradient norm, step -> the norm before clipping."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return float(grad_norm)
+
+
 @torch.no_grad()
 def ema_update(ema, model, decay, step):
     """EMA of the weights, with warm-up: the decay is min(decay, (1 + k) / (10 + k))."""
@@ -323,20 +334,28 @@ def save_grid(make_predict, path, cfg, device, steps, seed=0):
 
 
 # ---------------------------------------------------------------- the seam for extensions
-_PROGRAMS = {}  # exported decoders, loaded once per (config, device)
+_PROGRAMS = {}  # exported programs, loaded once per (bytes, device)
+
+
+def _program(raw, device):
+    """An exported program (torch.export) stored as a uint8 tensor -> a callable module."""
+    raw = raw.numpy().tobytes()
+    key = (hashlib.sha1(raw).hexdigest(), str(device))
+    if key not in _PROGRAMS:
+        _PROGRAMS[key] = torch.export.load(io.BytesIO(raw)).module().to(device)
+    return _PROGRAMS[key]
 
 
 def decode(x, cfg):
     """What a model sampled -> images in [-1, 1]. Pixels pass through. A latent model's config
-    carries its decoder as an exported program (torch.export, written by the extension that made
-    the latents), so no autoencoder code is needed here: latents in, clamped pixels out."""
-    if not cfg.get("latent"):
-        return x
-    raw = cfg["latent"]["decoder"].numpy().tobytes()  # a uint8 tensor: weights_only-safe
-    key = (hashlib.sha1(raw).hexdigest(), str(x.device))
-    if key not in _PROGRAMS:
-        _PROGRAMS[key] = torch.export.load(io.BytesIO(raw)).module().to(x.device)
-    return _PROGRAMS[key](x.float())  # (B, C, H, W)
+    carries its decoder as an exported program (torch.export; the extension that made the latents
+    wrote it), so no autoencoder code is needed here: scaled latents in, clamped pixels out."""
+    return _program(cfg["latent"]["decoder"], x.device)(x.float()) if cfg.get("latent") else x
+
+
+def encode(x, cfg):
+    """Images (B, C, H, W) in [-1, 1] -> a latent model's scaled latents (its exported encoder)."""
+    return _program(cfg["latent"]["encoder"], x.device)(x.float())
 
 
 def conditions(cfg, labels, split="test"):
@@ -345,12 +364,17 @@ def conditions(cfg, labels, split="test"):
     image i taking its class's caption number i // n_classes in turn."""
     if not cfg.get("text") or labels.is_floating_point():  # labels, or embeddings already
         return labels
-    table = cfg["text"][split]
-    classes = torch.tensor(table["classes"])  # (n_captions,) grouped by class, equal counts
-    per_class, n_classes = int((classes == 0).sum()), int(classes.max()) + 1
-    k = torch.arange(len(labels)) // n_classes  # (n,)
+    n_classes = DATASETS[cfg["dataset"]]["n_classes"]
+    return caption_of_class(cfg["text"][split], labels, torch.arange(len(labels)) // n_classes)
+
+
+def caption_of_class(table, labels, k):
+    """Caption k (mod the class's count) of each label's class: labels (n,), k (n,) -> (n, d).
+    A table lists its captions grouped by class, the same count for every class."""
+    classes = torch.tensor(table["classes"])  # (n_captions,)
+    per_class = int((classes == 0).sum())
     first = torch.searchsorted(classes, labels.cpu())  # (n,) each class's first caption
-    return table["emb"][first + k % per_class].to(labels.device)  # (n, text_dim)
+    return table["emb"][first + k % per_class].to(labels.device)  # (n, d)
 
 
 def space(cfg):

@@ -1,6 +1,6 @@
 """The report's targets, tables and plots, from a results.json that evaluate.py wrote.
 
-    check_targets   the four targets of the reproduction (issue #4), judged on FID, each with
+    check_targets   the reproduction's four targets (docs/results.md), judged on FID, each with
                     the same ratio in KID beside it
     plot            fid_vs_calls.png (FID and KID against network calls, one panel per w) and
                     fid_vs_is.png (the quality / diversity trade-off across w, as in the paper)
@@ -14,7 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
-from config import UserError, run_cli
+from config import UserError
+from infra import run_cli
 
 
 def find(rows, **kw):
@@ -23,7 +24,7 @@ def find(rows, **kw):
 
 
 def check_targets(rows, teacher_N):
-    """The issue's four targets, judged on FID; each also shows the same ratio in KID, and where it
+    """The four reproduction targets, judged on FID; each also shows the same ratio in KID, and where it
     is missed, by how much (the ratio's distance from its goal, in %)."""
     out = []
 

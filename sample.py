@@ -10,12 +10,12 @@
 Writes a grid (one class per column, one row per w, the same noise down each column) and an
 .npz of uint8 samples (x (n, C, H, W), y, w). Image k's noise comes from its own seed, so it
 does not depend on --batch-size. w = 0 is unguided; diffusers' guidance_scale = 1 + w.
-A latent-space checkpoint (stage2.py --latent) carries its autoencoder and is decoded to pixels.
+A latent-space checkpoint carries its decoder and is decoded to pixels (infra.decode); a
+caption model draws a held-out caption of each class (prompts: python -m extensions.text sample).
 
     python sample.py --ckpt runs/cpu/stage2_N4.pt --w 0,1,3
     python sample.py --ckpt runs/cpu/teacher.pt --steps 1024 --w 0.3
     python sample.py --ckpt runs/cpu/stage2_N4.pt --sampler stochastic --rows 4
-    python sample.py --ckpt runs/cpu_latent_text/stage2_N4.pt --prompt "a pair of sneakers" --prompt "a gown" --w 0,2
 """
 import argparse
 import sys
@@ -25,14 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import autoencoder
 import ddpm
-import distributed
-import text
-from config import load_checkpoint, pick_device, run_cli, space, UserError, writable_dir
+import infra
+from config import UserError
 from data import DATASETS, data_shape, to_uint8
-from guidance import guided_predictor, save_images
-from stage1 import load_model, student_predictor
+from guidance import guided_predictor
+from stage1 import student_predictor
+from unet import load
 
 SAMPLERS = {"teacher": ("ddim", "ancestral"), "stage1": ("ddim", "ancestral"),
             "stage2": ("ddim", "stochastic")}
@@ -42,8 +41,8 @@ def sampling_stage(ckpt, path):
     """The checkpoint's stage if it can be sampled (teacher, stage1, stage2), else a one-line error."""
     stage = str(ckpt["stage"])
     if stage not in SAMPLERS:
-        raise UserError(f"{path} holds stage {stage!r}; sampling needs teacher.pt, stage1.pt or stage2_N*.pt "
-                        "(an encoder decodes with: python edit.py encode)")
+        raise UserError(f"{path} holds stage {stage!r}; sampling needs teacher.pt, stage1.pt or "
+                        "stage2_N*.pt (an encoder decodes with: python -m extensions.encoder encode)")
     return stage
 
 
@@ -63,8 +62,8 @@ def image_noise(seeds, shape, device):
 
 
 def predictor(ckpt, model, y, w):
-    """predict(z_t, t) -> x_hat for a checkpoint's model: the guided teacher (2 calls per step)
-    or a w-student (1 call). An encoder's U-Net (edit.py) has no w input and ignores w."""
+    """predict(z_t, t) -> x_hat for a checkpoint's model: the guided teacher (2 network calls
+    per step) or a w-student (1 call). An encoder's U-Net has no w input and ignores w."""
     if ckpt["stage"] == "teacher":
         return guided_predictor(model, y, w)
     return student_predictor(model, y, w)
@@ -72,13 +71,12 @@ def predictor(ckpt, model, y, w):
 
 @torch.no_grad()
 def generate(ckpt, model, y, w, steps, sampler, seeds, device, batch_size=256, clip=True):
-    """Images x (n, C, H, W) in [-1, 1] for labels y (n,) (or caption embeddings (n, 384)),
-    weights w (n,), per-image seeds.
-    A latent-space checkpoint samples latents (never clipped) and decodes them with its autoencoder."""
+    """Images x (n, C, H, W) in [-1, 1] for labels y (n,) (or caption embeddings (n, d)),
+    weights w (n,), per-image seeds. Latent models sample latents (never clipped) and decode them."""
     cfg = ckpt["config"]
-    shape, clip = data_shape(cfg), clip and not cfg.get("latent")  # (C, H, W) of an image or a latent
-    y = text.conditions(cfg, y)  # text models: class labels become held-out captions
-    rows = distributed.my_rows(len(y))  # under torchrun: this process's share of the images
+    shape, clip = data_shape(cfg), clip and not cfg.get("latent")  # (C, H, W) of an image or latent
+    y = infra.conditions(cfg, y)  # caption models: class labels become held-out captions
+    rows = infra.my_rows(len(y))  # under torchrun: this process's share of the images
     y, w, seeds = y[rows], w[rows], torch.as_tensor(seeds)[rows]
     out = [torch.empty(0, DATASETS[cfg["dataset"]]["channels"], cfg["resolution"], cfg["resolution"])]
     for lo in range(0, len(y), batch_size):
@@ -86,30 +84,33 @@ def generate(ckpt, model, y, w, steps, sampler, seeds, device, batch_size=256, c
         z_1, noise = image_noise(seeds[lo:lo + batch_size], shape, device)
         z_1 = z_1.contiguous(memory_format=torch.channels_last)  # +20-45 % on CPU
         yb, wb = y[lo:lo + batch_size].to(device), w[lo:lo + batch_size].to(device)
-        x = ddpm.sample_loop(predictor(ckpt, model, yb, wb), z_1, steps, ddpm.make_step(sampler, noise), clip)
-        out.append(autoencoder.to_images(x, cfg).float().cpu())  # (b, C, H, W) pixels
-    return distributed.gather(torch.cat(out))  # every process's images, in order
+        predict = predictor(ckpt, model, yb, wb)
+        x = ddpm.sample_loop(predict, z_1, steps, ddpm.make_step(sampler, noise), clip)
+        out.append(infra.decode(x, cfg).float().cpu())  # (b, C, H, W) pixels
+    return infra.gather(torch.cat(out))  # every process's images, in order
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
+def make_parser():
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, help="teacher.pt, stage1.pt or stage2_N*.pt")
     parser.add_argument("--steps", type=int, help="sampler steps (default: the checkpoint's own N)")
     parser.add_argument("--w", default="0,1,3", help="guidance weights, comma-separated: one grid row each")
     parser.add_argument("--sampler", default="ddim", choices=["ddim", "ancestral", "stochastic"])
-    parser.add_argument("--prompt", action="append",
-                        help="text models (--text): a caption, one column each (repeatable); "
-                             "default: a held-out caption of each class")
     parser.add_argument("--rows", type=int, default=1, help="rows per w (more images per class)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per network call")
     parser.add_argument("--weights", default="ema", choices=["ema", "model"], help="EMA (default) or raw")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-file", help="grid .png path (default: next to the checkpoint); .npz beside it")
-    args = parser.parse_args(argv)
-    device = distributed.init(pick_device(args.device))  # under torchrun: join the process group
-    ckpt = load_checkpoint(args.ckpt)
+    return parser
+
+
+def run(args, columns=None, prompts=()):
+    """Sample the grid args describe and write it (.png) with its images (.npz). columns: one
+    condition per column (default: the classes); prompts: their texts, kept in the .npz."""
+    device = infra.init_distributed(infra.pick_device(args.device))
+    ckpt = infra.load_checkpoint(args.ckpt)
     stage = sampling_stage(ckpt, args.ckpt)
     steps = args.steps or ckpt["N"]
     try:
@@ -126,37 +127,33 @@ def main(argv=None):
         print(f"warning: this student was distilled for N = {ckpt['N']} steps; {steps} steps "
               "put it at times it never trained on (expect worse samples)")
 
-    if args.prompt and not ckpt["config"].get("text"):
-        raise UserError(f"--prompt: {args.ckpt} is conditioned on class labels; train with --text for prompts")
-    if args.prompt and not all(p.strip() for p in args.prompt):
-        raise UserError("--prompt: a prompt is empty; give some words, e.g. --prompt \"a pair of sneakers\"")
-
-    # Images: one row per (w, repeat), one column per class or prompt; the noise depends on (row, column).
-    n_cols = len(args.prompt) if args.prompt else min(DATASETS[ckpt["config"]["dataset"]]["n_classes"], 10)
+    # Images: one row per (w, repeat), one column per condition; the noise depends on (row, column).
+    if columns is None:
+        columns = torch.arange(min(DATASETS[ckpt["config"]["dataset"]]["n_classes"], 10))
+    n_cols = len(columns)
     col = torch.arange(n_cols).repeat(len(ws) * args.rows)  # (n,)
-    y = text.embed(args.prompt)[col] if args.prompt else col  # (n, 384) captions or (n,) classes
+    y = columns[col]  # (n,) classes or (n, d) caption embeddings
     w = torch.tensor(ws).repeat_interleave(args.rows * n_cols)  # (n,)
     seeds = args.seed * 1_000_003 + torch.arange(args.rows * n_cols).repeat(len(ws))  # (n,)
-    model = load_model(ckpt, device, args.weights).to(memory_format=torch.channels_last)
-
+    model = load(ckpt, device, args.weights).to(memory_format=torch.channels_last)
     out = Path(args.out_file or Path(args.ckpt).with_name(f"samples_{Path(args.ckpt).stem}_"
                                                           f"{args.sampler}{steps}.png"))
-    writable_dir(out.parent, "--out-file's folder")  # before sampling, not after
+    infra.writable_dir(out.parent, "--out-file's folder")  # before sampling, not after
 
     t0 = time.time()
     x = generate(ckpt, model, y, w, steps, args.sampler, seeds, device, args.batch_size)
     seconds = time.time() - t0
     calls = steps * (2 if stage == "teacher" else 1)
-
-    if not distributed.is_main():  # rank 0 writes
+    if not infra.is_main():  # rank 0 writes
         return
-    save_images(x, out, n_cols)
+    infra.save_images(x, out, n_cols)
     np.savez(out.with_suffix(".npz"), x=to_uint8(x).numpy(), y=col.numpy(), w=w.numpy(),
-             prompts=np.array(args.prompt or [], dtype=str))  # y: the class, or the prompt's index
-    print(f"{stage} ({Path(args.ckpt).name}) on {space(ckpt['config'])}, {args.sampler}, {steps} steps, {len(y)} images: "
-          f"{calls} network calls per image, {seconds:.1f} s ({1000 * seconds / len(y):.1f} ms per image)")
+             prompts=np.array(list(prompts), dtype=str))  # y: the class, or the prompt's index
+    print(f"{stage} ({Path(args.ckpt).name}) on {infra.space(ckpt['config'])}, {args.sampler}, "
+          f"{steps} steps, {len(y)} images: {calls} network calls per image, {seconds:.1f} s "
+          f"({1000 * seconds / len(y):.1f} ms per image)")
     print(f"wrote {out} and {out.with_suffix('.npz')}")
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    infra.run_cli(lambda: run(make_parser().parse_args()))

@@ -104,12 +104,7 @@ def train_round(cfg, out, device, ckpt, N, pairs, seed=0, resume=True, progress=
 
         # Update: lr decays linearly to 0, clip the gradient norm, Adam.
         step_lr = lr * (1 - step / iters)
-        for group in opt.param_groups:
-            group["lr"] = step_lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(student.parameters(), cfg["grad_clip"]))
-        opt.step()
+        grad_norm = infra.optimizer_step(loss, student, opt, step_lr, cfg["grad_clip"])
         infra.ema_update(ema, student, cfg["distill_ema_decay"], step)
         losses.append(infra.mean(loss).item())  # the global batch's loss
         bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")

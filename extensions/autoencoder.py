@@ -13,19 +13,19 @@ images (Stable Diffusion's 0.18215 is the same thing), stored in the checkpoint.
 
 A 16 x 16 grey image (256 numbers) becomes a 2 x 8 x 8 latent (128 numbers) in the cpu preset.
 
-The latent pipeline: `--latent AE_CKPT` makes guidance.py, stage1.py and stage2.py train on
-u_scaled (the posterior means, encoded once and cached next to AE_CKPT: cached_latents); their
-checkpoints carry the autoencoder (config.with_latent), so sample.py and evaluate.py decode
-every sample back to pixels (to_images) with no flag. The diffusion math does not change;
-only x_hat is no longer clipped to [-1, 1], since latents have no such box.
+The latent pipeline: `latents` encodes the training set once (posterior means, scaled) and
+writes a data file, the (x, y) pairs the diffusion scripts train on with `--data FILE`. Its
+config carries the encoder and the decoder as exported programs (torch.export), so every
+checkpoint of the run samples pixels by itself (infra.decode) and the core needs no code from
+here. The diffusion math does not change; only x_hat is no longer clipped to [-1, 1].
 
-    python autoencoder.py                       # cpu preset, ~6 min here -> runs/cpu/autoencoder.pt
-    python autoencoder.py --preset smoke
-    python stage2.py --steps 4 --latent runs/cpu/autoencoder.pt     # -> runs/cpu_latent/
+    python -m extensions.autoencoder train                # cpu preset, ~4 min -> runs/cpu/autoencoder.pt
+    python -m extensions.autoencoder latents --ae runs/cpu/autoencoder.pt   # -> runs/cpu_latent/data.pt
+    python stage2.py --steps 4 --data runs/cpu_latent/data.pt               # the pipeline on latents
 """
 import argparse
 import copy
-import hashlib
+import io
 import time
 from pathlib import Path
 
@@ -34,8 +34,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import distributed
-from config import add_common_args, add_training_args, atomic_write, run_cli, save_checkpoint, setup, UserError
+import infra
+from config import UserError
 from data import DATASETS, load_dataset, random_batch, to_float
 
 
@@ -108,120 +108,134 @@ def scale_factor(model, images, device, n=5000):
     return float(1.0 / torch.cat(means).std())
 
 
-# ---------------------------------------------------------------- the latent space of a run (--latent)
-_LATENTS, _MODELS = {}, {}  # per process: the encoded dataset, and the autoencoder per device
+# ---------------------------------------------------------------- the latent space of a run
+class _Encoder(nn.Module):
+    """x in [-1, 1] -> scaled latents scale_factor * mean(x): posterior means, not draws (with the
+    tiny KL weight the posterior std is ~1e-3)."""
+
+    def __init__(self, ae, scale_factor):
+        super().__init__()
+        self.ae, self.scale_factor = ae, scale_factor
+
+    def forward(self, x):
+        return self.scale_factor * self.ae.encode(x)[0]  # (B, z, h, w)
 
 
-def _fingerprint(latent):
-    """A short hash of the autoencoder's weights: names its latent cache."""
-    h = hashlib.sha1()
-    for name, p in latent["weights"].items():
-        h.update(name.encode() + p.cpu().numpy().tobytes())
-    return h.hexdigest()[:12]
+class _Decoder(nn.Module):
+    """Scaled latents -> images: unscale, decode, clamp to [-1, 1]."""
+
+    def __init__(self, ae, scale_factor):
+        super().__init__()
+        self.ae, self.scale_factor = ae, scale_factor
+
+    def forward(self, u):
+        return self.ae.decode(u.float() / self.scale_factor).clamp(-1, 1)  # (B, C, H, W)
 
 
-def _load(cfg, device):
-    """The autoencoder that cfg['latent'] carries, in eval mode (built once per device)."""
-    key = (_fingerprint(cfg["latent"]), str(device))
-    if key not in _MODELS:
-        model = from_config(cfg)
-        model.load_state_dict(cfg["latent"]["weights"])
-        _MODELS[key] = model.to(device).eval().requires_grad_(False)
-    return _MODELS[key]
-
-
-@torch.no_grad()
-def to_latents(x, cfg):
-    """Images x (B, C, H, W) in [-1, 1] -> scaled latents u = scale_factor * mean(x) (B, c, h, w):
-    the posterior means, not draws (with the tiny KL weight the posterior std is ~1e-3)."""
-    return cfg["latent"]["scale_factor"] * _load(cfg, x.device).encode(x)[0]
-
-
-@torch.no_grad()
-def cached_latents(cfg, data_dir="data", train=True):
-    """The dataset as scaled latents (to_latents) (N, c, h, w) float32, and the labels (N,):
-    encoded once, then read from a cache file next to the autoencoder's checkpoint (and kept
-    in memory)."""
-    fp, split = _fingerprint(cfg["latent"]), "train" if train else "test"
-    if (fp, split) in _LATENTS:
-        return _LATENTS[fp, split]
-    path = Path(cfg["latent"]["path"]).with_name(f"latents_{split}_{fp}.pt")
-    if path.is_file():
-        cache = torch.load(path, map_location="cpu", weights_only=True)
-        u, labels = cache["latents"], cache["labels"]
-    else:
-        images, labels = load_dataset(cfg["dataset"], cfg["resolution"], data_dir, train)
-        u = torch.cat([to_latents(to_float(images[k:k + 1000]), cfg)  # (1000, c, h, w) each
-                       for k in tqdm(range(0, len(images), 1000), desc=f"encoding the {split} split", leave=False)])
-        atomic_write(path, lambda f: torch.save(dict(latents=u, labels=labels), f))
-    _LATENTS[fp, split] = u, labels
-    return u, labels
+def exported(module, example):
+    """torch.export a module with a free batch size -> its bytes as a uint8 tensor (a checkpoint
+    holds it, torch.load(weights_only=True) reads it, infra.decode runs it)."""
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
 
 
 @torch.no_grad()
-def to_images(x, cfg):
-    """What a diffusion model sampled -> images in [-1, 1]: pixels pass through; latents are
-    unscaled and decoded, u = u_scaled / scale_factor -> decoder(u), clamped to [-1, 1]."""
-    if not cfg.get("latent"):
-        return x
-    return _load(cfg, x.device).decode(x.float() / cfg["latent"]["scale_factor"]).clamp(-1, 1)  # (B, C, H, W)
+def write_latents(ae_path, out, data_dir="data"):
+    """Encode the training set with the autoencoder at ae_path -> out/data.pt: x (N, z, h, w) scaled
+    latents, y (N,) labels, and the config entries a latent run carries (data.training_set)."""
+    ae = infra.load_checkpoint(ae_path, stage="autoencoder")
+    cfg, sf = ae["config"], float(ae["scale_factor"])
+    model = from_config(cfg)
+    model.load_state_dict(ae["ema"])
+    model.eval().requires_grad_(False)
+    images, labels = load_dataset(cfg["dataset"], cfg["resolution"], data_dir)
+    encoder, decoder = _Encoder(model, sf), _Decoder(model, sf)
+    u = torch.cat([encoder(to_float(images[k:k + 1000]))  # (1000, z, h, w) each
+                   for k in tqdm(range(0, len(images), 1000), desc="encoding", leave=False)])
+    latent = dict(path=str(ae_path), scale_factor=sf, channels=cfg["ae_z_channels"],
+                  size=cfg["resolution"] >> cfg["ae_levels"],
+                  encoder=exported(encoder, to_float(images[:2])), decoder=exported(decoder, u[:2]))
+    extra = dict(dataset=cfg["dataset"], resolution=cfg["resolution"], randflip=False, latent=latent)
+    infra.atomic_write(out / "data.pt", lambda f: torch.save(dict(x=u, y=labels, config=extra), f))
+    return u
 
 
 # ---------------------------------------------------------------- training
 def train(cfg, out, device, seed=0, resume=True, data_dir="data", progress=True):
     """Train out/autoencoder.pt (stage 'autoencoder'; 'scale_factor' set at the end) -> the checkpoint."""
-    import guidance  # its training helpers; imported here since guidance imports this file (to_images)
-
     ckpt_path = out / "autoencoder.pt"
     torch.manual_seed(seed)
     images, labels = load_dataset(cfg["dataset"], cfg["resolution"], data_dir)
     model = from_config(cfg).to(device)
-    net = distributed.wrap(model)  # DDP under torchrun
+    net = infra.wrap(model)  # DDP under torchrun
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = guidance.make_optimizer(model, {**cfg, "lr": cfg["ae_lr"], "weight_decay": 0.0}, device)
+    opt = infra.make_optimizer(model, cfg["ae_lr"], 0.0, device)
     gens = {"data": torch.Generator().manual_seed(seed), "noise": torch.Generator(device).manual_seed(seed + 1)}
     iters, start, ckpt = cfg["ae_iters"], 0, None
     if resume:
-        start, ckpt = guidance.resume_from(ckpt_path, "autoencoder", cfg, model, ema, opt, gens)
+        start, ckpt = infra.resume(ckpt_path, "autoencoder", cfg, model, ema, opt, gens)
     if ckpt is not None and start >= iters:
         return ckpt
 
     B, h = cfg["batch_size"], cfg["resolution"] >> cfg["ae_levels"]
     bar = tqdm(range(start, iters), initial=start, total=iters, desc="autoencoder",
-               disable=not progress or not distributed.is_main())
+               disable=not progress or not infra.is_main())
     mses, t0 = [], time.time()
     for step in bar:
         # A batch, a latent draw per image, the loss; Adam with lr decaying linearly to 0.
         x, _ = random_batch(images, labels, B, gens["data"], cfg["randflip"], device)  # (B, C, H, W)
         eps = torch.randn((B, cfg["ae_z_channels"], h, h), generator=gens["noise"], device=device)  # (B, z, h, h)
-        x, eps = distributed.shard(x, eps)  # this process's B / K examples (torchrun)
+        x, eps = infra.shard(x, eps)  # this process's B / K examples (torchrun)
         loss, mse = ae_loss(net, x, eps, cfg["ae_kl_weight"])
-        grad_norm = guidance.optimizer_step(loss, model, ema, opt, cfg["ae_lr"] * (1 - step / iters), cfg, step,
-                                            cfg["ae_ema_decay"], ckpt_path)
-        mses.append(distributed.mean(mse).item())  # the global batch's error
+        infra.check_finite(loss, step, ckpt_path)
+        grad_norm = infra.optimizer_step(loss, model, opt, cfg["ae_lr"] * (1 - step / iters), cfg["grad_clip"])
+        infra.ema_update(ema, model, cfg["ae_ema_decay"], step)
+        mses.append(infra.mean(mse).item())  # the global batch's error
         bar.set_postfix(mse=f"{sum(mses[-50:]) / len(mses[-50:]):.5f}")
 
         # Every ckpt_every steps and at the end: checkpoint (with the scale factor) and a metrics line.
         done = step + 1
         if done % cfg["ckpt_every"] == 0 or done == iters:
-            ckpt = guidance.checkpoint_dict("autoencoder", 0, cfg, model, ema, opt, done, gens)
+            ckpt = infra.checkpoint_dict("autoencoder", 0, cfg, model, ema, opt, done, gens)
             ckpt["scale_factor"] = scale_factor(ema, images, device)
-            save_checkpoint(ckpt, ckpt_path)
-            guidance.log_metrics(out, dict(stage="autoencoder", step=done, mse=sum(mses) / len(mses),
-                                           grad_norm=grad_norm, scale_factor=ckpt["scale_factor"],
-                                           img_per_s=len(mses) * B / (time.time() - t0)))
+            infra.save_checkpoint(ckpt, ckpt_path)
+            infra.log_metrics(out, dict(stage="autoencoder", step=done, mse=sum(mses) / len(mses),
+                                        grad_norm=grad_norm, scale_factor=ckpt["scale_factor"],
+                                        img_per_s=len(mses) * B / (time.time() - t0)))
             mses, t0 = [], time.time()
     bar.close()
     return ckpt
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser)
-    parser.add_argument("--iters", type=int, help="training steps (default: the preset's ae_iters)")
-    add_training_args(parser, "<out>/autoencoder.pt")
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("train", help="train <out>/autoencoder.pt", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    infra.add_common_args(p)
+    p.add_argument("--iters", type=int, help="training steps (default: the preset's ae_iters)")
+    p.add_argument("--data-dir", default="data", help="where cifar10 / imagenet64 live")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue from <out>/autoencoder.pt if it exists (default), or start over")
+    p = commands.add_parser("latents", help="encode the training set -> <out>/data.pt for --data",
+                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ae", required=True, help="an autoencoder.pt written by the train command")
+    p.add_argument("--out", help="folder of data.pt and of the latent run (default: runs/<preset>_latent)")
+    p.add_argument("--data-dir", default="data", help="where cifar10 / imagenet64 live")
     args = parser.parse_args(argv)
-    cfg, out, device = setup(args)
+
+    if args.command == "latents":
+        preset = infra.load_checkpoint(args.ae, stage="autoencoder")["config"]["preset"]
+        out = infra.writable_dir(args.out or Path("runs") / f"{preset}_latent", "--out")
+        u = write_latents(args.ae, out, args.data_dir)
+        print(f"wrote {out / 'data.pt'}: {len(u)} latents of shape {tuple(u.shape[1:])}; next: "
+              f"python stage2.py --preset {preset} --steps 4 --data {out / 'data.pt'}")
+        return
+    cfg, out, device = infra.setup(args)
     if args.iters is not None:
         if args.iters < 1:
             raise UserError("--iters must be >= 1")
@@ -233,4 +247,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    infra.run_cli(main)
