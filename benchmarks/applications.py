@@ -7,7 +7,7 @@ protocol of the run's preset: effnet features, the same n images for every row).
 the first n test images; edits go to class (y + 5) % 10 at guidance w, inpainting fills a
 centred box with the image's own class.
 
-    python edit.py train-encoder --steps 4                     # once: encoder_N4.pt (~10 min here)
+    python -m extensions.encoder --steps 4                     # once: encoder_N4.pt (~10 min here)
     python benchmarks/applications.py --run runs/cpu           # ~15 min here; writes docs/cpu_applications.md
 """
 import argparse
@@ -20,12 +20,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ddpm  # noqa: E402
-import edit  # noqa: E402
 import stage1  # noqa: E402
-from config import load_checkpoint, pick_device  # noqa: E402
+from unet import load  # noqa: E402
+from extensions import edit, encoder  # noqa: E402
+from infra import load_checkpoint, pick_device, save_images  # noqa: E402
 from data import load_dataset, to_float  # noqa: E402
 from evaluate import eval_config, feature_net, reference_stats, score  # noqa: E402
-from guidance import save_images  # noqa: E402
 from sample import image_noise, predictor  # noqa: E402
 
 
@@ -41,7 +41,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     run, device = Path(args.run), pick_device(args.device)
-    load = lambda f: (lambda c: (c, stage1.load_model(c, device)))(load_checkpoint(run / f))  # noqa: E731
+    load = lambda f: (lambda c: (c, load(c, device)))(load_checkpoint(run / f))  # noqa: E731
     teacher, student, encoder = load("teacher.pt"), load("stage2_N4.pt"), load("encoder_N4.pt")
     cfg = eval_config(teacher[0])
     cfg["eval_n"] = args.n
@@ -68,7 +68,7 @@ def main():
         return edit.inpaint(predict, x, known, steps, noise, sampler, particles)
 
     def transfer(enc, enc_steps, dec, dec_steps, cls, ww):
-        z_1 = edit.ddim_encode(stage1.student_predictor(enc[1], y, None), x, enc_steps)
+        z_1 = encoder.ddim_encode(stage1.student_predictor(enc[1], y, None), x, enc_steps)
         return ddpm.sample_ddim(predictor(*dec, cls, ww), z_1, dec_steps)
 
     zero = torch.zeros_like(w)

@@ -1,4 +1,4 @@
-"""Do the FID targets of issue #4 hold once the sample-size floor is lower?
+"""Do the reproduction's FID targets hold once the sample-size floor is lower?
 
 The cpu report scores every row on n = 200 samples, where 200 real images already score
 FID ~131 against the test split: that floor compresses every FID ratio towards 1. This
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from config import load_checkpoint, pick_device  # noqa: E402
+from infra import load_checkpoint, pick_device  # noqa: E402
 from evaluate import data_row, eval_config, feature_net, reference_stats, run_row, score  # noqa: E402
 
 

@@ -1,10 +1,10 @@
 """Text-to-image in few steps: does a distilled student follow held-out paraphrases as well as
-the 1024-step guided teacher? (issue #6; text.py)
+the 1024-step guided teacher? (extensions/text.py)
 
 Every row samples n images for the held-out captions (text.captions('test'): phrases and
 templates never seen in training; image k has class k % 10, the class's captions taking turns,
 noise seed k, as in evaluate.py), then reports:
-  - prompt accuracy: the fraction that a linear probe on effnet features (evaluate.class_probe,
+  - prompt accuracy: the fraction that a linear probe on effnet features (text.class_probe,
     trained on real training images) assigns to the prompt's class; the probe's accuracy on real
     test images is the ceiling, and chance is 10 %;
   - FID / KID against the test split (evaluate.py's protocol), network calls and ms per image.
@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import text  # noqa: E402
-from config import load_checkpoint, pick_device, run_cli, UserError  # noqa: E402
-from evaluate import class_probe, eval_config, feature_net, reference_stats, run_row, score  # noqa: E402
-from stage1 import load_model  # noqa: E402
+from config import UserError  # noqa: E402
+from evaluate import eval_config, feature_net, reference_stats, run_row, score  # noqa: E402
+from extensions import text  # noqa: E402
+from infra import load_checkpoint, pick_device, run_cli  # noqa: E402
+from unet import load  # noqa: E402
 
 
 def main():
@@ -49,7 +50,7 @@ def main():
     cfg["eval_n"] = args.n or cfg["eval_n"]
     extract = feature_net(cfg["eval_features"], cfg["eval_feature_size"], device)
     ref = reference_stats(cfg, extract, "data/fid_stats", "data")
-    classify, ceiling = class_probe(cfg, extract, "data/fid_stats", "data")
+    classify, ceiling = text.class_probe(cfg, extract, "data/fid_stats", "data")
     emb = cfg["text"]["test"]["emb"]  # (40, 384) held-out captions
     means = text.class_means(cfg["text"]["train"]["emb"], cfg["text"]["train"]["classes"])  # (10, 384)
     encoder_acc = (emb @ means.T).argmax(1).eq(torch.tensor(cfg["text"]["test"]["classes"])).float().mean()
@@ -69,7 +70,7 @@ def main():
         for file in {r[1] for r in rows if not Path(r[1]).is_absolute()}:
             ckpt = load_checkpoint(run / file)
             ckpt["config"]["text"]["test"] = ckpt["config"]["text"]["train"]
-            models[file] = ckpt, load_model(ckpt, device).to(memory_format=torch.channels_last)
+            models[file] = ckpt, load(ckpt, device).to(memory_format=torch.channels_last)
     for model, file, sampler, N, w in rows:
         # Sample the row for the held-out captions, classify, score.
         x, ms = run_row(dict(model=model, file=file, sampler=sampler, N=N, w=w), run, cfg, args.seed, device, models)

@@ -20,9 +20,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ddpm  # noqa: E402
-from config import PRESETS, get_config, pick_device  # noqa: E402
+from config import PRESETS, get_config  # noqa: E402
 from data import DATASETS  # noqa: E402
-from guidance import ema_update, make_optimizer  # noqa: E402
+from infra import ema_update, make_optimizer, pick_device  # noqa: E402
 from unet import from_config  # noqa: E402
 
 
@@ -45,7 +45,7 @@ def train_step_fn(cfg, device):
     info = DATASETS[cfg["dataset"]]
     model = from_config(cfg).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
-    opt = make_optimizer(model, cfg, device)
+    opt = make_optimizer(model, cfg["lr"], cfg["weight_decay"], device)
     B, r = cfg["batch_size"], cfg["resolution"]
     x = torch.rand(B, info["channels"], r, r, device=device) * 2 - 1  # (B, C, H, W)
     y = torch.randint(info["n_classes"] + 1, (B,), device=device)  # (B,) incl. the null class

@@ -1,6 +1,6 @@
 """Few-step applications: class-guided editing (SDEdit), inpainting, and a distilled DDIM encoder.
 
-Meng et al. 2023, Sec. 5 (PAPER_NOTES §6). Every command takes any checkpoint: the guided
+Meng et al. 2023 (arXiv 2210.03142v3), applications. Every command takes any checkpoint: the guided
 teacher (2 network calls per step, many steps) for reference, or a distilled student (1 call
 per step, 1-4 steps). w = 0 is unguided; diffusers' guidance_scale = 1 + w.
 
@@ -11,15 +11,12 @@ per step, 1-4 steps). w = 0 is unguided; diffusers' guidance_scale = 1 + w.
            to t along one forward path ("replacement"); the result takes the known pixels from the
            input, exactly. Replacement alone is biased; --particles K (SMC, Trippe et al. 2022)
            weights and resamples K copies per image and is exact as K grows (K calls per step).
-  encode   The deterministic DDIM encoder x -> z_1: DDIM steps run forwards, t = 0 -> 1, with the
-           conditional teacher (w = 0, the image's class). Decoding z_1 with another class at w is
-           class-to-class transfer. `train-encoder` halves the encoder's steps as stage 2 halves
-           the sampler's: one student step matches two teacher steps (target: `encoder_target`).
+  encode   The deterministic DDIM encoder x -> z_1 (extensions/encoder.py, which also distills
+           it), then decoding z_1 with another class at w: class-to-class transfer.
 
-    python edit.py sdedit --ckpt runs/cpu/stage2_N4.pt --to-class 7 --t0 0.5 --steps 2 --w 2
-    python edit.py inpaint --ckpt runs/cpu/stage2_N4.pt --mask left --sampler stochastic --particles 8
-    python edit.py train-encoder --steps 4 && python edit.py encode --ckpt runs/cpu/encoder_N4.pt \\
-        --decoder runs/cpu/stage2_N4.pt --to-class 5 --w 1          # cpu preset, ~12 min to train
+    python -m extensions.edit sdedit --ckpt runs/cpu/stage2_N4.pt --to-class 7 --t0 0.5 --steps 2 --w 2
+    python -m extensions.edit inpaint --ckpt runs/cpu/stage2_N4.pt --mask left --sampler stochastic --particles 8
+    python -m extensions.edit encode --ckpt runs/cpu/encoder_N4.pt --decoder runs/cpu/stage2_N4.pt --to-class 5
 """
 import argparse
 import time
@@ -29,12 +26,13 @@ import torch
 import torch.nn.functional as F
 
 import ddpm
-import guidance
-import stage1
-import stage2
-from config import add_common_args, add_training_args, load_checkpoint, pick_device, run_cli, setup, space, UserError
+import infra
+from config import UserError
 from data import DATASETS, load_dataset, to_float
+from extensions.encoder import ddim_encode
 from sample import SAMPLERS, image_noise, predictor
+from stage1 import student_predictor
+from unet import load
 
 
 # ---------------------------------------------------------------- SDEdit
@@ -113,58 +111,6 @@ def _resample(logw, normal):
     return (pick + K * torch.arange(B, device=logw.device)[:, None]).flatten()
 
 
-# ---------------------------------------------------------------- the DDIM encoder and its distillation
-@torch.no_grad()
-def ddim_encode(predict, x, N):
-    """x (B, C, H, W) -> z_1: N DDIM steps forwards on t_i = i / N (no clipping: it must invert)."""
-    z_t = x
-    for i in range(N):
-        t = torch.full((x.shape[0],), i / N, device=x.device)  # (B,)
-        z_t = ddpm.ddim_step(z_t, predict(z_t, t), t, t + 1 / N)  # (B, C, H, W)
-    return z_t
-
-
-def encoder_target(teacher_predict, z_t, t, N):
-    """Teacher: two DDIM encoder steps t -> t' -> t'' = t + 1/N (no grad) -> eps_tilde.
-
-    One DDIM step t -> t'' with noise prediction eps_hat (x_hat = (z_t - sigma_t eps_hat) / alpha_t)
-    lands on  z_t'' = (alpha_t'' / alpha_t) z_t + (sigma_t'' - alpha_t'' sigma_t / alpha_t) eps_hat,
-    so the eps_hat that lands exactly on the teacher's z_t'' is
-        eps_tilde = (z_t'' - (alpha_t'' / alpha_t) z_t) / (sigma_t'' - alpha_t'' sigma_t / alpha_t).
-    (Stage 2's x_tilde divides by sigma_t, which vanishes at the encoder's first step, t = 0;
-    this divides by alpha_t, which stays > 0 on the encoder's times t < 1.)
-    """
-    t1, t2 = t + 0.5 / N, t + 1.0 / N
-    z_t1 = ddpm.ddim_step(z_t, teacher_predict(z_t, t), t, t1)  # (B, C, H, W)
-    z_t2 = ddpm.ddim_step(z_t1, teacher_predict(z_t1, t1), t1, t2)
-    alpha_t, sigma_t = ddpm.alpha_sigma_at(t, z_t)
-    alpha_2, sigma_2 = ddpm.alpha_sigma_at(t2, z_t)
-    return (z_t2 - (alpha_2 / alpha_t) * z_t) / (sigma_2 - alpha_2 * sigma_t / alpha_t)  # (B, C, H, W)
-
-
-def encoder_loss(student, teacher, x, y, i, N, eps):
-    """||eps_hat_student(z_t) - eps_tilde||^2 at t = i / N, z_t ~ q(z_t | x); i (B,) long in [0, N)."""
-    t = i.to(x.dtype) / N  # (B,) the encoder's grid: steps start at i / N
-    z_t = ddpm.q_sample(x, t, eps)  # (B, C, H, W)
-    with torch.no_grad():
-        eps_tilde = encoder_target(stage1.student_predictor(teacher, y, None), z_t, t, N)
-    eps_hat = ddpm.eps_from_v(z_t, student(z_t, t, y), t)
-    return (eps_hat - eps_tilde).pow(2).mean()
-
-
-def train_encoder(cfg, out, device, steps, start_steps=None, seed=0, resume=True, data_dir="data", progress=True):
-    """Rounds start_steps/2 -> ... -> steps into out/encoder_N{N}.pt; the teacher's DDIM encoder
-    at start_steps is the first teacher (the teacher is trained first if missing)."""
-    start_steps = start_steps or cfg["stage2_start_N"]
-    ckpt = guidance.train(cfg, out, device, seed, True, data_dir, progress)
-
-    def round_loss(student, teacher, x, y, w, i, N, eps):  # w: unused, encoders are unguided
-        return encoder_loss(student, teacher, x, y, i, N, eps)
-
-    return stage2.halve(ckpt, "encoder", round_loss, cfg, out, device, start_steps, steps, seed, resume, data_dir,
-                        progress, grid=False)
-
-
 # ---------------------------------------------------------------- inputs: images, classes, masks
 def load_inputs(args, cfg):
     """--image FILE or --index K,K,... of the test split -> x (B, C, H, W) in [-1, 1], y (B,) or None."""
@@ -223,7 +169,7 @@ def make_mask(kind, shape, seed=0):
 
 # ---------------------------------------------------------------- command line
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, what in (("sdedit", "edit toward --to-class"), ("inpaint", "fill a masked region"),
                        ("encode", "DDIM-encode, then decode with --to-class")):
@@ -252,31 +198,16 @@ def main(argv=None):
         if name == "encode":
             p.add_argument("--decoder", help="checkpoint that decodes z_1 (default: teacher.pt beside --ckpt)")
             p.add_argument("--dec-steps", type=int, help="decoder steps (default: the decoder's N)")
-    p = commands.add_parser("train-encoder", help="progressive distillation of the DDIM encoder")
-    add_common_args(p)
-    p.add_argument("--steps", type=int, default=4, help="the final encoder's steps (power of 2)")
-    p.add_argument("--start-steps", type=int, help="the teacher encoder's steps (default: stage2_start_N)")
-    add_training_args(p, "the unfinished round")
-    args = parser.parse_args(argv)
-
-    if args.command == "train-encoder":
-        cfg, out, device = setup(args)
-        start = args.start_steps or cfg["stage2_start_N"]
-        stage2.check_steps(args.steps, start, cfg["teacher_N"])
-        print(f"encoder distillation: preset {cfg['preset']}, {start} -> {args.steps} steps, run folder {out}")
-        train_encoder(cfg, out, device, args.steps, start, args.seed, args.resume, args.data_dir)
-        print(f"wrote {out / f'encoder_N{args.steps}.pt'}")
-        return
-    edit(args)
+    edit(parser.parse_args(argv))
 
 
 def edit(args):
     """sdedit | inpaint | encode on the chosen images: a grid (one column per image) and a summary line."""
-    device = pick_device(args.device)
-    ckpt = load_checkpoint(args.ckpt)
+    device = infra.pick_device(args.device)
+    ckpt = infra.load_checkpoint(args.ckpt)
     stage, cfg = str(ckpt["stage"]), ckpt["config"]
     if cfg.get("latent") or cfg.get("text"):
-        raise UserError(f"{args.ckpt} works on {space(cfg)}; edit.py edits pixels with class labels: give it "
+        raise UserError(f"{args.ckpt} works on {infra.space(cfg)}; edit.py edits pixels with class labels: give it "
                         "a checkpoint of a pixel run (runs/<preset>)")
     x, y = load_inputs(args, cfg)
     x = x.to(device)
@@ -295,7 +226,7 @@ def edit(args):
     if args.command != "encode" and args.sampler not in SAMPLERS[stage]:
         raise UserError(f"--sampler {args.sampler} does not apply to a {stage} checkpoint; "
                         f"use {', '.join(SAMPLERS[stage])}")
-    model = stage1.load_model(ckpt, device)
+    model = load(ckpt, device)
     z_1, noise = image_noise(args.seed * 1_000_003 + torch.arange(len(x)), x.shape[1:], device)  # (B, C, H, W)
     rows, t_begin = [x], time.perf_counter()
 
@@ -321,9 +252,9 @@ def edit(args):
         faithful = ("max |change| of the known pixels", (known * (rows[-1] - x)).abs().max())
     else:  # encode: x -> z_1 with the encoder, decode with --to-class at w (timed), and with the own class at w = 0
         enc_steps = args.steps or ckpt["N"]
-        dec_ckpt = load_checkpoint(args.decoder or Path(args.ckpt).with_name("teacher.pt"))
-        dec_model, dec_steps = stage1.load_model(dec_ckpt, device), args.dec_steps or dec_ckpt["N"]
-        z_enc = ddim_encode(stage1.student_predictor(model, y, None), x, enc_steps)  # (B, C, H, W)
+        dec_ckpt = infra.load_checkpoint(args.decoder or Path(args.ckpt).with_name("teacher.pt"))
+        dec_model, dec_steps = load(dec_ckpt, device), args.dec_steps or dec_ckpt["N"]
+        z_enc = ddim_encode(student_predictor(model, y, None), x, enc_steps)  # (B, C, H, W)
         transfer = ddpm.sample_ddim(predictor(dec_ckpt, dec_model, to, w), z_enc, dec_steps)
         ms_transfer = 1000 * (time.perf_counter() - t_begin) / len(x)
         rows += [ddpm.sample_ddim(predictor(dec_ckpt, dec_model, y, torch.zeros_like(w)), z_enc, dec_steps), transfer]
@@ -333,7 +264,7 @@ def edit(args):
     if args.command != "encode":
         calls *= 2 if stage == "teacher" else 1
     out = Path(args.out_file or Path(args.ckpt).with_name(f"{args.command}_{Path(args.ckpt).stem}.png"))
-    guidance.save_images(torch.cat(rows).cpu(), out, len(x))
+    infra.save_images(torch.cat(rows).cpu(), out, len(x))
     print(f"{args.command} with {Path(args.ckpt).name}: {calls} network calls per image, {ms:.1f} ms per image, "
           f"{faithful[0]} {float(faithful[1]):.4f}")
     print(f"wrote {out} (rows: {', '.join(ROWS[args.command])}; one column per image)")
@@ -344,4 +275,4 @@ ROWS = {"sdedit": ["input", "edit"], "inpaint": ["input", "masked input", "inpai
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    infra.run_cli(main)

@@ -14,8 +14,13 @@ sampling loops, guidance and distillation code can run against ground truth.
 import math
 
 import torch
+import torch.nn as nn
 
 import ddpm
+import guidance
+import stage1
+import stage2
+from unet import timestep_embedding
 
 
 class GaussianMixture:
@@ -99,3 +104,48 @@ class AnalyticModel(torch.nn.Module):
             w = w.to(x_hat.dtype)[:, None]
             x_hat = (1 + w) * x_hat - w * x_u
         return ddpm.v_from_x(z_t, x_hat, t)
+
+
+MIX = GaussianMixture.default()
+
+
+def check_class_moments(samples, y):
+    for c in range(MIX.n_classes):
+        got = samples[y == c].double()
+        mean, cov = MIX.moments(c)
+        assert torch.allclose(got.mean(0), mean, atol=0.02), (c, got.mean(0), mean)
+        assert torch.allclose(torch.cov(got.T), cov, atol=0.01), (c, torch.cov(got.T), cov)
+
+
+class TinyStudent(nn.Module):
+    """An MLP w-student for 2-D data: v_hat = f(z_t, t, y, w)."""
+
+    def __init__(self, dim=2, n_classes=3, hidden=128):
+        super().__init__()
+        self.n_classes = n_classes
+        self.net = nn.Sequential(nn.Linear(dim + 32 + n_classes + 1 + 16, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, dim))
+
+    def forward(self, z_t, t, y, w):
+        feats = [z_t.float(), timestep_embedding(t, 32), nn.functional.one_hot(y, self.n_classes + 1).float(),
+                 timestep_embedding(w / 4, 16)]
+        return self.net(torch.cat(feats, 1)).to(z_t.dtype)
+
+
+def stage1_loss(student, teacher, x, y, w, t, eps, weighting):
+    """The lines of stage1.train's loop for one batch: the teacher's guided x_hat as the target."""
+    z_t = ddpm.q_sample(x, t, eps)
+    with torch.no_grad():
+        target = guidance.guided_x_hat(teacher, z_t, t, y, w)
+    x_hat = ddpm.x_from_v(z_t, student(z_t, t, y, w), t)
+    return ddpm.weighted_x_loss(x_hat, target, t, weighting)
+
+
+def stage2_loss(student, teacher, x, y, w, i, N, eps, weighting="snr_trunc"):
+    """The lines of stage2.train_round's loop for one batch: x_tilde of two teacher DDIM steps."""
+    t = (i + 1).to(x.dtype) / N
+    z_t = ddpm.q_sample(x, t, eps)
+    with torch.no_grad():
+        x_tilde, _ = stage2.two_step_target(stage1.student_predictor(teacher, y, w), z_t, t, N)
+    x_hat = ddpm.x_from_v(z_t, student(z_t, t, y, w), t)
+    return ddpm.weighted_x_loss(x_hat, x_tilde, t, weighting)

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import guidance
-from config import UserError, get_config, load_checkpoint, save_checkpoint
+from config import UserError, get_config
+from infra import load_checkpoint, save_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
 
 

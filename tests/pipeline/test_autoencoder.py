@@ -1,4 +1,4 @@
-"""autoencoder.py: the KL term against torch.distributions, the round trip after the smoke
+"""extensions/autoencoder.py: the KL term against torch.distributions, the round trip after the smoke
 preset, the unit-variance scale factor, resume and bad input."""
 import subprocess
 import sys
@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import autoencoder
-from config import get_config, load_checkpoint
+from config import get_config
+import infra
+from extensions import autoencoder
+from infra import load_checkpoint
 from data import load_dataset, to_float
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_kl_term_matches_torch_distributions():
@@ -29,7 +31,7 @@ def test_kl_term_matches_torch_distributions():
 @pytest.fixture(scope="module")
 def smoke_ae(tmp_path_factory):
     out = tmp_path_factory.mktemp("ae")
-    cmd = [sys.executable, "autoencoder.py", "--preset", "smoke", "--out", str(out)]
+    cmd = [sys.executable, "-m", "extensions.autoencoder", "train", "--preset", "smoke", "--out", str(out)]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0 and "scale_factor" in r.stdout, r.stderr[-2000:]
     return out, cmd
@@ -70,40 +72,46 @@ def test_rerun_resumes_the_finished_autoencoder(smoke_ae):
 
 
 def test_bad_iters_is_a_one_line_error(tmp_path):
-    r = subprocess.run([sys.executable, "autoencoder.py", "--preset", "smoke", "--out", str(tmp_path),
-                        "--iters", "0"], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "extensions.autoencoder", "train", "--preset", "smoke",
+                        "--out", str(tmp_path), "--iters", "0"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--iters" in r.stderr
     assert not list(tmp_path.iterdir())
 
 
-# ---------------------------------------------------------------- the latent pipeline (--latent)
-def test_cached_latents_decode_back_to_the_images(smoke_ae):
-    """cached_latents are scale_factor * posterior means; to_images unscales and decodes them, so
-    the round trip through the cache reproduces the training images within the autoencoder's error
-    (forgetting either scaling would blow the error up by 1/0.6^2 or more)."""
-    from config import with_latent
+# ---------------------------------------------------------------- the latent pipeline (--data)
+@pytest.fixture(scope="module")
+def latent_data(smoke_ae):
+    """python -m extensions.autoencoder latents --ae AE: the training set as scaled latents."""
+    ae_dir, _ = smoke_ae
+    r = subprocess.run([sys.executable, "-m", "extensions.autoencoder", "latents", "--ae",
+                        str(ae_dir / "autoencoder.pt"), "--out", str(ae_dir / "latent_run")],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return ae_dir / "latent_run" / "data.pt"
 
-    out, _ = smoke_ae
-    cfg = with_latent(get_config("smoke"), out / "autoencoder.pt")
-    u, labels = autoencoder.cached_latents(cfg)
+
+def test_latents_decode_back_to_the_images(latent_data):
+    """The data file's x are scale_factor * posterior means; the decoder it carries (an exported
+    program, run by infra.decode) unscales and decodes them, so the round trip reproduces the
+    training images within the autoencoder's error (forgetting either scaling would blow the
+    error up by 1/0.6^2 or more). Its exported encoder gives the same latents."""
+    pairs = torch.load(latent_data, weights_only=True)
+    u, labels, cfg = pairs["x"], pairs["y"], pairs["config"]
     images, labels_px = load_dataset("fashion", 8)
     assert u.shape == (len(images), 2, 4, 4) and u.dtype == torch.float32 and torch.equal(labels, labels_px)
-    assert 0.9 < float(u.std()) < 1.1
-    assert len(list(out.glob("latents_train_*.pt"))) == 1  # written once, beside the autoencoder
+    assert 0.9 < float(u.std()) < 1.1 and cfg["randflip"] is False
     x = to_float(images[:512])
-    rec = autoencoder.to_images(u[:512], cfg)
-    assert (rec - x).pow(2).mean() < 0.05
+    assert (infra.decode(u[:512], cfg) - x).pow(2).mean() < 0.05
+    assert torch.allclose(infra.encode(x, cfg), u[:512], atol=1e-5)
 
 
 @pytest.fixture(scope="module")
-def latent_run(smoke_ae):
-    """python stage2.py --preset smoke --steps 4 --latent AE: the whole pipeline on latents."""
-    ae_dir, _ = smoke_ae
-    out = ae_dir / "latent_run"
-    r = subprocess.run([sys.executable, "stage2.py", "--preset", "smoke", "--steps", "4", "--out", str(out),
-                        "--latent", str(ae_dir / "autoencoder.pt")], cwd=ROOT, capture_output=True, text=True)
+def latent_run(latent_data):
+    """python stage2.py --preset smoke --steps 4 --data DATA: the whole pipeline on latents."""
+    r = subprocess.run([sys.executable, "stage2.py", "--preset", "smoke", "--steps", "4", "--data", str(latent_data)],
+                       cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    return out
+    return latent_data.parent
 
 
 def test_latent_pipeline_samples_images_from_latents(latent_run, tmp_path):
@@ -112,7 +120,7 @@ def test_latent_pipeline_samples_images_from_latents(latent_run, tmp_path):
     out = tmp_path / "grid.png"
     r = subprocess.run([sys.executable, "sample.py", "--ckpt", str(latent_run / "stage2_N4.pt"), "--w", "0,2",
                         "--out-file", str(out)], cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 0 and "latents of" in r.stdout, r.stderr[-2000:]
+    assert r.returncode == 0 and "latents (" in r.stdout, r.stderr[-2000:]
     import numpy as np
 
     x = np.load(out.with_suffix(".npz"))["x"]
@@ -120,20 +128,20 @@ def test_latent_pipeline_samples_images_from_latents(latent_run, tmp_path):
 
 
 def test_latent_checkpoints_refuse_pixel_mode(latent_run):
-    """stage1.py on a latent run folder without --latent: one line, exit 2, nothing rewritten."""
+    """stage1.py on a latent run folder without --data: one line, exit 2, nothing rewritten."""
     before = {p.name: p.stat().st_mtime_ns for p in latent_run.glob("*.pt")}
     r = subprocess.run([sys.executable, "stage1.py", "--preset", "smoke", "--out", str(latent_run)],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
-    assert "latents of" in r.stderr and "--latent" in r.stderr
+    assert "latents (" in r.stderr and "--data" in r.stderr
     assert {p.name: p.stat().st_mtime_ns for p in latent_run.glob("*.pt")} == before
-    r = subprocess.run([sys.executable, "edit.py", "sdedit", "--ckpt", str(latent_run / "stage2_N4.pt")],
+    r = subprocess.run([sys.executable, "-m", "extensions.edit", "sdedit", "--ckpt", str(latent_run / "stage2_N4.pt")],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "latents" in r.stderr
 
 
-def test_latent_needs_an_autoencoder_of_the_same_data(smoke_ae, tmp_path):
+def test_latent_data_of_another_preset_is_refused(latent_data, tmp_path):
     r = subprocess.run([sys.executable, "guidance.py", "--preset", "cpu", "--out", str(tmp_path),
-                        "--latent", str(smoke_ae[0] / "autoencoder.pt")], cwd=ROOT, capture_output=True, text=True)
+                        "--data", str(latent_data)], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "resolution" in r.stderr
     assert not list(tmp_path.iterdir())

@@ -9,22 +9,17 @@ import pytest
 import torch
 
 from config import UserError
+from tests.formats import cifar_batch
 from data import DEBIAN_FASHION, load_dataset, random_batch, to_float, to_uint8
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _cifar_batch(rng, n):
-    return {b"batch_label": b"testing batch", b"labels": rng.integers(0, 10, n).tolist(),
-            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-            b"filenames": [f"img_{i}.png".encode() for i in range(n)]}
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_cifar10_official_python_format(tmp_path):
     rng = np.random.default_rng(0)
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
-    batches = {name: _cifar_batch(rng, 5) for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]}
+    batches = {name: cifar_batch(rng, 5) for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]}
     for name, batch in batches.items():
         with open(folder / name, "wb") as f:
             pickle.dump(batch, f, protocol=2)

@@ -16,7 +16,7 @@ import evaluate
 import report
 from config import UserError, get_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _random_spd(d, rng):

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.formats import cifar_batch
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _snapshot(folder):
@@ -37,7 +39,8 @@ def _fails_cleanly(argv, message, folder, after_progress=False):
     assert r.returncode == 2, (argv, r.returncode, r.stderr[-1500:])
     lines = r.stderr.strip().split("\n")
     assert "Traceback" not in r.stderr and (after_progress or len(lines) == 1), r.stderr[-1500:]
-    assert lines[-1].startswith(f"{argv[0]}: error: "), lines[-1]
+    script = argv[1].split(".")[-1] + ".py" if argv[0] == "-m" else argv[0]  # -m extensions.edit
+    assert lines[-1].startswith(f"{script}: error: "), lines[-1]
     assert message in r.stderr, (message, r.stderr)
     assert _snapshot(folder) == before, "a file was written or changed"
     return r.stderr
@@ -60,7 +63,7 @@ def test_w_outside_the_trained_range_is_a_warning_with_the_range(run, tmp_path):
 
 
 def test_checkpoint_of_the_wrong_stage(run):
-    _fails_cleanly(["edit.py", "encode", "--ckpt", str(run / "stage2_N4.pt")], "holds stage 'stage2'", run)
+    _fails_cleanly(["-m", "extensions.edit", "encode", "--ckpt", str(run / "stage2_N4.pt")], "holds stage 'stage2'", run)
 
 
 def test_truncated_checkpoint(run):
@@ -83,14 +86,12 @@ def test_checkpoint_of_another_image_size(run):
 
 def test_checkpoint_of_another_dataset(run, tmp_path):
     # A tiny CIFAR-10 in its official format, so the data load and the run folder's dataset is what is wrong.
-    from tests.test_data import _cifar_batch
-
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         with open(folder / name, "wb") as f:
-            pickle.dump(_cifar_batch(rng, 4), f, protocol=2)
+            pickle.dump(cifar_batch(rng, 4), f, protocol=2)
     _fails_cleanly(["guidance.py", "--preset", "smoke", "--set", "dataset='cifar10'", "--data-dir", str(tmp_path),
                     "--out", str(run)], "was trained with other dataset", run)
 

@@ -1,5 +1,5 @@
 """torchrun: 2 gloo processes on the CPU train the same weights as 1 process with the same global
-batch (distributed.py: every rank draws the whole batch and keeps its slice; DDP averages)."""
+batch (infra.py: every rank draws the whole batch and keeps its slice; DDP averages)."""
 import subprocess
 import sys
 from pathlib import Path
@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 
 
-from config import load_checkpoint
+from infra import load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHORT = ["--preset", "smoke", "--set", "teacher_iters=20", "--set", "ckpt_every=10", "--set", "stage1_iters=10",
          "--set", "stage2_iters_small=6", "--set", "distill_ckpt_every=3"]
 
@@ -52,7 +52,7 @@ def test_two_processes_train_the_same_pipeline_as_one(tmp_path):
 
 
 def test_two_processes_train_the_same_autoencoder_as_one(tmp_path):
-    argv = ["autoencoder.py", "--preset", "smoke", "--iters", "20", "--set", "ckpt_every=10"]
+    argv = ["-m", "extensions.autoencoder", "train", "--preset", "smoke", "--iters", "20", "--set", "ckpt_every=10"]
     _run(argv + ["--out", str(tmp_path / "one")], 1)
     _run(argv + ["--out", str(tmp_path / "two")], 2)
     a, b = (load_checkpoint(tmp_path / d / "autoencoder.pt") for d in ("one", "two"))

@@ -7,9 +7,10 @@ import torch
 
 import ddpm
 from guidance import guided_x_hat, guided_predictor
-from tests.analytic import AnalyticModel, GaussianMixture
+from tests.analytic import MIX, AnalyticModel, check_class_moments
 
 
+# ---------------------------------------------------------------- schedule
 # ---------------------------------------------------------------- schedule
 def test_schedule_variance_preserving_monotone_and_truncated():
     t = torch.linspace(0, 1, 10_001, dtype=torch.float64)
@@ -78,20 +79,13 @@ def test_loss_weights_equal_v_and_eps_mse(xet):
     assert ddpm.weighted_x_loss(x_hat, x, t, "snr").item() == pytest.approx(eps_err.item(), rel=1e-6)
     snr = torch.exp(ddpm.logsnr_schedule(t))
     assert torch.equal(ddpm.loss_weight(ddpm.logsnr_schedule(t), "snr_trunc"), snr.clamp(min=1))
+    # The official truncated-SNR loss is max(x-MSE, eps-MSE) per example: the same number.
+    x_mse = (x_hat - x).pow(2).flatten(1).mean(1)  # (B,)
+    eps_mse = (ddpm.eps_from_x(z_t, x_hat, t) - eps).pow(2).flatten(1).mean(1)  # (B,)
+    official = torch.maximum(x_mse, eps_mse).mean()
+    assert ddpm.weighted_x_loss(x_hat, x, t, "snr_trunc").item() == pytest.approx(official.item(), rel=1e-6)
     with pytest.raises(ValueError):
         ddpm.loss_weight(t, "nope")
-
-
-# ---------------------------------------------------------------- sampling with the exact denoiser
-MIX = GaussianMixture.default()
-
-
-def _check_class_moments(samples, y):
-    for c in range(MIX.n_classes):
-        got = samples[y == c].double()
-        mean, cov = MIX.moments(c)
-        assert torch.allclose(got.mean(0), mean, atol=0.02), (c, got.mean(0), mean)
-        assert torch.allclose(torch.cov(got.T), cov, atol=0.01), (c, torch.cov(got.T), cov)
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "ancestral"])
@@ -107,7 +101,7 @@ def test_sampling_with_exact_denoiser_matches_class_moments(sampler):
     else:
         x = ddpm.sample_ancestral(predict, z_1, 256, clip=False,
                                   noise=lambda i: torch.randn(z_1.shape, generator=g, dtype=z_1.dtype))
-    _check_class_moments(x, y)
+    check_class_moments(x, y)
 
 
 def test_a_wrong_denoiser_fails_the_moment_check():
@@ -119,7 +113,7 @@ def test_a_wrong_denoiser_fails_the_moment_check():
     model = AnalyticModel(MIX)
     x = ddpm.sample_ddim(lambda z_t, t: ddpm.x_from_v(z_t, model(z_t, t, null), t), z_1, 64, clip=False)
     with pytest.raises(AssertionError):
-        _check_class_moments(x, y)
+        check_class_moments(x, y)
 
 
 def test_guided_prediction_matches_the_analytic_formula():

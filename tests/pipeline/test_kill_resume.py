@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from config import load_checkpoint
+from infra import load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cmd(out):

@@ -13,28 +13,9 @@ import torch.nn as nn
 import ddpm
 import stage1
 import stage2
-from config import get_config, load_checkpoint
-from tests.analytic import AnalyticModel
-from tests.test_ddpm import MIX, _check_class_moments
-from unet import from_config, timestep_embedding
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-class TinyStudent(nn.Module):
-    """An MLP w-student for 2-D data: v_hat = f(z_t, t, y, w)."""
-
-    def __init__(self, dim=2, n_classes=3, hidden=128):
-        super().__init__()
-        self.n_classes = n_classes
-        self.net = nn.Sequential(nn.Linear(dim + 32 + n_classes + 1 + 16, hidden), nn.SiLU(),
-                                 nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, dim))
-
-    def forward(self, z_t, t, y, w):
-        feats = [z_t.float(), timestep_embedding(t, 32), nn.functional.one_hot(y, self.n_classes + 1).float(),
-                 timestep_embedding(w / 4, 16)]
-        return self.net(torch.cat(feats, 1)).to(z_t.dtype)
-
+from config import get_config
+from tests.analytic import MIX, AnalyticModel, TinyStudent, check_class_moments, stage1_loss, stage2_loss
+from unet import from_config, load
 
 # ---------------------------------------------------------------- the stage-2 target
 @pytest.mark.parametrize("N", [1, 2, 8, 64])
@@ -82,7 +63,7 @@ def test_fresh_stage1_student_equals_the_conditional_teacher_for_every_w():
         assert torch.equal(student(z, t, y, torch.full((6,), w)), v_c)
     # Students train without dropout, also when a later round reloads them (stage1.load_model).
     cfg_drop = {**cfg, "dropout": 0.3}
-    reloaded = stage1.load_model({"config": cfg_drop, "ema": student.state_dict(), "stage": "stage1"}, "cpu")
+    reloaded = load({"config": cfg_drop, "ema": student.state_dict(), "stage": "stage1"}, "cpu")
     for net in (stage1.init_student({**ckpt, "config": cfg_drop}, torch.device("cpu")), reloaded):
         assert all(m.p == 0 for m in net.modules() if isinstance(m, nn.Dropout))
 
@@ -100,44 +81,18 @@ def test_stage1_training_approaches_the_analytic_guided_prediction():
     opt = torch.optim.Adam(student.parameters(), lr=2e-3)
     x_e, y_e, w_e, t_e, eps_e = _eval_batch()
     with torch.no_grad():
-        before = stage1.stage1_loss(student, teacher, x_e, y_e, w_e, t_e, eps_e, "v_mse").item()
+        before = stage1_loss(student, teacher, x_e, y_e, w_e, t_e, eps_e, "v_mse").item()
     g = torch.Generator().manual_seed(1)
     for _ in range(400):
         y = torch.randint(MIX.n_classes, (256,), generator=g)
         x, w, t = MIX.sample(y, g).float(), torch.rand(256, generator=g) * 4, torch.rand(256, generator=g)
-        loss = stage1.stage1_loss(student, teacher, x, y, w, t, torch.randn(256, 2, generator=g), "v_mse")
+        loss = stage1_loss(student, teacher, x, y, w, t, torch.randn(256, 2, generator=g), "v_mse")
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
-        after = stage1.stage1_loss(student, teacher, x_e, y_e, w_e, t_e, eps_e, "v_mse").item()
+        after = stage1_loss(student, teacher, x_e, y_e, w_e, t_e, eps_e, "v_mse").item()
     assert after < 0.1 * before, (before, after)
-
-
-def test_stage1_stop_and_resume_is_bitwise_equal_to_one_run(tmp_path, monkeypatch):
-    import guidance
-    from config import save_checkpoint
-
-    cfg = {**get_config("smoke"), "teacher_iters": 10, "ckpt_every": 10, "stage1_iters": 20,
-           "distill_ckpt_every": 10}
-    cpu = torch.device("cpu")
-    guidance.train(cfg, tmp_path, cpu, progress=False)
-    # One whole run, keeping a copy of the checkpoint it writes half-way ...
-    snapshots = {}
-
-    def save_and_snapshot(ckpt, path):
-        save_checkpoint(ckpt, path)
-        snapshots.setdefault(ckpt["step"], path.read_bytes())
-
-    monkeypatch.setattr(stage1, "save_checkpoint", save_and_snapshot)
-    whole = stage1.train(cfg, tmp_path, cpu, progress=False)
-    # ... then put the half-way checkpoint back, as if the run had been killed, and rerun.
-    (tmp_path / "stage1.pt").write_bytes(snapshots[10])
-    resumed = stage1.train(cfg, tmp_path, cpu, progress=False)
-    assert resumed["step"] == whole["step"] == 20
-    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in logged if r["stage"] == "stage1"] == [10, 20, 20], "the rerun must start at 10"
-    assert all(torch.equal(v, resumed["model"][k]) for k, v in whole["model"].items())
 
 
 # ---------------------------------------------------------------- stage 2
@@ -161,7 +116,7 @@ def test_one_stage2_round_brings_the_student_towards_the_2N_step_teacher():
         y = torch.randint(MIX.n_classes, (256,), generator=g)
         x, w = MIX.sample(y, g).float(), torch.rand(256, generator=g) * 4
         i = torch.randint(N, (256,), generator=g)
-        loss = stage2.stage2_loss(student, teacher, x, y, w, i, N, torch.randn(256, 2, generator=g))
+        loss = stage2_loss(student, teacher, x, y, w, i, N, torch.randn(256, 2, generator=g))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -179,43 +134,4 @@ def test_stochastic_sampler_with_exact_denoiser_matches_class_moments():
     predict = lambda z_t, t: ddpm.x_from_v(z_t, model(z_t, t, y), t)  # noqa: E731
     x = ddpm.sample_stochastic(predict, z_1, 256, clip=False,
                                noise=lambda i: torch.randn(z_1.shape, generator=g, dtype=z_1.dtype))
-    _check_class_moments(x, y)
-
-
-# ---------------------------------------------------------------- the whole smoke pipeline
-def test_smoke_pipeline_builds_every_stage_and_resumes(smoke_run):
-    out, interrupted, teacher_mtime, stdout = smoke_run
-    assert "stage2_N4.pt" not in interrupted and "teacher.pt" in interrupted
-    assert (out / "teacher.pt").stat().st_mtime_ns == teacher_mtime, "the rerun retrained the teacher"
-    assert "finished at step 150/150" in stdout
-    assert load_checkpoint(out / "stage1.pt", "stage1")["N"] == 1024
-    for N in [512, 256, 128, 64, 32, 16, 8, 4]:
-        ckpt = load_checkpoint(out / f"stage2_N{N}.pt", "stage2")
-        assert ckpt["N"] == N and ckpt["step"] == stage2.round_iters(ckpt["config"], N)
-        assert ckpt["w_range"] == [0.0, 4.0]
-    assert not (out / "stage2_N2.pt").exists() and (out / "stage2_N4.png").is_file()
-    assert not list(out.glob("*.tmp"))
-
-
-def test_sample_per_image_seeds_do_not_depend_on_batch_size(smoke_run, tmp_path):
-    out = smoke_run[0]
-    files = []
-    for bs in (7, 256):
-        f = tmp_path / f"b{bs}.png"
-        r = subprocess.run([sys.executable, "sample.py", "--ckpt", str(out / "stage2_N4.pt"), "--sampler",
-                            "stochastic", "--w", "0,2", "--batch-size", str(bs), "--out-file", str(f)],
-                           cwd=ROOT, capture_output=True, text=True)
-        assert r.returncode == 0 and "4 network calls per image" in r.stdout, r.stderr
-        files.append(np.load(f.with_suffix(".npz")))
-    assert files[0]["x"].shape == (20, 1, 8, 8)
-    assert np.array_equal(files[0]["x"], files[1]["x"])
-    assert not np.array_equal(files[0]["x"][:10], files[0]["x"][10:]), "w must change the images"
-
-
-@pytest.mark.parametrize("args,message", [(["--steps", "3"], "not a power of two"),
-                                          (["--steps", "1024"], "must be smaller")])
-def test_stage2_bad_steps_is_a_one_line_error(args, message, tmp_path):
-    r = subprocess.run([sys.executable, "stage2.py", "--preset", "smoke", "--out", str(tmp_path), *args],
-                       cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and message in r.stderr
-    assert not list(tmp_path.iterdir())
+    check_class_moments(x, y)

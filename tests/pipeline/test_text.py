@@ -10,11 +10,12 @@ import pytest
 import torch
 
 import guidance
-import text
+import infra
+from extensions import text
 from config import get_config
 from unet import UNet
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_captions_hold_out_phrases_and_templates():
@@ -93,25 +94,28 @@ def _fake_text_cfg():
 def test_each_image_gets_a_caption_of_its_own_class():
     cfg = _fake_text_cfg()
     labels = torch.randint(10, (5000,), generator=torch.Generator().manual_seed(1))
-    emb = text.image_captions(cfg, labels)  # (N, 384)
+    emb = text.image_captions(cfg["text"]["train"], labels)  # (N, 384)
     train = cfg["text"]["train"]
     idx = (emb @ train["emb"].T).argmax(1)  # which caption each image got
     assert torch.equal(torch.tensor(train["classes"])[idx], labels)
     assert len(set(idx.tolist())) == 250  # every caption is used
-    assert torch.equal(emb, text.image_captions(cfg, labels))  # drawn once: the same every call
+    assert torch.equal(emb, text.image_captions(cfg["text"]["train"], labels))  # drawn once: the same every call
     # conditions(): image i of class c takes the class's held-out captions in turn.
     test = cfg["text"]["test"]
     y = torch.arange(80) % 10
-    cond = text.conditions(cfg, y)
+    cond = infra.conditions(cfg, y)
     k = (cond @ test["emb"].T).argmax(1)
     assert torch.equal(torch.tensor(test["classes"])[k], y) and len(set(k.tolist())) == 40
-    assert text.conditions(get_config("smoke"), y) is y and text.conditions(cfg, cond) is cond
+    assert infra.conditions(get_config("smoke"), y) is y and infra.conditions(cfg, cond) is cond
 
 
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory, encoder_offline):
     out = tmp_path_factory.mktemp("text")
-    r = subprocess.run([sys.executable, "stage2.py", "--preset", "smoke", "--steps", "4", "--text", "--out", str(out)],
+    r = subprocess.run([sys.executable, "-m", "extensions.text", "captions", "--preset", "smoke", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([sys.executable, "stage2.py", "--preset", "smoke", "--steps", "4", "--data", str(out / "data.pt")],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     return out
@@ -119,7 +123,7 @@ def text_run(tmp_path_factory, encoder_offline):
 
 def test_smoke_text_pipeline_samples_from_a_prompt(text_run, tmp_path):
     out = tmp_path / "prompts.png"
-    r = subprocess.run([sys.executable, "sample.py", "--ckpt", str(text_run / "stage2_N4.pt"), "--steps", "4",
+    r = subprocess.run([sys.executable, "-m", "extensions.text", "sample", "--ckpt", str(text_run / "stage2_N4.pt"), "--steps", "4",
                         "--w", "0,2", "--prompt", "a pair of sneakers", "--prompt", "an ankle boot, leather",
                         "--out-file", str(out)], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0 and "captions" in r.stdout, r.stderr[-2000:]
@@ -131,13 +135,13 @@ def test_smoke_text_pipeline_samples_from_a_prompt(text_run, tmp_path):
 def test_prompts_need_a_text_model_and_text_runs_refuse_class_mode(text_run, tmp_path):
     r = subprocess.run([sys.executable, "stage1.py", "--preset", "smoke", "--out", str(text_run)],
                        cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--text" in r.stderr
-    r = subprocess.run([sys.executable, "sample.py", "--ckpt", str(text_run / "teacher.pt"), "--prompt", " "],
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--data" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "extensions.text", "sample", "--ckpt", str(text_run / "teacher.pt"), "--prompt", " "],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "empty" in r.stderr
     # A class-conditioned teacher (0 steps: its initial weights) takes no prompt.
     subprocess.run([sys.executable, "guidance.py", "--preset", "smoke", "--iters", "0", "--out", str(tmp_path)],
                    cwd=ROOT, capture_output=True, check=True)
-    r = subprocess.run([sys.executable, "sample.py", "--ckpt", str(tmp_path / "teacher.pt"), "--prompt", "a bag"],
+    r = subprocess.run([sys.executable, "-m", "extensions.text", "sample", "--ckpt", str(tmp_path / "teacher.pt"), "--prompt", "a bag"],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "class labels" in r.stderr

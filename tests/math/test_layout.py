@@ -1,0 +1,52 @@
+"""The layout the README promises: imports run one way, the core never imports an extension, and
+every file stays readable (<= 350 lines)."""
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+# Support first (the core leans on it), then the core in reading order.
+ORDER = ["config", "data", "ddpm", "unet", "infra", "guidance", "stage1", "stage2", "sample", "evaluate"]
+SUPPORT_OF_EVALUATE = ["effnet", "report"]  # evaluate's feature network and report writer
+EXTENSIONS = sorted(p.stem for p in (ROOT / "extensions").glob("*.py") if p.stem != "__init__")
+
+
+def project_imports(path):
+    """Names of project modules that a file imports, anywhere in it (functions included)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            if node.module == "extensions":
+                names |= {f"extensions.{a.name}" for a in node.names}
+    top = {p.stem for p in ROOT.glob("*.py")}
+    return {n for n in names if n.split(".")[0] in top or n.startswith("extensions")}
+
+
+def test_the_core_imports_only_what_comes_before_it_and_never_an_extension():
+    rank = {name: k for k, name in enumerate(ORDER)}
+    rank |= {"effnet": rank["infra"] + 0.5, "report": rank["infra"] + 0.5}
+    for name in ORDER + SUPPORT_OF_EVALUATE:
+        for dep in project_imports(ROOT / f"{name}.py"):
+            assert not dep.startswith("extensions"), f"{name}.py imports the extension {dep}"
+            assert rank[dep] < rank[name], f"{name}.py imports {dep}, which comes after it"
+
+
+def test_extensions_import_no_cycle():
+    graph = {f"extensions.{e}": {d for d in project_imports(ROOT / "extensions" / f"{e}.py")
+                                 if d.startswith("extensions.")} for e in EXTENSIONS}
+
+    def visit(node, path):
+        assert node not in path, f"import cycle: {' -> '.join(path + [node])}"
+        for nxt in graph.get(node, ()):
+            visit(nxt, path + [node])
+    for node in graph:
+        visit(node, [])
+
+
+def test_every_file_is_short():
+    files = [p for p in ROOT.rglob("*.py") if ".git" not in p.parts and "tests" not in p.parts]
+    for path in files:
+        lines = path.read_text().splitlines()
+        assert len(lines) <= 350, f"{path.relative_to(ROOT)} has {len(lines)} lines"

@@ -1,0 +1,80 @@
+"""Stage 1, stage 2 and the samplers against the exact Gaussian-mixture teacher, and the
+whole smoke pipeline end to end (with an interruption)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import stage1
+import stage2
+from config import get_config
+from infra import load_checkpoint
+
+def test_stage1_stop_and_resume_is_bitwise_equal_to_one_run(tmp_path, monkeypatch):
+    import guidance
+    from config import save_checkpoint
+
+    cfg = {**get_config("smoke"), "teacher_iters": 10, "ckpt_every": 10, "stage1_iters": 20,
+           "distill_ckpt_every": 10}
+    cpu = torch.device("cpu")
+    guidance.train(cfg, tmp_path, cpu, progress=False)
+    # One whole run, keeping a copy of the checkpoint it writes half-way ...
+    snapshots = {}
+
+    def save_and_snapshot(ckpt, path):
+        save_checkpoint(ckpt, path)
+        snapshots.setdefault(ckpt["step"], path.read_bytes())
+
+    monkeypatch.setattr(stage1, "save_checkpoint", save_and_snapshot)
+    whole = stage1.train(cfg, tmp_path, cpu, progress=False)
+    # ... then put the half-way checkpoint back, as if the run had been killed, and rerun.
+    (tmp_path / "stage1.pt").write_bytes(snapshots[10])
+    resumed = stage1.train(cfg, tmp_path, cpu, progress=False)
+    assert resumed["step"] == whole["step"] == 20
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if r["stage"] == "stage1"] == [10, 20, 20], "the rerun must start at 10"
+    assert all(torch.equal(v, resumed["model"][k]) for k, v in whole["model"].items())
+
+
+# ---------------------------------------------------------------- the whole smoke pipeline
+def test_smoke_pipeline_builds_every_stage_and_resumes(smoke_run):
+    out, interrupted, teacher_mtime, stdout = smoke_run
+    assert "stage2_N4.pt" not in interrupted and "teacher.pt" in interrupted
+    assert (out / "teacher.pt").stat().st_mtime_ns == teacher_mtime, "the rerun retrained the teacher"
+    assert "finished at step 150/150" in stdout
+    assert load_checkpoint(out / "stage1.pt", "stage1")["N"] == 1024
+    for N in [512, 256, 128, 64, 32, 16, 8, 4]:
+        ckpt = load_checkpoint(out / f"stage2_N{N}.pt", "stage2")
+        assert ckpt["N"] == N and ckpt["step"] == stage2.round_iters(ckpt["config"], N)
+        assert ckpt["w_range"] == [0.0, 4.0]
+    assert not (out / "stage2_N2.pt").exists() and (out / "stage2_N4.png").is_file()
+    assert not list(out.glob("*.tmp"))
+
+
+def test_sample_per_image_seeds_do_not_depend_on_batch_size(smoke_run, tmp_path):
+    out = smoke_run[0]
+    files = []
+    for bs in (7, 256):
+        f = tmp_path / f"b{bs}.png"
+        r = subprocess.run([sys.executable, "sample.py", "--ckpt", str(out / "stage2_N4.pt"), "--sampler",
+                            "stochastic", "--w", "0,2", "--batch-size", str(bs), "--out-file", str(f)],
+                           cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 0 and "4 network calls per image" in r.stdout, r.stderr
+        files.append(np.load(f.with_suffix(".npz")))
+    assert files[0]["x"].shape == (20, 1, 8, 8)
+    assert np.array_equal(files[0]["x"], files[1]["x"])
+    assert not np.array_equal(files[0]["x"][:10], files[0]["x"][10:]), "w must change the images"
+
+
+@pytest.mark.parametrize("args,message", [(["--steps", "3"], "not a power of two"),
+                                          (["--steps", "1024"], "must be smaller")])
+def test_stage2_bad_steps_is_a_one_line_error(args, message, tmp_path):
+    r = subprocess.run([sys.executable, "stage2.py", "--preset", "smoke", "--out", str(tmp_path), *args],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and message in r.stderr
+    assert not list(tmp_path.iterdir())
