@@ -46,12 +46,14 @@ _BASE = dict(
     # distillation (stage1.py, stage2.py): Adam, lr decays linearly to 0, no EMA, dropout 0 [SH]
     stage1_iters=20_000,
     stage1_lr=1e-4,
-    stage2_start_N=1024,          # halving starts from the stage-1 student sampled with this many steps [M]
+    # halving starts from the stage-1 student sampled with this many steps [M]
+    stage2_start_N=1024,
     stage2_iters=50_000,          # per halving round [SH]
     stage2_iters_small=50_000,    # per round once N <= 8: few-step students need more [SH Sec. 5]
     stage2_lr=5e-5,               # [SH] cifar_distill (imagenet64_distill: 1e-4)
     distill_ckpt_every=5000,      # checkpoint + grid every K steps inside stage 1 and each round
-    distill_ema_decay=0.0,        # students: no EMA [SH] (their 'ema' is then a copy of the weights)
+    # students: no EMA [SH] (their 'ema' is then a copy of the weights)
+    distill_ema_decay=0.0,
     # latent space (extensions/autoencoder.py): a KL autoencoder, latents rescaled to unit variance [LDM]
     ae_ch=32,                     # width
     ae_levels=1,                  # stride-2 downsamplings: latents are resolution / 2^levels
@@ -60,8 +62,10 @@ _BASE = dict(
     ae_lr=1e-3,
     ae_iters=2000,
     ae_ema_decay=0.999,
-    latent=None,                  # set by --data FILE of extensions/autoencoder.py: the model works on latents
-    text=None,                    # set by --data FILE of extensions/text.py: captions instead of class labels
+    # set by --data FILE of extensions/autoencoder.py: the model works on latents
+    latent=None,
+    # set by --data FILE of extensions/text.py: captions instead of class labels
+    text=None,
     # evaluation (evaluate.py): the FID / IS protocol, written next to every number
     eval_features="effnet",       # effnet (EfficientNet-Lite0, offline) | inception (pytorch-fid)
     eval_feature_size=224,        # images are resized to this for the feature network
@@ -71,7 +75,8 @@ _BASE = dict(
     eval_w=(0.0, 0.3, 1.0, 2.0, 4.0),  # guidance weights of the report
     eval_all_w_max_N=1024,        # rows with more steps than this run only at eval_long_w
     eval_long_w=(1.0,),
-    eval_teacher_w=(0.3, 1.0),    # the teacher at its full N (the targets' reference) also runs here
+    # the teacher at its full N (the targets' reference) also runs here
+    eval_teacher_w=(0.3, 1.0),
     eval_batch=256,               # images per sampling batch (the same for every row's timing)
 )
 
@@ -80,7 +85,8 @@ PRESETS = {
     "smoke": dict(resolution=8, ch=16, ch_mult=(1, 2), dropout=0.0, batch_size=64, lr=1e-3,
                   warmup=20, ema_decay=0.99, teacher_iters=150, ckpt_every=75, grid_steps=16,
                   stage1_iters=60, stage1_lr=1e-3, stage2_iters=20, stage2_iters_small=30,
-                  stage2_lr=5e-4, distill_ckpt_every=10, ae_ch=16, ae_iters=150, eval_n=20, eval_feature_size=64,
+                  stage2_lr=5e-4, distill_ckpt_every=10, ae_ch=16, ae_iters=150, eval_n=20,
+                  eval_feature_size=64,
                   eval_ref_n=200, eval_w=(0.0, 1.0), eval_all_w_max_N=8, eval_long_w=(),
                   eval_teacher_w=(1.0,)),
     # The default: Fashion-MNIST 16x16, 0.63M parameters (~280 img/s teacher training on 2 cores),

@@ -113,7 +113,8 @@ def load_dataset(name, resolution, data_dir="data", train=True):
     x = torch.from_numpy(np.array(images))  # (N, C, H, W) uint8, a writable copy
     if x.shape[-1] != resolution:  # resize once, with antialiasing, in chunks
         x = torch.cat([F.interpolate(c.float(), size=(resolution, resolution), mode="bilinear",
-                                     antialias=True, align_corners=False).round().clamp(0, 255).byte()
+                                     antialias=True,
+                                     align_corners=False).round().clamp(0, 255).byte()
                        for c in x.split(4096)])
     return x, torch.from_numpy(np.asarray(labels, np.int64))
 
@@ -194,6 +195,7 @@ if __name__ == "__main__":
     print(f"{args.dataset}: images {tuple(x.shape)} {x.dtype}, labels {tuple(y.shape)}, "
           f"classes {int(y.min())}..{int(y.max())}")
     n_cls = min(int(y.max()) + 1, 10)
-    picks = torch.stack([torch.nonzero(y == c)[:8, 0] for c in range(n_cls)], 1).flatten()  # (8*n_cls,)
+    # (8*n_cls,)
+    picks = torch.stack([torch.nonzero(y == c)[:8, 0] for c in range(n_cls)], 1).flatten()
     save_image(x[picks].float() / 255, args.grid, nrow=n_cls)  # one class per column
     print(f"wrote {args.grid}")

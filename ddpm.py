@@ -210,9 +210,11 @@ def sample_ddim(predict, z_1, N, clip=True, progress=None, t_start=1.0):
     return sample_loop(predict, z_1, N, make_step("ddim"), clip, progress, t_start)
 
 
-def sample_ancestral(predict, z_1, N, clip=True, variance="large", noise=None, progress=None, t_start=1.0):
+def sample_ancestral(predict, z_1, N, clip=True, variance="large", noise=None, progress=None,
+                     t_start=1.0):
     """N ancestral steps; noise as in make_step."""
-    return sample_loop(predict, z_1, N, make_step("ancestral", noise, variance), clip, progress, t_start)
+    return sample_loop(predict, z_1, N, make_step("ancestral", noise, variance), clip, progress,
+                       t_start)
 
 
 def sample_stochastic(predict, z_1, N, clip=True, noise=None, progress=None, t_start=1.0):

@@ -67,7 +67,8 @@ class MBConv(nn.Module):
         h = x
         if hasattr(self, "_expand_conv"):
             h = F.relu6(self._bn0(self._expand_conv(h)))  # (B, c_mid, H, W)
-        h = F.relu6(self._bn1(self._depthwise_conv(pad_same(h, self.k, self.stride))))  # (B, c_mid, H/s, W/s)
+        # (B, c_mid, H/s, W/s)
+        h = F.relu6(self._bn1(self._depthwise_conv(pad_same(h, self.k, self.stride))))
         h = self._bn2(self._project_conv(h))  # (B, c_out, H/s, W/s)
         return x + h if self.skip else h
 
@@ -135,21 +136,25 @@ def load_photo(path, size=IMAGE_SIZE):
         raise UserError(f"{path}: cannot read it as an image ({e})") from None
     side = min(img.size)
     img = img.crop(((img.width - side) // 2, (img.height - side) // 2,
-                    (img.width + side) // 2, (img.height + side) // 2)).resize((size, size), Image.BILINEAR)
-    return torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 127.5 - 1  # (1, 3, size, size)
+                    (img.width + side) // 2,
+                    (img.height + side) // 2)).resize((size, size), Image.BILINEAR)
+    # (1, 3, size, size)
+    return torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 127.5 - 1
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("images", nargs="+", help="image files (any size; centre-cropped to a square)")
+    parser.add_argument("images", nargs="+",
+                        help="image files (any size; centre-cropped to a square)")
     args = parser.parse_args(argv)
     net = load_effnet()
     for path in args.images:
         with torch.no_grad():
             probs = net(preprocess(load_photo(path)))[1].softmax(-1)[0]  # (1000,)
         top = probs.topk(5)
-        print(path + ": " + ", ".join(f"{i} ({p:.2f})" for p, i in zip(top.values.tolist(), top.indices.tolist())))
+        print(path + ": " + ", ".join(f"{i} ({p:.2f})" for p,
+                                      i in zip(top.values.tolist(), top.indices.tolist())))
 
 
 if __name__ == "__main__":

@@ -86,7 +86,8 @@ def kernel_distance(x, y):
     distributions at any n), so it shows how much of a small-n FID is the sample size."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     n, m, d = len(x), len(y), x.shape[1]
-    kxx, kyy, kxy = [(a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y))]  # (n, n) (m, m) (n, m)
+    # (n, n) (m, m) (n, m)
+    kxx, kyy, kxy = [(a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y))]
     return float((kxx.sum() - np.trace(kxx)) / (n * (n - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
                  - 2 * kxy.mean())
 
@@ -101,7 +102,8 @@ def feature_net(backend, size, device):
     """-> extract(x (B, C, H, W) in [-1, 1]) -> (features (B, d), class probabilities (B, 1000))."""
     if backend == "effnet":
         net = effnet.load_effnet(device).to(memory_format=torch.channels_last)
-        run = lambda x: net(effnet.preprocess(x, size).contiguous(memory_format=torch.channels_last))  # noqa: E731
+        run = lambda x: net(effnet.preprocess(x,
+                                              size).contiguous(memory_format=torch.channels_last))  # noqa: E731
     elif backend == "inception":
         try:
             from pytorch_fid.inception import fid_inception_v3
@@ -109,7 +111,8 @@ def feature_net(backend, size, device):
             raise UserError("--set eval_features=inception needs pytorch-fid: pip install pytorch-fid "
                             "(it downloads the FID Inception weights once, online)") from None
         net, pooled = fid_inception_v3().eval().to(device), {}
-        net.fc.register_forward_hook(lambda m, inp, out: pooled.update(x=inp[0]))  # the pool3 features
+        # the pool3 features
+        net.fc.register_forward_hook(lambda m, inp, out: pooled.update(x=inp[0]))
 
         def run(x):
             x = F.interpolate(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x, size=(299, 299),
@@ -145,14 +148,17 @@ def reference_stats(cfg, extract, stats_dir, data_dir):
     if path.is_file():
         with np.load(path) as f:
             return {k: f[k] for k in f.files} | {"file": str(path)}
-    images, _ = load_dataset(cfg["dataset"], cfg["resolution"], data_dir, train=cfg["eval_ref_split"] == "train")
+    images, _ = load_dataset(cfg["dataset"], cfg["resolution"], data_dir,
+                             train=cfg["eval_ref_split"] == "train")
     images = images[:n] if n else images  # (n_ref, C, H, W) uint8
     feats, probs = features(extract, to_float(images))
     mu, sigma = gaussian(feats)
-    with warnings.catch_warnings():  # fewer images than feature dimensions: sigma is singular (fine)
+    # fewer images than feature dimensions: sigma is singular (fine)
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
         sqrt_sigma = scipy.linalg.sqrtm(sigma).real  # (d, d)
-    stats = dict(mu=mu, sigma=sigma, sqrt_sigma=sqrt_sigma, kid_feats=feats[:KID_REF_N].astype(np.float32),
+    stats = dict(mu=mu, sigma=sigma, sqrt_sigma=sqrt_sigma,
+                 kid_feats=feats[:KID_REF_N].astype(np.float32),
                  inception_score=inception_score(probs), n=len(images))
     infra.atomic_write(path, lambda f: np.savez(f, **stats))
     return stats | {"file": str(path)}
@@ -163,7 +169,8 @@ def score(x, ref, extract):
     feats, probs = features(extract, x)
     mu, sigma = gaussian(feats)
     return dict(fid=frechet_distance(ref["mu"], ref["sigma"], mu, sigma, ref["sqrt_sigma"]),
-                kid=kernel_distance(feats, ref["kid_feats"]), inception_score=inception_score(probs))
+                kid=kernel_distance(feats, ref["kid_feats"]),
+                inception_score=inception_score(probs))
 
 
 # ---------------------------------------------------------------- the report's rows
@@ -191,17 +198,20 @@ def row_key(r):
     return r["model"] if r["model"].startswith("data") else f"{r['model']}_{r['sampler']}{r['N']}_w{r['w']:g}"
 
 
-def fingerprint(path):  # a short hash of a checkpoint: a finished row is reused for the same weights
+# a short hash of a checkpoint: a finished row is reused for the same weights
+def fingerprint(path):
     return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12]
 
 
 def protocol(cfg, ref, n_classes, device, seed):
-    return dict(metrics="FID, KID, IS", features=cfg["eval_features"], feature_size=feature_size(cfg),
+    return dict(metrics="FID, KID, IS", features=cfg["eval_features"],
+                feature_size=feature_size(cfg),
                 n=cfg["eval_n"],
                 reference=f"{cfg['dataset']} {cfg['eval_ref_split']} split, first {int(ref['n'])} images "
                           f"at {cfg['resolution']} px", seed=seed,
                 classes=f"image k has class k % {n_classes}, noise seed k (rows are paired)",
-                batch_size=cfg["eval_batch"], device=str(device), torch_threads=torch.get_num_threads())
+                batch_size=cfg["eval_batch"], device=str(device),
+                torch_threads=torch.get_num_threads())
 
 
 def run_row(row, run, cfg, seed, device, models):
@@ -209,7 +219,8 @@ def run_row(row, run, cfg, seed, device, models):
     if row["file"] not in models:
         ckpt = infra.load_checkpoint(run / row["file"])
         model = load(ckpt, device).to(memory_format=torch.channels_last)
-        generate(ckpt, model, torch.zeros(2, dtype=torch.long), torch.zeros(2), 1, "ddim", [0, 1], device)  # warm up
+        generate(ckpt, model, torch.zeros(2, dtype=torch.long), torch.zeros(2), 1, "ddim", [0, 1],
+                 device)  # warm up
         models[row["file"]] = ckpt, model
     ckpt, model = models[row["file"]]
     n = cfg["eval_n"]
@@ -250,7 +261,8 @@ def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
     proto = protocol(cfg, ref, n_classes, device, seed)
     results = folder / "results.json"
     old = json.loads(results.read_text()) if results.is_file() else {}
-    done = {row_key(r): r for r in old["rows"]} if old.get("protocol") == proto else {}  # kept if the weights match
+    # kept if the weights match
+    done = {row_key(r): r for r in old["rows"]} if old.get("protocol") == proto else {}
 
     # The data row: the FID floor at this n. Latent runs: the same images through the autoencoder
     # (encode, decode), the floor of any model on its latents.
@@ -271,19 +283,22 @@ def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
         x, ms = run_row(row, run, cfg, seed, device, models)  # (n, C, H, W)
         calls = row["N"] * (2 if row["model"] == "teacher" else 1)
         r = done[row_key(row)] = row | dict(calls=calls, ms_per_image=ms, **score(x, ref, extract))
-        infra.save_images(x[:2 * n_classes], folder / "grids" / f"{row_key(row)}.png", min(n_classes, 10))
+        infra.save_images(x[:2 * n_classes], folder / "grids" / f"{row_key(row)}.png",
+                          min(n_classes, 10))
         save_json(dict(protocol=proto, rows=list(done.values())), results)
         if infra.is_main():
             tqdm.write(f"{row_key(row):28s} FID {r['fid']:7.2f}  KID {r['kid']:7.4f}  "
                        f"IS {r['inception_score']:5.2f}  {calls:5d} calls  {ms:9.2f} ms/img")
 
     # Targets, results.json, plots and report.md (report.py).
-    rows = [done[f] for f in floors] + [done[row_key(r)] for r in rows]  # only this run's current checkpoints
+    # only this run's current checkpoints
+    rows = [done[f] for f in floors] + [done[row_key(r)] for r in rows]
     plan = (f"Rows: every w in {list(cfg['eval_w'])} for N <= {cfg['eval_all_w_max_N']}; larger N only at w in "
             f"{list(cfg['eval_long_w'])}, and the teacher at its full N also at w in {list(cfg['eval_teacher_w'])} "
             f"(the sampling budget). The data row is {proto['n']} training images: the floor at this sample size.")
     out = dict(protocol=proto, plan=plan, reference_is=float(ref["inception_score"]),
-               eval_w=[float(w) for w in cfg["eval_w"]], rows=rows, targets=check_targets(rows, teacher_N))
+               eval_w=[float(w) for w in cfg["eval_w"]], rows=rows,
+               targets=check_targets(rows, teacher_N))
     save_json(out, results)  # creates the folder (atomic_write)
     if infra.is_main():  # rank 0 writes
         plot(rows, out["eval_w"], folder)
@@ -301,18 +316,22 @@ def main(argv=None):
     what.add_argument("--ckpt", help="one checkpoint: print its FID and IS")
     parser.add_argument("--steps", type=int, help="--ckpt: sampler steps (default: its own N)")
     parser.add_argument("--sampler", default="ddim", choices=["ddim", "ancestral", "stochastic"])
-    parser.add_argument("--w", type=float, default=1.0, help="--ckpt: guidance weight (0 = unguided)")
+    parser.add_argument("--w", type=float, default=1.0,
+                        help="--ckpt: guidance weight (0 = unguided)")
     parser.add_argument("--n", "--num-samples", dest="n", type=int,
                         help="samples per row (default: the preset's eval_n; under torchrun write --num-samples)")
-    parser.add_argument("--preset", choices=list(PRESETS), help="eval_* protocol (default: the run's preset)")
+    parser.add_argument("--preset", choices=list(PRESETS),
+                        help="eval_* protocol (default: the run's preset)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a protocol value, e.g. --set eval_feature_size=224")
-    parser.add_argument("--stats-dir", default="data/fid_stats", help="cache of reference statistics")
+    parser.add_argument("--stats-dir", default="data/fid_stats",
+                        help="cache of reference statistics")
     parser.add_argument("--data-dir", default="data", help="where cifar10 / imagenet64 live")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--seed", type=int, default=0, help="noise seeds and the data row's images")
     args = parser.parse_args(argv)
-    device = infra.init_distributed(infra.pick_device(args.device))  # torchrun: ranks share the sampling
+    # torchrun: ranks share the sampling
+    device = infra.init_distributed(infra.pick_device(args.device))
     ckpt = infra.load_checkpoint(Path(args.run) / "teacher.pt" if args.run else args.ckpt)
     cfg = eval_config(ckpt, args.preset, args.set)
     if args.n:
@@ -321,7 +340,8 @@ def main(argv=None):
         raise UserError("--n must be at least 2 (FID needs a covariance)")
 
     if args.run:
-        rows, targets = report(Path(args.run), cfg, args.seed, device, args.stats_dir, args.data_dir)
+        rows, targets = report(Path(args.run), cfg, args.seed, device, args.stats_dir,
+                               args.data_dir)
         if not infra.is_main():
             return
         for t in targets:
@@ -335,7 +355,8 @@ def main(argv=None):
                         f"use one of {', '.join(SAMPLERS[stage])}")
     extract = feature_net(cfg["eval_features"], cfg["eval_feature_size"], device)
     ref = reference_stats(cfg, extract, args.stats_dir, args.data_dir)
-    row = dict(model=stage, file=Path(args.ckpt).name, sampler=args.sampler, N=args.steps or ckpt["N"], w=args.w)
+    row = dict(model=stage, file=Path(args.ckpt).name, sampler=args.sampler,
+               N=args.steps or ckpt["N"], w=args.w)
     x, ms = run_row(row, Path(args.ckpt).parent, cfg, args.seed, device, {})
     r = score(x, ref, extract)
     if not infra.is_main():

@@ -85,7 +85,8 @@ def train(cfg, out, device, pairs=None, seed=0, resume=True, progress=True):
     losses, running, t0 = [], 0.0, time.time()
     for step in bar:
         # Data: a batch; each label (or caption) becomes null with probability p_uncond.
-        x, y = random_batch(images, labels, B, gens["data"], cfg["randflip"], device)  # (B, C, H, W), (B,)
+        # (B, C, H, W), (B,)
+        x, y = random_batch(images, labels, B, gens["data"], cfg["randflip"], device)
         drop = torch.rand(B, generator=gens["noise"], device=device) < cfg["p_uncond"]  # (B,)
         y = torch.where(ddpm._bcast(drop, y), null_condition(model, y), y)  # (B,) or (B, text_dim)
 
@@ -112,13 +113,15 @@ def train(cfg, out, device, pairs=None, seed=0, resume=True, progress=True):
         done = step + 1
         if done % cfg["ckpt_every"] == 0 or done == iters:
             elapsed = time.time() - t0
-            ckpt = infra.checkpoint_dict("teacher", cfg["teacher_N"], cfg, model, ema, opt, done, gens)
+            ckpt = infra.checkpoint_dict("teacher", cfg["teacher_N"], cfg, model, ema, opt, done,
+                                         gens)
             infra.save_checkpoint(ckpt, ckpt_path)
             infra.log_metrics(out, dict(stage="teacher", step=done, loss=sum(losses) / len(losses),
                                         lr=lr, grad_norm=grad_norm, seconds=elapsed,
                                         img_per_s=len(losses) * B / elapsed))
             infra.save_grid(lambda y, w: guided_predictor(ema, y, w),
-                            out / "grids" / f"teacher_{done:07d}.png", cfg, device, cfg["grid_steps"])
+                            out / "grids" / f"teacher_{done:07d}.png", cfg, device,
+                            cfg["grid_steps"])
             losses, t0 = [], time.time()
     bar.close()
     if ckpt is None:  # zero iterations: save the initial weights
@@ -131,9 +134,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     infra.add_common_args(parser)
-    parser.add_argument("--iters", type=int, help="training steps (default: the preset's teacher_iters)")
+    parser.add_argument("--iters", type=int,
+                        help="training steps (default: the preset's teacher_iters)")
     parser.add_argument("--batch-size", type=int, help="images per step (default: the preset's)")
-    parser.add_argument("--p-uncond", type=float, help="probability of the null label (default 0.1)")
+    parser.add_argument("--p-uncond", type=float,
+                        help="probability of the null label (default 0.1)")
     parser.add_argument("--loss-weight", choices=ddpm.LOSS_WEIGHTS,
                         help="omega(lambda_t) of the x-space loss (default: snr_trunc = max(SNR, 1))")
     infra.add_training_args(parser, "<out>/teacher.pt")

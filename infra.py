@@ -30,10 +30,12 @@ def add_common_args(parser):
     """--preset, --out, --device, --seed, --set: the same on every training script."""
     parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
                         help="hyper-parameter preset (default: %(default)s; smoke is for tests)")
-    parser.add_argument("--out", help="run folder of every stage (default: runs/<preset> or --data's)")
+    parser.add_argument("--out",
+                        help="run folder of every stage (default: runs/<preset> or --data's)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                         help="auto picks cuda, then mps, then cpu")
-    parser.add_argument("--seed", type=int, default=0, help="seed for weights, data order and noise")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed for weights, data order and noise")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one preset value, e.g. --set lr=3e-4 (repeatable)")
     return parser
@@ -43,7 +45,8 @@ def add_training_args(parser, what):
     """--data-dir, --data and --resume: the same on every diffusion training script."""
     parser.add_argument("--data-dir", default="data",
                         help="where cifar10 / imagenet64 live (fashion: the Debian package first)")
-    parser.add_argument("--data", metavar="FILE", help="(x, y) pairs an extension wrote (latents, captions)")
+    parser.add_argument("--data", metavar="FILE",
+                        help="(x, y) pairs an extension wrote (latents, captions)")
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help=f"continue from {what} if it exists (default), or start over")
     return parser
@@ -204,7 +207,8 @@ def rng_state(gens):
 def checkpoint_dict(stage, N, cfg, model, ema, opt, step, gens):
     """Everything a stage needs to resume or to be sampled: primitives and state_dicts."""
     return dict(stage=stage, N=N, w_range=[cfg["w_min"], cfg["w_max"]], config=cfg, step=step,
-                model=model.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(), rng=rng_state(gens))
+                model=model.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(),
+                rng=rng_state(gens))
 
 
 MODEL_KEYS = ("dataset", "resolution", "ch", "ch_mult", "num_res_blocks", "attn_resolutions",
@@ -216,7 +220,8 @@ def resume(path, stage, cfg, model, ema, opt, gens):
     if not path.exists():
         return 0, None
     ckpt = load_checkpoint(path, stage=stage)
-    kind = lambda c: ((c.get("latent") or {}).get("scale_factor"), bool(c.get("text")))  # noqa: E731
+    kind = lambda c: ((c.get("latent") or {}).get("scale_factor"),
+                      bool(c.get("text")))  # noqa: E731
     if kind(ckpt["config"]) != kind(cfg):
         raise UserError(f"{path} holds a model of {space(ckpt['config'])}, this run is on "
                         f"{space(cfg)}; pass the same --data (or none), or use another --out")

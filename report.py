@@ -46,7 +46,8 @@ def check_targets(rows, teacher_N):
             ratio(f"1: FID(student, 4 steps) <= 1.05 x FID(teacher, {teacher_N}) at w={w:g}",
                   min(s4, key=lambda r: r["fid"]), ref, 1.05, True)
         if s1:
-            ratio(f"3: FID(student, 1 step) <= 1.5 x FID(teacher, {teacher_N}) at w={w:g}", s1, ref, 1.5, True)
+            ratio(f"3: FID(student, 1 step) <= 1.5 x FID(teacher, {teacher_N}) at w={w:g}", s1, ref,
+                  1.5, True)
         s4d = find(rows, model="stage2", N=4, w=w, sampler="ddim")
         if s4d and w == 1.0:
             add(f"4: wall-clock speedup, 4-step student vs {teacher_N}-step teacher >= 450x",
@@ -55,7 +56,8 @@ def check_targets(rows, teacher_N):
     for t4 in [r for r in rows if r["model"] == "teacher" and r["N"] == 4]:
         s4 = find(rows, model="stage2", N=4, w=t4["w"], sampler="ddim")
         if s4:
-            ratio(f"2: FID(teacher DDIM, 4 steps) >= 5 x FID(student, 4 steps) at w={t4['w']:g}", t4, s4, 5.0, False)
+            ratio(f"2: FID(teacher DDIM, 4 steps) >= 5 x FID(student, 4 steps) at w={t4['w']:g}",
+                  t4, s4, 5.0, False)
     return sorted(out, key=lambda t: t["target"])
 
 
@@ -64,8 +66,10 @@ def plot(rows, ws, folder):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    series = [("teacher", "ddim", "guided teacher, DDIM"), ("stage1", "ddim", "stage-1 student, DDIM"),
-              ("stage2", "ddim", "stage-2 students, DDIM"), ("stage2", "stochastic", "stage-2 students, stochastic")]
+    series = [("teacher", "ddim", "guided teacher, DDIM"),
+              ("stage1", "ddim", "stage-1 student, DDIM"),
+              ("stage2", "ddim", "stage-2 students, DDIM"),
+              ("stage2", "stochastic", "stage-2 students, stochastic")]
     floor = find(rows, model="data")
     fig, axes = plt.subplots(2, len(ws), figsize=(3.6 * len(ws), 6.4), sharey="row", squeeze=False)
     for i, metric in enumerate(["fid", "kid"]):  # top row FID, bottom row KID (unbiased)
@@ -76,7 +80,8 @@ def plot(rows, ws, folder):
                 if pts:
                     ax.plot(*zip(*pts), "o-", ms=3, label=label)
             if floor:
-                ax.axhline(floor[metric], color="grey", ls="--", lw=1, label="data (the floor at this n)")
+                ax.axhline(floor[metric], color="grey", ls="--", lw=1,
+                           label="data (the floor at this n)")
             ax.set(yscale="log" if metric == "fid" else "linear", title=f"w = {w:g}")
             ax.set_xscale("log", base=2)
         axes[i][0].set_ylabel(metric.upper())
@@ -88,9 +93,12 @@ def plot(rows, ws, folder):
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5, 4))
-    for model, sampler, N, label in [("teacher", "ddim", None, "teacher DDIM"), ("stage1", "ddim", None, "stage-1 DDIM"),
-                                     ("stage2", "ddim", 4, "student 4 steps"), ("stage2", "stochastic", 4,
-                                     "student 4 steps, stochastic"), ("stage2", "ddim", 1, "student 1 step"),
+    for model, sampler, N, label in [("teacher", "ddim", None, "teacher DDIM"),
+                                     ("stage1", "ddim", None, "stage-1 DDIM"),
+                                     ("stage2", "ddim", 4, "student 4 steps"),
+                                     ("stage2", "stochastic", 4,
+                                     "student 4 steps, stochastic"),
+                                     ("stage2", "ddim", 1, "student 1 step"),
                                      ("teacher", "ddim", 4, "teacher DDIM 4 steps")]:
         cand = [r for r in rows if r["model"] == model and r["sampler"] == sampler]
         if N is None:  # the largest N that ran at every w
@@ -119,9 +127,11 @@ def write_report(folder, results):
              "Protocol: " + "; ".join(f"{k} = {v}" for k, v in proto.items()) + ".", "",
              results["plan"], "",
              f"Reference IS (the data itself): {results['reference_is']:.2f}.", "",
-             "## Targets", "", "Judged on FID; the last column is the same ratio in KID, which has no "
+             "## Targets", "",
+             "Judged on FID; the last column is the same ratio in KID, which has no "
              "small-sample bias (the data row's FID is far from 0 at this n; its KID is not).", "",
-             "| target | measured | goal | passed | numbers | same ratio in KID |", "|---|---|---|---|---|---|"]
+             "| target | measured | goal | passed | numbers | same ratio in KID |",
+             "|---|---|---|---|---|---|"]
     for t in targets:
         passed = "yes" if t["passed"] else f"**no**, off by {t['off_by']:.0f} %"
         lines.append(f"| {t['target']} | {t['value']:.2f} | {t['goal']:g} | {passed} | {t['detail']} | "
@@ -130,11 +140,14 @@ def write_report(folder, results):
               "| model | sampler | N | w | FID | KID x 1000 | IS | network calls / image | ms / image |",
               "|---|---|---|---|---|---|---|---|---|"]
     order = {"data": 0, "data_ae": 1, "teacher": 2, "stage1": 3, "stage2": 4}
-    for r in sorted(rows, key=lambda r: (r["w"] if r["w"] is not None else -1, order[r["model"]], r["sampler"], -r["N"])):
+    for r in sorted(rows,
+                    key=lambda r: (r["w"] if r["w"] is not None else -1, order[r["model"]],
+                                   r["sampler"], -r["N"])):
         w = "-" if r["w"] is None else f"{r['w']:g}"
         lines.append(f"| {r['model']} | {r['sampler']} | {r['N']} | {w} | {r['fid']:.2f} | {1000 * r['kid']:.1f} | "
                      f"{r['inception_score']:.2f} | {r['calls']} | {r['ms_per_image']:.2f} |")
-    lines += ["", "![FID and KID vs network calls](fid_vs_calls.png)", "", "![FID vs IS across w](fid_vs_is.png)", "",
+    lines += ["", "![FID and KID vs network calls](fid_vs_calls.png)", "",
+              "![FID vs IS across w](fid_vs_is.png)", "",
               "Sample grids (first two images of each class) for every row: `grids/`.", ""]
     (folder / "report.md").write_text("\n".join(lines))
 

@@ -57,7 +57,8 @@ def warn_w_range(ws, ckpt):
 def image_noise(seeds, shape, device):
     """Per-image generators -> (z_1 (n, C, H, W), noise(i) for the later steps)."""
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    draw = lambda: torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)  # noqa: E731
+    draw = lambda: torch.stack([torch.randn(shape,
+                                            generator=g) for g in gens]).to(device)  # noqa: E731
     return draw(), lambda i: draw()
 
 
@@ -78,7 +79,8 @@ def generate(ckpt, model, y, w, steps, sampler, seeds, device, batch_size=256, c
     y = infra.conditions(cfg, y)  # caption models: class labels become held-out captions
     rows = infra.my_rows(len(y))  # under torchrun: this process's share of the images
     y, w, seeds = y[rows], w[rows], torch.as_tensor(seeds)[rows]
-    out = [torch.empty(0, DATASETS[cfg["dataset"]]["channels"], cfg["resolution"], cfg["resolution"])]
+    out = [torch.empty(0, DATASETS[cfg["dataset"]]["channels"], cfg["resolution"],
+                       cfg["resolution"])]
     for lo in range(0, len(y), batch_size):
         # Noise from each image's own seed; labels and weights of this batch.
         z_1, noise = image_noise(seeds[lo:lo + batch_size], shape, device)
@@ -95,14 +97,17 @@ def make_parser():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, help="teacher.pt, stage1.pt or stage2_N*.pt")
     parser.add_argument("--steps", type=int, help="sampler steps (default: the checkpoint's own N)")
-    parser.add_argument("--w", default="0,1,3", help="guidance weights, comma-separated: one grid row each")
+    parser.add_argument("--w", default="0,1,3",
+                        help="guidance weights, comma-separated: one grid row each")
     parser.add_argument("--sampler", default="ddim", choices=["ddim", "ancestral", "stochastic"])
     parser.add_argument("--rows", type=int, default=1, help="rows per w (more images per class)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per network call")
-    parser.add_argument("--weights", default="ema", choices=["ema", "model"], help="EMA (default) or raw")
+    parser.add_argument("--weights", default="ema", choices=["ema", "model"],
+                        help="EMA (default) or raw")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-file", help="grid .png path (default: next to the checkpoint); .npz beside it")
+    parser.add_argument("--out-file",
+                        help="grid .png path (default: next to the checkpoint); .npz beside it")
     return parser
 
 

@@ -61,14 +61,16 @@ def train(cfg, out, device, pairs=None, seed=0, resume=True, progress=True):
     opt = infra.make_optimizer(student, lr, 0.0, device)
     gens = {"data": torch.Generator().manual_seed(seed + N),
             "noise": torch.Generator(device).manual_seed(seed + N + 1)}
-    start, ckpt = infra.resume(ckpt_path, "stage1", cfg, student, ema, opt, gens) if resume else (0, None)
+    start, ckpt = infra.resume(ckpt_path, "stage1", cfg, student, ema, opt,
+                               gens) if resume else (0, None)
 
     B, losses, t0 = cfg["batch_size"], [], time.time()
     bar = tqdm(range(start, iters), initial=start, total=iters, desc="stage1",
                disable=not progress or not infra.is_main())
     for step in bar:
         # Data, a guidance weight per example w ~ U[w_min, w_max], and z_t at t ~ U[0, 1].
-        x, y = random_batch(images, labels, B, gens["data"], cfg["randflip"], device)  # (B, C, H, W), (B,)
+        # (B, C, H, W), (B,)
+        x, y = random_batch(images, labels, B, gens["data"], cfg["randflip"], device)
         w = cfg["w_min"] + (cfg["w_max"] - cfg["w_min"]) * torch.rand(B, generator=gens["noise"],
                                                                       device=device)  # (B,)
         t = torch.rand(B, generator=gens["noise"], device=device)  # (B,)
@@ -100,11 +102,13 @@ def train(cfg, out, device, pairs=None, seed=0, resume=True, progress=True):
             elapsed = time.time() - t0
             ckpt = infra.checkpoint_dict("stage1", N, cfg, student, ema, opt, done, gens)
             infra.save_checkpoint(ckpt, ckpt_path)
-            infra.log_metrics(out, dict(stage="stage1", N=N, step=done, loss=sum(losses) / len(losses),
+            infra.log_metrics(out,
+                              dict(stage="stage1", N=N, step=done, loss=sum(losses) / len(losses),
                                         lr=step_lr, grad_norm=grad_norm, seconds=elapsed,
                                         img_per_s=len(losses) * B / elapsed))
             infra.save_grid(lambda y, w: student_predictor(ema, y, w),
-                            out / "grids" / f"stage1_{done:07d}.png", cfg, device, min(N, cfg["grid_steps"]))
+                            out / "grids" / f"stage1_{done:07d}.png", cfg, device,
+                            min(N, cfg["grid_steps"]))
             losses, t0 = [], time.time()
     bar.close()
     if ckpt is None:  # zero iterations: the initial student
@@ -117,7 +121,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     infra.add_common_args(parser)
-    parser.add_argument("--iters", type=int, help="training steps (default: the preset's stage1_iters)")
+    parser.add_argument("--iters", type=int,
+                        help="training steps (default: the preset's stage1_iters)")
     infra.add_training_args(parser, "<out>/stage1.pt")
     args = parser.parse_args(argv)
     cfg, out, device = infra.setup(args)

@@ -74,14 +74,16 @@ def train_round(cfg, out, device, ckpt, N, pairs, seed=0, resume=True, progress=
     opt = infra.make_optimizer(student, lr, 0.0, device)  # fresh every round
     gens = {"data": torch.Generator().manual_seed(seed + N),
             "noise": torch.Generator(device).manual_seed(seed + N + 1)}
-    start, ckpt = infra.resume(ckpt_path, "stage2", cfg, student, ema, opt, gens) if resume else (0, None)
+    start, ckpt = infra.resume(ckpt_path, "stage2", cfg, student, ema, opt,
+                               gens) if resume else (0, None)
 
     B, losses, t0 = cfg["batch_size"], [], time.time()
     bar = tqdm(range(start, iters), initial=start, total=iters, desc=name,
                disable=not progress or not infra.is_main())
     for step in bar:
         # Data, w ~ U[w_min, w_max], a time on the student's grid t = (i + 1) / N, and z_t.
-        x, y = random_batch(images, labels, B, gens["data"], cfg["randflip"], device)  # (B, C, H, W), (B,)
+        # (B, C, H, W), (B,)
+        x, y = random_batch(images, labels, B, gens["data"], cfg["randflip"], device)
         w = cfg["w_min"] + (cfg["w_max"] - cfg["w_min"]) * torch.rand(B, generator=gens["noise"],
                                                                       device=device)  # (B,)
         i = torch.randint(N, (B,), generator=gens["noise"], device=device)  # (B,)
@@ -119,7 +121,8 @@ def train_round(cfg, out, device, ckpt, N, pairs, seed=0, resume=True, progress=
                                         lr=step_lr, grad_norm=grad_norm, seconds=elapsed,
                                         img_per_s=len(losses) * B / elapsed))
             infra.save_grid(lambda y, w: stage1.student_predictor(ema, y, w),
-                            out / "grids" / f"{name}_{done:07d}.png", cfg, device, min(N, cfg["grid_steps"]))
+                            out / "grids" / f"{name}_{done:07d}.png", cfg, device,
+                            min(N, cfg["grid_steps"]))
             losses, t0 = [], time.time()
     bar.close()
     if ckpt is None:  # zero iterations: the initial student
@@ -128,7 +131,8 @@ def train_round(cfg, out, device, ckpt, N, pairs, seed=0, resume=True, progress=
     return ckpt
 
 
-def train(cfg, out, device, steps, start_steps=None, pairs=None, seed=0, resume=True, progress=True):
+def train(cfg, out, device, steps, start_steps=None, pairs=None, seed=0, resume=True,
+          progress=True):
     """Every round from start_steps / 2 down to `steps` -> the last student's checkpoint.
     Trains the teacher and stage 1 first where they are missing or unfinished."""
     start_steps = start_steps or cfg["stage2_start_N"]
@@ -159,7 +163,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     infra.add_common_args(parser)
-    parser.add_argument("--steps", type=int, default=4, help="the final student's sampler steps (power of 2)")
+    parser.add_argument("--steps", type=int, default=4,
+                        help="the final student's sampler steps (power of 2)")
     parser.add_argument("--start-steps", type=int, default=None,
                         help="the stage-1 student's step count where halving starts "
                              "(default: the preset's stage2_start_N: 1024 as in the paper, 64 for cpu)")
@@ -174,7 +179,8 @@ def main(argv=None):
     ckpt = train(cfg, out, device, args.steps, start_steps, (x, y), args.seed, args.resume)
     grid = out / f"stage2_N{args.steps}.png"
     model = load(ckpt, device).to(memory_format=torch.channels_last)
-    infra.save_grid(lambda y, w: stage1.student_predictor(model, y, w), grid, cfg, device, args.steps)
+    infra.save_grid(lambda y, w: stage1.student_predictor(model, y, w), grid, cfg, device,
+                    args.steps)
     print(f"wrote {out / f'stage2_N{args.steps}.pt'} and {grid} "
           f"({args.steps} network calls per image; rows w = {', '.join(map(str, cfg['grid_w']))})")
 

@@ -30,7 +30,8 @@ from data import DATASETS, data_shape
 def timestep_embedding(t, dim, scale=1000.0, max_period=10_000.0):
     """Sinusoidal features of scale * t (as in DDPM / the Transformer)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)  # (dim/2,)
+    # (dim/2,)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
     args = scale * t.float()[:, None] * freqs[None]  # (B, dim/2)
     return torch.cat([torch.sin(args), torch.cos(args)], dim=1)  # (B, dim)
 
@@ -84,14 +85,17 @@ class UNet(nn.Module):
     (B, text_dim) sentence embeddings, w (B,) or None."""
 
     def __init__(self, in_ch=1, resolution=16, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
-                 attn_resolutions=(), attn_head_dim=0, dropout=0.0, n_classes=10, w_cond=False, text_dim=0):
+                 attn_resolutions=(), attn_head_dim=0, dropout=0.0, n_classes=10, w_cond=False,
+                 text_dim=0):
         super().__init__()
         self.ch, self.n_classes, self.null_class = ch, n_classes, n_classes
         emb_ch = 4 * ch
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
         if text_dim:
-            self.text_mlp = nn.Sequential(nn.Linear(text_dim, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
-            self.null_text = nn.Parameter(torch.randn(text_dim) / text_dim**0.5)  # the learned null embedding
+            self.text_mlp = nn.Sequential(nn.Linear(text_dim, emb_ch), nn.SiLU(),
+                                          nn.Linear(emb_ch, emb_ch))
+            # the learned null embedding
+            self.null_text = nn.Parameter(torch.randn(text_dim) / text_dim**0.5)
         else:
             self.class_emb = nn.Embedding(n_classes + 1, emb_ch)  # last row: the null class
         self.w_mlp = None

@@ -30,10 +30,12 @@ from sample import image_noise, predictor  # noqa: E402
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="runs/cpu")
     parser.add_argument("--n", type=int, default=200, help="test images per row")
-    parser.add_argument("--w", type=float, default=1.0, help="guidance weight of edits and transfers")
+    parser.add_argument("--w", type=float, default=1.0,
+                        help="guidance weight of edits and transfers")
     parser.add_argument("--t0", type=float, default=0.5, help="SDEdit's starting noise level")
     parser.add_argument("--teacher-steps", type=int, default=256, help="the teacher's many steps")
     parser.add_argument("--out", default="docs/cpu_applications.md")
@@ -41,8 +43,9 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     run, device = Path(args.run), pick_device(args.device)
-    load = lambda f: (lambda c: (c, load(c, device)))(load_checkpoint(run / f))  # noqa: E731
-    teacher, student, encoder = load("teacher.pt"), load("stage2_N4.pt"), load("encoder_N4.pt")
+    model_of = lambda f: (lambda c: (c, load(c, device)))(load_checkpoint(run / f))  # noqa: E731
+    teacher, student = model_of("teacher.pt"), model_of("stage2_N4.pt")
+    ddim_encoder = model_of("encoder_N4.pt")
     cfg = eval_config(teacher[0])
     cfg["eval_n"] = args.n
     extract = feature_net(cfg["eval_features"], cfg["eval_feature_size"], device)
@@ -72,21 +75,29 @@ def main():
         return ddpm.sample_ddim(predictor(*dec, cls, ww), z_1, dec_steps)
 
     zero = torch.zeros_like(w)
-    rows = [  # application, model, calls, run(), faithfulness name (or, for transfers, the reconstruction run)
+    # application, model, calls, run(), faithfulness name (or, for transfers, the reconstruction run)
+    rows = [
         ("SDEdit", f"student, {k} steps", k, lambda: sdedit(student, k), "MSE to input"),
         ("SDEdit", f"teacher DDIM, {k} steps", 2 * k, lambda: sdedit(teacher, k), "MSE to input"),
-        ("SDEdit", f"teacher DDIM, {T // 2} steps", T, lambda: sdedit(teacher, T // 2), "MSE to input"),
-        ("inpainting", "student, 4 steps", 4, lambda: inpaint(student, 4), "MSE to input in the hole"),
-        ("inpainting", "student, 4 steps, stochastic, SMC K=8", 32, lambda: inpaint(student, 4, "stochastic", 8),
+        ("SDEdit", f"teacher DDIM, {T // 2} steps", T, lambda: sdedit(teacher, T // 2),
+         "MSE to input"),
+        ("inpainting", "student, 4 steps", 4, lambda: inpaint(student, 4),
          "MSE to input in the hole"),
-        ("inpainting", "teacher DDIM, 4 steps", 8, lambda: inpaint(teacher, 4), "MSE to input in the hole"),
-        ("inpainting", f"teacher DDIM, {T} steps", 2 * T, lambda: inpaint(teacher, T), "MSE to input in the hole"),
+        ("inpainting", "student, 4 steps, stochastic, SMC K=8", 32,
+         lambda: inpaint(student, 4, "stochastic", 8),
+         "MSE to input in the hole"),
+        ("inpainting", "teacher DDIM, 4 steps", 8, lambda: inpaint(teacher, 4),
+         "MSE to input in the hole"),
+        ("inpainting", f"teacher DDIM, {T} steps", 2 * T, lambda: inpaint(teacher, T),
+         "MSE to input in the hole"),
     ]
     # Class transfer: decode with class `to` at w; its faithfulness decodes the same way with the own class, w = 0.
-    for name, calls, a in [("encoder 4 + student 4 steps", 8, (encoder, 4, student, 4)),
+    for name, calls, a in [("encoder 4 + student 4 steps", 8, (ddim_encoder, 4, student, 4)),
                            ("teacher DDIM: encode 4 + decode 4", 12, (teacher, 4, teacher, 4)),
-                           (f"teacher DDIM: encode {T} + decode {T}", 3 * T, (teacher, T, teacher, T))]:
-        rows.append(("class transfer", name, calls, partial(transfer, *a, to, w), partial(transfer, *a, y, zero)))
+                           (f"teacher DDIM: encode {T} + decode {T}", 3 * T,
+                            (teacher, T, teacher, T))]:
+        rows.append(("class transfer", name, calls, partial(transfer, *a, to, w),
+                     partial(transfer, *a, y, zero)))
     hole = (1 - known).expand_as(x)
 
     sdedit(student, 1)  # warm-up
@@ -114,7 +125,8 @@ def main():
         lines.append(f"| {app} | {name} | {calls} | {ms:.1f} | {faith} {f:.3f} | {s['fid']:.1f} | "
                      f"{1e3 * s['kid']:.1f} |")
         print(lines[-1], flush=True)
-        grids.setdefault(app, [x[:10].cpu()] + ([(known * x + known - 1)[:10].cpu()] if app == "inpainting" else []))
+        grids.setdefault(app,
+                         [x[:10].cpu()] + ([(known * x + known - 1)[:10].cpu()] if app == "inpainting" else []))
         grids[app].append(out[:10].cpu())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")

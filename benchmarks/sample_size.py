@@ -20,11 +20,15 @@ from evaluate import data_row, eval_config, feature_net, reference_stats, run_ro
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", default="runs/cpu", help="a finished run folder (teacher.pt, stage2_N4.pt, ...)")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", default="runs/cpu",
+                        help="a finished run folder (teacher.pt, stage2_N4.pt, ...)")
     parser.add_argument("--n", type=int, default=2000, help="samples per row")
-    parser.add_argument("--w", type=float, nargs="+", default=[0.3, 1.0], help="guidance weights (0 = unguided)")
-    parser.add_argument("--teacher-steps", type=int, default=64, help="the teacher's reference N (1024 = the paper's)")
+    parser.add_argument("--w", type=float, nargs="+", default=[0.3, 1.0],
+                        help="guidance weights (0 = unguided)")
+    parser.add_argument("--teacher-steps", type=int, default=64,
+                        help="the teacher's reference N (1024 = the paper's)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -49,13 +53,15 @@ def main():
         for name, file, N in rows:
             if not (run / file).is_file():
                 continue
-            x, ms = run_row(dict(file=file, sampler="ddim", N=N, w=w), run, cfg, args.seed, device, models)
+            x, ms = run_row(dict(file=file, sampler="ddim", N=N, w=w), run, cfg, args.seed, device,
+                            models)
             r = got[(name, N)] = score(x, ref, extract)
             print(f"{name + f' ddim {N}, w={w:g}':26s} FID {r['fid']:7.2f}  KID x1e3 {1e3 * r['kid']:6.2f}  "
                   f"({ms:.1f} ms/img)")
         # The targets' ratios (FID; KID beside it).
         ratio = lambda a, b, k: got[a][k] / got[b][k]  # noqa: E731
-        T, S4, S1, D4 = ("teacher", args.teacher_steps), ("student", 4), ("student", 1), ("teacher", 4)
+        T, S4, S1, D4 = ("teacher",
+                         args.teacher_steps), ("student", 4), ("student", 1), ("teacher", 4)
         for label, a, b, goal in ((f"1: student 4 / teacher {T[1]}", S4, T, "<= 1.05"),
                                   ("2: teacher DDIM 4 / student 4", D4, S4, ">= 5"),
                                   (f"3: student 1 / teacher {T[1]}", S1, T, "<= 1.5")):

@@ -29,16 +29,22 @@ from unet import load  # noqa: E402
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", default="runs/cpu_latent_text", help="a finished --text run folder")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", default="runs/cpu_latent_text",
+                        help="a finished --text run folder")
     parser.add_argument("--n", type=int, help="samples per row (default: the preset's eval_n)")
-    parser.add_argument("--w", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0], help="students' weights")
-    parser.add_argument("--teacher-w", type=float, nargs="*", default=[1.0, 2.0], help="the 1024-step teacher's")
+    parser.add_argument("--w", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0],
+                        help="students' weights")
+    parser.add_argument("--teacher-w", type=float, nargs="*", default=[1.0, 2.0],
+                        help="the 1024-step teacher's")
     parser.add_argument("--captions", default="test", choices=["test", "train"],
                         help="held-out paraphrases (default) or the training captions (does it follow text at all?)")
-    parser.add_argument("--class-run", help="also score this run's class-label students (the same probe, "
+    parser.add_argument("--class-run",
+                        help="also score this run's class-label students (the same probe, "
                                             "image k of class k %% 10): how well labels are followed")
-    parser.add_argument("--steps", type=int, nargs="+", default=[4, 1], help="stage-2 students to score")
+    parser.add_argument("--steps", type=int, nargs="+", default=[4, 1],
+                        help="stage-2 students to score")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -52,12 +58,14 @@ def main():
     ref = reference_stats(cfg, extract, "data/fid_stats", "data")
     classify, ceiling = text.class_probe(cfg, extract, "data/fid_stats", "data")
     emb = cfg["text"]["test"]["emb"]  # (40, 384) held-out captions
-    means = text.class_means(cfg["text"]["train"]["emb"], cfg["text"]["train"]["classes"])  # (10, 384)
+    # (10, 384)
+    means = text.class_means(cfg["text"]["train"]["emb"], cfg["text"]["train"]["classes"])
     encoder_acc = (emb @ means.T).argmax(1).eq(torch.tensor(cfg["text"]["test"]["classes"])).float().mean()
     print(f"n = {cfg['eval_n']} per row, {args.captions} captions; held-out captions: {len(emb)}; the encoder puts {100 * encoder_acc:.0f} % "
           f"of them nearest their own class; probe accuracy on real test images: {100 * ceiling:.1f} %")
 
-    rows = [("teacher", "teacher.pt", "ddim", teacher["N"], w) for w in args.teacher_w]  # its full N (1024)
+    # its full N (1024)
+    rows = [("teacher", "teacher.pt", "ddim", teacher["N"], w) for w in args.teacher_w]
     rows += [("teacher", "teacher.pt", "ddim", 4, w) for w in args.teacher_w]
     rows += [("stage2", f"stage2_N{N}.pt", "ddim", N, w) for N in args.steps for w in args.w]
     if args.class_run:  # the same rows for a class-conditioned run (its own checkpoints)
@@ -66,14 +74,16 @@ def main():
     print("| model | steps | calls / image | ms / image | w | prompt accuracy | FID | KID×10³ |")
     print("|---|---|---|---|---|---|---|---|")
     models, classes = {}, torch.arange(cfg["eval_n"]) % 10  # (n,) each image's prompt class
-    if args.captions == "train":  # the text models sample their 'test' table: put the training captions there
+    # the text models sample their 'test' table: put the training captions there
+    if args.captions == "train":
         for file in {r[1] for r in rows if not Path(r[1]).is_absolute()}:
             ckpt = load_checkpoint(run / file)
             ckpt["config"]["text"]["test"] = ckpt["config"]["text"]["train"]
             models[file] = ckpt, load(ckpt, device).to(memory_format=torch.channels_last)
     for model, file, sampler, N, w in rows:
         # Sample the row for the held-out captions, classify, score.
-        x, ms = run_row(dict(model=model, file=file, sampler=sampler, N=N, w=w), run, cfg, args.seed, device, models)
+        x, ms = run_row(dict(model=model, file=file, sampler=sampler, N=N, w=w), run, cfg,
+                        args.seed, device, models)
         acc = float((classify(x) == classes).float().mean())
         r = score(x, ref, extract)
         calls = N * (2 if model == "teacher" else 1)

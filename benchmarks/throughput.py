@@ -53,7 +53,8 @@ def train_step_fn(cfg, device):
     def step(k=0):
         t = torch.rand(B, device=device)  # (B,)
         z_t = ddpm.q_sample(x, t, torch.randn_like(x))  # (B, C, H, W)
-        loss = ddpm.weighted_x_loss(ddpm.x_from_v(z_t, model(z_t, t, y), t), x, t, cfg["loss_weight"])
+        loss = ddpm.weighted_x_loss(ddpm.x_from_v(z_t, model(z_t, t, y), t), x, t,
+                                    cfg["loss_weight"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])

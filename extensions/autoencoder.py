@@ -41,8 +41,10 @@ from data import DATASETS, load_dataset, random_batch, to_float
 
 def _block(c_in, c_out):
     """GroupNorm-SiLU-conv twice with a skip: the autoencoder's only block."""
-    return nn.ModuleDict(dict(n1=nn.GroupNorm(min(8, c_in), c_in), c1=nn.Conv2d(c_in, c_out, 3, padding=1),
-                              n2=nn.GroupNorm(min(8, c_out), c_out), c2=nn.Conv2d(c_out, c_out, 3, padding=1),
+    return nn.ModuleDict(dict(n1=nn.GroupNorm(min(8, c_in), c_in),
+                              c1=nn.Conv2d(c_in, c_out, 3, padding=1),
+                              n2=nn.GroupNorm(min(8, c_out), c_out),
+                              c2=nn.Conv2d(c_out, c_out, 3, padding=1),
                               skip=nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()))
 
 
@@ -59,12 +61,14 @@ class AutoEncoder(nn.Module):
         self.levels, self.z_ch = levels, z_ch
         self.enc_in = nn.Conv2d(in_ch, ch, 3, padding=1)
         self.enc = nn.ModuleList([_block(ch, ch) for _ in range(levels + 1)])
-        self.down = nn.ModuleList([nn.Conv2d(ch, ch, 3, stride=2, padding=1) for _ in range(levels)])
+        self.down = nn.ModuleList([nn.Conv2d(ch, ch, 3, stride=2,
+                                             padding=1) for _ in range(levels)])
         self.enc_out = nn.Conv2d(ch, 2 * z_ch, 3, padding=1)  # mean and log-variance
         self.dec_in = nn.Conv2d(z_ch, ch, 3, padding=1)
         self.dec = nn.ModuleList([_block(ch, ch) for _ in range(levels + 1)])
         self.up = nn.ModuleList([nn.Conv2d(ch, ch, 3, padding=1) for _ in range(levels)])
-        self.dec_out = nn.Sequential(nn.GroupNorm(min(8, ch), ch), nn.SiLU(), nn.Conv2d(ch, in_ch, 3, padding=1))
+        self.dec_out = nn.Sequential(nn.GroupNorm(min(8, ch), ch), nn.SiLU(),
+                                     nn.Conv2d(ch, in_ch, 3, padding=1))
 
     def encode(self, x):
         """-> mean, logvar of q(u | x), each (B, z_ch, h, w)."""
@@ -89,7 +93,8 @@ class AutoEncoder(nn.Module):
 
 
 def from_config(cfg):
-    return AutoEncoder(DATASETS[cfg["dataset"]]["channels"], cfg["ae_ch"], cfg["ae_levels"], cfg["ae_z_channels"])
+    return AutoEncoder(DATASETS[cfg["dataset"]]["channels"], cfg["ae_ch"], cfg["ae_levels"],
+                       cfg["ae_z_channels"])
 
 
 def ae_loss(model, x, eps, kl_weight):
@@ -158,7 +163,8 @@ def write_latents(ae_path, out, data_dir="data"):
     latent = dict(path=str(ae_path), scale_factor=sf, channels=cfg["ae_z_channels"],
                   size=cfg["resolution"] >> cfg["ae_levels"],
                   encoder=exported(encoder, to_float(images[:2])), decoder=exported(decoder, u[:2]))
-    extra = dict(dataset=cfg["dataset"], resolution=cfg["resolution"], randflip=False, latent=latent)
+    extra = dict(dataset=cfg["dataset"], resolution=cfg["resolution"], randflip=False,
+                 latent=latent)
     infra.atomic_write(out / "data.pt", lambda f: torch.save(dict(x=u, y=labels, config=extra), f))
     return u
 
@@ -173,7 +179,8 @@ def train(cfg, out, device, seed=0, resume=True, data_dir="data", progress=True)
     net = infra.wrap(model)  # DDP under torchrun
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = infra.make_optimizer(model, cfg["ae_lr"], 0.0, device)
-    gens = {"data": torch.Generator().manual_seed(seed), "noise": torch.Generator(device).manual_seed(seed + 1)}
+    gens = {"data": torch.Generator().manual_seed(seed),
+            "noise": torch.Generator(device).manual_seed(seed + 1)}
     iters, start, ckpt = cfg["ae_iters"], 0, None
     if resume:
         start, ckpt = infra.resume(ckpt_path, "autoencoder", cfg, model, ema, opt, gens)
@@ -186,12 +193,15 @@ def train(cfg, out, device, seed=0, resume=True, data_dir="data", progress=True)
     mses, t0 = [], time.time()
     for step in bar:
         # A batch, a latent draw per image, the loss; Adam with lr decaying linearly to 0.
-        x, _ = random_batch(images, labels, B, gens["data"], cfg["randflip"], device)  # (B, C, H, W)
-        eps = torch.randn((B, cfg["ae_z_channels"], h, h), generator=gens["noise"], device=device)  # (B, z, h, h)
+        # (B, C, H, W)
+        x, _ = random_batch(images, labels, B, gens["data"], cfg["randflip"], device)
+        # (B, z, h, h)
+        eps = torch.randn((B, cfg["ae_z_channels"], h, h), generator=gens["noise"], device=device)
         x, eps = infra.shard(x, eps)  # this process's B / K examples (torchrun)
         loss, mse = ae_loss(net, x, eps, cfg["ae_kl_weight"])
         infra.check_finite(loss, step, ckpt_path)
-        grad_norm = infra.optimizer_step(loss, model, opt, cfg["ae_lr"] * (1 - step / iters), cfg["grad_clip"])
+        grad_norm = infra.optimizer_step(loss, model, opt, cfg["ae_lr"] * (1 - step / iters),
+                                         cfg["grad_clip"])
         infra.ema_update(ema, model, cfg["ae_ema_decay"], step)
         mses.append(infra.mean(mse).item())  # the global batch's error
         bar.set_postfix(mse=f"{sum(mses[-50:]) / len(mses[-50:]):.5f}")
@@ -222,9 +232,11 @@ def main(argv=None):
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from <out>/autoencoder.pt if it exists (default), or start over")
     p = commands.add_parser("latents", help="encode the training set -> <out>/data.pt for --data",
-                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                            description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ae", required=True, help="an autoencoder.pt written by the train command")
-    p.add_argument("--out", help="folder of data.pt and of the latent run (default: runs/<preset>_latent)")
+    p.add_argument("--out",
+                   help="folder of data.pt and of the latent run (default: runs/<preset>_latent)")
     p.add_argument("--data-dir", default="data", help="where cifar10 / imagenet64 live")
     args = parser.parse_args(argv)
 

@@ -65,7 +65,8 @@ def inpaint(predict, x, known, steps, noise, sampler="ddim", particles=1):
     predict sees a batch of B*K images (copy k of image b at row b*K + k); noise(i) -> (B, C, H, W).
     """
     B, K = x.shape[0], particles
-    draw = lambda i: torch.stack([noise(i) for _ in range(K)], 1).flatten(0, 1)  # noqa: E731  (B*K, C, H, W)
+    draw = lambda i: torch.stack([noise(i) for _ in range(K)],
+                                 1).flatten(0, 1)  # noqa: E731  (B*K, C, H, W)
     grid = lambda i: torch.full((B * K,), i / steps, device=x.device)  # noqa: E731  (B*K,)
     # The known pixels' forward path, one per image (all its copies share it):
     # z_(1/N) ~ q(z | x), then z_(i/N) ~ q(z_(i/N) | z_((i-1)/N)).
@@ -74,7 +75,8 @@ def inpaint(predict, x, known, steps, noise, sampler="ddim", particles=1):
         t_prev, t = (torch.full((B,), j / steps, device=x.device) for j in (i - 1, i))  # (B,)
         path.append(ddpm.renoise(path[-1], t_prev, t, noise(i)))  # (B, C, H, W)
     path = [z.repeat_interleave(K, 0) for z in path]  # (B*K, C, H, W) each
-    z_t, log_w = draw(0), torch.zeros(B, K, dtype=torch.float64, device=x.device)  # (B*K, C, H, W), (B, K)
+    # (B*K, C, H, W), (B, K)
+    z_t, log_w = draw(0), torch.zeros(B, K, dtype=torch.float64, device=x.device)
     for i in range(steps, 0, -1):
         t, s = grid(i), grid(i - 1)
         # Replace the known pixels by the path; predict the whole image.
@@ -93,7 +95,8 @@ def inpaint(predict, x, known, steps, noise, sampler="ddim", particles=1):
                 low = 1 / torch.softmax(log_w, 1).pow(2).sum(1) < K / 2  # (B,)
                 keep = torch.arange(B * K, device=x.device)  # (B*K,)
                 idx = torch.where(low.repeat_interleave(K), _resample(log_w, noise(i)), keep)
-                mean, log_w = mean[idx], torch.where(low[:, None], 0.0, log_w)  # var: the same for every copy
+                # var: the same for every copy
+                mean, log_w = mean[idx], torch.where(low[:, None], 0.0, log_w)
             z_t = mean + var.sqrt() * draw(i)
     # One copy per image, drawn by its weight.
     pick = _resample(log_w, noise(0)).view(B, K)[:, 0]  # (B,) flat indices
@@ -125,7 +128,8 @@ def load_inputs(args, cfg):
         except OSError as e:
             raise UserError(f"--image {args.image}: not an image ({e})") from None
         x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-        x = x.reshape(img.height, img.width, info["channels"]).permute(2, 0, 1)[None].float()  # (1, C, h, w)
+        # (1, C, h, w)
+        x = x.reshape(img.height, img.width, info["channels"]).permute(2, 0, 1)[None].float()
         x = F.interpolate(x, size=(r, r), mode="bilinear", antialias=True, align_corners=False)
         return x / 127.5 - 1, None
     images, labels = load_dataset(cfg["dataset"], r, args.data_dir, train=False)
@@ -150,7 +154,8 @@ def make_mask(kind, shape, seed=0):
     elif kind == "left":
         known[..., :, :W // 2] = 0
     elif kind == "random":  # half of the pixels, fixed by --seed
-        known = (torch.rand(1, 1, H, W, generator=torch.Generator().manual_seed(seed)) < 0.5).float()
+        known = (torch.rand(1, 1, H, W,
+                            generator=torch.Generator().manual_seed(seed)) < 0.5).float()
     else:
         from PIL import Image
 
@@ -163,13 +168,15 @@ def make_mask(kind, shape, seed=0):
         if m.size != (W, H):
             raise UserError(f"--mask {kind} is {m.width}x{m.height}; the model works at {W}x{H}: give a "
                             f"{W}x{H} mask (white = fill)")
-        known = (torch.frombuffer(bytearray(m.tobytes()), dtype=torch.uint8).reshape(1, 1, H, W) < 128).float()
+        known = (torch.frombuffer(bytearray(m.tobytes()),
+                                  dtype=torch.uint8).reshape(1, 1, H, W) < 128).float()
     return known
 
 
 # ---------------------------------------------------------------- command line
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, what in (("sdedit", "edit toward --to-class"), ("inpaint", "fill a masked region"),
                        ("encode", "DDIM-encode, then decode with --to-class")):
@@ -178,25 +185,32 @@ def main(argv=None):
         p.add_argument("--ckpt", required=True,
                        help="teacher.pt, stage1.pt, stage2_N*.pt (encode: teacher.pt or encoder_N*.pt)")
         p.add_argument("--image", help="an image file (resized to the model's resolution)")
-        p.add_argument("--index", help="test-split images K,K,... (default: the first of each class)")
-        p.add_argument("--class", dest="cls", type=int, help="the input's class (default: its test label)")
-        p.add_argument("--to-class", type=int, help="the class to edit toward / fill / decode with (default: --class)")
+        p.add_argument("--index",
+                       help="test-split images K,K,... (default: the first of each class)")
+        p.add_argument("--class", dest="cls", type=int,
+                       help="the input's class (default: its test label)")
+        p.add_argument("--to-class", type=int,
+                       help="the class to edit toward / fill / decode with (default: --class)")
         p.add_argument("--w", type=float, default=1.0, help="guidance weight (0 = unguided)")
-        p.add_argument("--steps", type=int, help="sampler steps (default: the checkpoint's N; sdedit: t0 x N)")
+        p.add_argument("--steps", type=int,
+                       help="sampler steps (default: the checkpoint's N; sdedit: t0 x N)")
         p.add_argument("--sampler", default="ddim", choices=["ddim", "ancestral", "stochastic"])
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
         p.add_argument("--seed", type=int, default=0, help="noise seeds (image k uses seed k)")
         p.add_argument("--data-dir", default="data")
         p.add_argument("--out-file", help="grid .png (default: next to the checkpoint)")
         if name == "sdedit":
-            p.add_argument("--t0", type=float, default=0.5, help="noise level to start from, in (0, 1]")
+            p.add_argument("--t0", type=float, default=0.5,
+                           help="noise level to start from, in (0, 1]")
         if name == "inpaint":
-            p.add_argument("--mask", default="box", help="box | left | random | FILE.png (white = fill)")
+            p.add_argument("--mask", default="box",
+                           help="box | left | random | FILE.png (white = fill)")
             p.add_argument("--particles", type=int, default=1,
                            help="SMC copies per image (K calls per step; > 1 needs --sampler stochastic or "
                                 "ancestral): exact as K grows; 1 = plain replacement")
         if name == "encode":
-            p.add_argument("--decoder", help="checkpoint that decodes z_1 (default: teacher.pt beside --ckpt)")
+            p.add_argument("--decoder",
+                           help="checkpoint that decodes z_1 (default: teacher.pt beside --ckpt)")
             p.add_argument("--dec-steps", type=int, help="decoder steps (default: the decoder's N)")
     edit(parser.parse_args(argv))
 
@@ -227,7 +241,8 @@ def edit(args):
         raise UserError(f"--sampler {args.sampler} does not apply to a {stage} checkpoint; "
                         f"use {', '.join(SAMPLERS[stage])}")
     model = load(ckpt, device)
-    z_1, noise = image_noise(args.seed * 1_000_003 + torch.arange(len(x)), x.shape[1:], device)  # (B, C, H, W)
+    # (B, C, H, W)
+    z_1, noise = image_noise(args.seed * 1_000_003 + torch.arange(len(x)), x.shape[1:], device)
     rows, t_begin = [x], time.perf_counter()
 
     if args.command == "sdedit":
@@ -237,7 +252,8 @@ def edit(args):
         if stage == "stage2" and abs(args.t0 * ckpt["N"] / steps - round(args.t0 * ckpt["N"] / steps)) > 1e-6:
             print(f"warning: t0 = {args.t0} with {steps} steps leaves the {ckpt['N']}-step student's grid "
                   f"(times k / {ckpt['N']}); use --t0 k/{ckpt['N']} --steps k")
-        rows.append(sdedit(predictor(ckpt, model, to, w), x, args.t0, steps, z_1, args.sampler, noise))
+        rows.append(sdedit(predictor(ckpt, model, to, w), x, args.t0, steps, z_1, args.sampler,
+                           noise))
         calls, faithful = steps, ("MSE to the input", (rows[-1] - x).pow(2).mean())
     elif args.command == "inpaint":
         known = make_mask(args.mask, x.shape, args.seed).to(device)  # (1, 1, H, W)
@@ -247,17 +263,20 @@ def edit(args):
                             "(students) or ancestral (teacher)")
         K = args.particles
         predict = predictor(ckpt, model, to.repeat_interleave(K), w.repeat_interleave(K))
-        rows += [known * x + (1 - known) * -1.0, inpaint(predict, x, known, steps, noise, args.sampler, K)]
+        rows += [known * x + (1 - known) * -1.0,
+                 inpaint(predict, x, known, steps, noise, args.sampler, K)]
         calls = steps * K
         faithful = ("max |change| of the known pixels", (known * (rows[-1] - x)).abs().max())
-    else:  # encode: x -> z_1 with the encoder, decode with --to-class at w (timed), and with the own class at w = 0
+    # encode: x -> z_1 with the encoder, decode with --to-class at w (timed), and with the own class at w = 0
+    else:
         enc_steps = args.steps or ckpt["N"]
         dec_ckpt = infra.load_checkpoint(args.decoder or Path(args.ckpt).with_name("teacher.pt"))
         dec_model, dec_steps = load(dec_ckpt, device), args.dec_steps or dec_ckpt["N"]
         z_enc = ddim_encode(student_predictor(model, y, None), x, enc_steps)  # (B, C, H, W)
         transfer = ddpm.sample_ddim(predictor(dec_ckpt, dec_model, to, w), z_enc, dec_steps)
         ms_transfer = 1000 * (time.perf_counter() - t_begin) / len(x)
-        rows += [ddpm.sample_ddim(predictor(dec_ckpt, dec_model, y, torch.zeros_like(w)), z_enc, dec_steps), transfer]
+        rows += [ddpm.sample_ddim(predictor(dec_ckpt, dec_model, y, torch.zeros_like(w)), z_enc,
+                                  dec_steps), transfer]
         calls = enc_steps + dec_steps * (2 if dec_ckpt["stage"] == "teacher" else 1)
         faithful = ("reconstruction MSE", (rows[1] - x).pow(2).mean())
     ms = ms_transfer if args.command == "encode" else 1000 * (time.perf_counter() - t_begin) / len(x)

@@ -51,7 +51,8 @@ def encoder_target(teacher_predict, z_t, t, N):
     z_t2 = ddpm.ddim_step(z_t1, teacher_predict(z_t1, t1), t1, t2)
     alpha_t, sigma_t = ddpm.alpha_sigma_at(t, z_t)
     alpha_2, sigma_2 = ddpm.alpha_sigma_at(t2, z_t)
-    return (z_t2 - (alpha_2 / alpha_t) * z_t) / (sigma_2 - alpha_2 * sigma_t / alpha_t)  # (B, C, H, W)
+    # (B, C, H, W)
+    return (z_t2 - (alpha_2 / alpha_t) * z_t) / (sigma_2 - alpha_2 * sigma_t / alpha_t)
 
 
 def encoder_loss(student, teacher, x, y, i, N, eps):
@@ -75,25 +76,29 @@ def train_round(cfg, out, device, ckpt, N, pairs, seed=0, resume=True, progress=
     opt = infra.make_optimizer(student, lr, 0.0, device)
     gens = {"data": torch.Generator().manual_seed(seed + N),
             "noise": torch.Generator(device).manual_seed(seed + N + 1)}
-    start, ckpt = infra.resume(ckpt_path, "encoder", cfg, student, ema, opt, gens) if resume else (0, None)
+    start, ckpt = infra.resume(ckpt_path, "encoder", cfg, student, ema, opt,
+                               gens) if resume else (0, None)
     B, losses, t0 = cfg["batch_size"], [], time.time()
     for step in tqdm(range(start, iters), initial=start, total=iters, desc=name,
                      disable=not progress or not infra.is_main()):
         # Data, a start time i / N on the encoder's grid, noise; the loss against eps_tilde.
-        x, y = random_batch(images, labels, B, gens["data"], cfg["randflip"], device)  # (B, C, H, W)
+        # (B, C, H, W)
+        x, y = random_batch(images, labels, B, gens["data"], cfg["randflip"], device)
         i = torch.randint(N, (B,), generator=gens["noise"], device=device)  # (B,)
         eps = torch.randn(x.shape, generator=gens["noise"], device=device)  # (B, C, H, W)
         x, y, i, eps = infra.shard(x, y, i, eps)
         loss = encoder_loss(net, teacher, x, y, i, N, eps)
         infra.check_finite(loss, step, ckpt_path)
         # Update: lr decays linearly to 0; checkpoint and a metrics line every distill_ckpt_every.
-        grad_norm = infra.optimizer_step(loss, student, opt, lr * (1 - step / iters), cfg["grad_clip"])
+        grad_norm = infra.optimizer_step(loss, student, opt, lr * (1 - step / iters),
+                                         cfg["grad_clip"])
         infra.ema_update(ema, student, cfg["distill_ema_decay"], step)
         losses.append(infra.mean(loss).item())
         if (step + 1) % cfg["distill_ckpt_every"] == 0 or step + 1 == iters:
             ckpt = infra.checkpoint_dict("encoder", N, cfg, student, ema, opt, step + 1, gens)
             infra.save_checkpoint(ckpt, ckpt_path)
-            infra.log_metrics(out, dict(stage=name, N=N, step=step + 1, loss=sum(losses) / len(losses),
+            infra.log_metrics(out,
+                              dict(stage=name, N=N, step=step + 1, loss=sum(losses) / len(losses),
                                         grad_norm=grad_norm, seconds=time.time() - t0))
             losses, t0 = [], time.time()
     if ckpt is None:  # zero iterations: the initial student
@@ -102,7 +107,8 @@ def train_round(cfg, out, device, ckpt, N, pairs, seed=0, resume=True, progress=
     return ckpt
 
 
-def train(cfg, out, device, steps, start_steps=None, seed=0, resume=True, data_dir="data", progress=True):
+def train(cfg, out, device, steps, start_steps=None, seed=0, resume=True, data_dir="data",
+          progress=True):
     """Rounds start_steps/2 -> ... -> steps into out/encoder_N{N}.pt; the teacher's DDIM encoder
     at start_steps is the first teacher (the teacher is trained first if missing)."""
     pairs = load_dataset(cfg["dataset"], cfg["resolution"], data_dir)
@@ -118,8 +124,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     infra.add_common_args(parser)
-    parser.add_argument("--steps", type=int, default=4, help="the final encoder's steps (power of 2)")
-    parser.add_argument("--start-steps", type=int, help="the teacher encoder's steps (default: stage2_start_N)")
+    parser.add_argument("--steps", type=int, default=4,
+                        help="the final encoder's steps (power of 2)")
+    parser.add_argument("--start-steps", type=int,
+                        help="the teacher encoder's steps (default: stage2_start_N)")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help="continue the unfinished round (default), or start over")

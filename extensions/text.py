@@ -73,7 +73,8 @@ PHRASES = [
      "a chelsea boot", "a suede bootie"],
 ]
 N_TRAIN_PHRASES = 5
-TRAIN_TEMPLATES = ["{}", "a photo of {}", "a picture of {}", "a black and white photo of {}", "{}, product photo"]
+TRAIN_TEMPLATES = ["{}", "a photo of {}", "a picture of {}", "a black and white photo of {}",
+                   "{}, product photo"]
 HELD_OUT_TEMPLATES = ["an image showing {}", "a small grey picture of {}"]
 
 
@@ -184,13 +185,15 @@ def class_probe(cfg, extract, stats_dir, data_dir, n_train=5000, n_test=2000):
         test, test_labels = load_dataset(cfg["dataset"], cfg["resolution"], data_dir, train=False)
         classify = _probe_fn(probe, extract)
         probe["test_accuracy"] = (classify(to_float(test[:n_test])) == test_labels[:n_test]).float().mean()
-        infra.atomic_write(path, lambda fh: np.savez(fh, **{k: v.numpy() for k, v in probe.items()}))
+        infra.atomic_write(path,
+                           lambda fh: np.savez(fh, **{k: v.numpy() for k, v in probe.items()}))
     return _probe_fn(probe, extract), float(probe["test_accuracy"])
 
 
 def _probe_fn(probe, extract):
     def classify(x):
-        f = (torch.from_numpy(features(extract, x)[0]).float() - probe["mu"]) / probe["sd"]  # (n, d)
+        # (n, d)
+        f = (torch.from_numpy(features(extract, x)[0]).float() - probe["mu"]) / probe["sd"]
         return (f @ probe["weight"].T + probe["bias"]).argmax(1)  # (n,)
     return classify
 
@@ -201,11 +204,14 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("show", help="the captions, and the class each prompt is nearest")
-    p.add_argument("--prompt", action="append", help="a prompt to place among the classes (repeatable)")
-    p = commands.add_parser("captions", help="write <out>/data.pt: images (or latents) with captions")
+    p.add_argument("--prompt", action="append",
+                   help="a prompt to place among the classes (repeatable)")
+    p = commands.add_parser("captions",
+                            help="write <out>/data.pt: images (or latents) with captions")
     p.add_argument("--preset", default="cpu", help="the images of this preset (without --data)")
     p.add_argument("--data", help="a data file to caption instead, e.g. runs/cpu_latent/data.pt")
-    p.add_argument("--out", help="folder of data.pt (default: runs/<preset>_text or <data folder>_text)")
+    p.add_argument("--out",
+                   help="folder of data.pt (default: runs/<preset>_text or <data folder>_text)")
     p.add_argument("--data-dir", default="data")
     p = commands.add_parser("sample", parents=[sample.make_parser()], add_help=False,
                             help="sample.py with --prompt: one column per prompt")

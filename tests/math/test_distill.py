@@ -1,11 +1,5 @@
 """Stage 1, stage 2 and the samplers against the exact Gaussian-mixture teacher, and the
 whole smoke pipeline end to end (with an interruption)."""
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -16,6 +10,7 @@ import stage2
 from config import get_config
 from tests.analytic import MIX, AnalyticModel, TinyStudent, check_class_moments, stage1_loss, stage2_loss
 from unet import from_config, load
+
 
 # ---------------------------------------------------------------- the stage-2 target
 @pytest.mark.parametrize("N", [1, 2, 8, 64])

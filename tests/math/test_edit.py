@@ -1,18 +1,13 @@
 """extensions/edit.py and encoder.py: SDEdit, inpainting and the (distilled) DDIM encoder, against the exact
 Gaussian-mixture denoiser where a closed form exists, and on the smoke run."""
-import subprocess
-import sys
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import ddpm
 import stage1
 from extensions import edit, encoder
 from tests.analytic import MIX, AnalyticModel, TinyStudent
+
 
 def analytic_predict(y, w=None):
     return stage1.student_predictor(AnalyticModel(MIX), y, w)

@@ -11,9 +11,12 @@ from PIL import Image
 
 import ddpm
 import stage1
-from extensions import edit, encoder
+from extensions import edit
 from infra import load_checkpoint
 from unet import load
+
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def test_inpainting_keeps_the_known_pixels_of_a_real_student(smoke_run):
     out = smoke_run[0]

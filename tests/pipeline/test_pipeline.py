@@ -8,17 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
+import guidance
+import infra
 import stage1
 import stage2
 from config import get_config
 from infra import load_checkpoint
 
-def test_stage1_stop_and_resume_is_bitwise_equal_to_one_run(tmp_path, monkeypatch):
-    import guidance
-    from config import save_checkpoint
+ROOT = Path(__file__).resolve().parents[2]
 
+
+def test_stage1_stop_and_resume_is_bitwise_equal_to_one_run(tmp_path, monkeypatch):
     cfg = {**get_config("smoke"), "teacher_iters": 10, "ckpt_every": 10, "stage1_iters": 20,
            "distill_ckpt_every": 10}
     cpu = torch.device("cpu")
@@ -26,14 +27,16 @@ def test_stage1_stop_and_resume_is_bitwise_equal_to_one_run(tmp_path, monkeypatc
     # One whole run, keeping a copy of the checkpoint it writes half-way ...
     snapshots = {}
 
-    def save_and_snapshot(ckpt, path):
-        save_checkpoint(ckpt, path)
-        snapshots.setdefault(ckpt["step"], path.read_bytes())
+    save = infra.save_checkpoint
 
-    monkeypatch.setattr(stage1, "save_checkpoint", save_and_snapshot)
+    def save_and_snapshot(ckpt, path):
+        save(ckpt, path)
+        snapshots.setdefault((path.name, ckpt["step"]), path.read_bytes())
+
+    monkeypatch.setattr(infra, "save_checkpoint", save_and_snapshot)
     whole = stage1.train(cfg, tmp_path, cpu, progress=False)
     # ... then put the half-way checkpoint back, as if the run had been killed, and rerun.
-    (tmp_path / "stage1.pt").write_bytes(snapshots[10])
+    (tmp_path / "stage1.pt").write_bytes(snapshots["stage1.pt", 10])
     resumed = stage1.train(cfg, tmp_path, cpu, progress=False)
     assert resumed["step"] == whole["step"] == 20
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
