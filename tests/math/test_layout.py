@@ -6,7 +6,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 # Support first (the core leans on it), then the core in reading order.
 ORDER = ["config", "data", "ddpm", "unet", "infra", "guidance", "stage1", "stage2", "sample", "evaluate"]
-SUPPORT_OF_EVALUATE = ["effnet", "report"]  # evaluate's feature network and report writer
+SUPPORT_OF_EVALUATE = ["features", "report"]  # evaluate's feature networks and report writer
 EXTENSIONS = sorted(p.stem for p in (ROOT / "extensions").glob("*.py") if p.stem != "__init__")
 
 
@@ -26,7 +26,7 @@ def project_imports(path):
 
 def test_the_core_imports_only_what_comes_before_it_and_never_an_extension():
     rank = {name: k for k, name in enumerate(ORDER)}
-    rank |= {"effnet": rank["infra"] + 0.5, "report": rank["infra"] + 0.5}
+    rank |= {"features": rank["infra"] + 0.5, "report": rank["infra"] + 0.5}
     for name in ORDER + SUPPORT_OF_EVALUATE:
         for dep in project_imports(ROOT / f"{name}.py"):
             assert not dep.startswith("extensions"), f"{name}.py imports the extension {dep}"

