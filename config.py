@@ -13,7 +13,8 @@ import ast
 # Shared defaults; each preset below overrides what differs. Sources:
 #   [SH]  Salimans & Ho 2022, official configs `diffusion_distillation/config/*_base.py`
 #   [CFG] Ho & Salimans 2022, "Classifier-Free Diffusion Guidance" (p_uncond 0.1)
-#   [M]   Meng et al. 2023, "On Distillation of Guided Diffusion Models" (w in [0, 4] in pixel space)
+#   [M]   Meng et al. 2023, "On Distillation of Guided Diffusion Models" (w in [0, 4] in pixel
+# space)
 #   [here] chosen by measuring on the 2-core CPU machine this project is developed on.
 _BASE = dict(
     # data
@@ -54,7 +55,8 @@ _BASE = dict(
     distill_ckpt_every=5000,      # checkpoint + grid every K steps inside stage 1 and each round
     # students: no EMA [SH] (their 'ema' is then a copy of the weights)
     distill_ema_decay=0.0,
-    # latent space (extensions/autoencoder.py): a KL autoencoder, latents rescaled to unit variance [LDM]
+    # latent space (extensions/autoencoder.py): a KL autoencoder, latents rescaled to unit variance
+    # [LDM]
     ae_ch=32,                     # width
     ae_levels=1,                  # stride-2 downsamplings: latents are resolution / 2^levels
     ae_z_channels=2,              # latent channels
@@ -146,7 +148,8 @@ if __name__ == "__main__":
     for name in [args.preset] if args.preset else PRESETS:
         cfg = get_config(name)
         print(f"[{name}]" + ("" if args.preset else f"  {cfg['dataset']} {cfg['resolution']}px, "
-                             f"ch={cfg['ch']} x {cfg['ch_mult']}, {cfg['teacher_iters']} teacher iters"))
+                             f"ch={cfg['ch']} x {cfg['ch_mult']}, {cfg['teacher_iters']} teacher "
+                             "iters"))
         if args.preset:
             for k, v in cfg.items():
                 print(f"  {k:18s} {v}")

@@ -30,12 +30,15 @@ from config import UserError
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 DATASETS = {  # native size, channels, classes, where to get it
     "fashion": dict(size=28, channels=1, n_classes=10,
-                    get="apt install dataset-fashion-mnist (or run once online: torchvision downloads it)"),
+                    get="apt install dataset-fashion-mnist (or run once online: torchvision "
+                        "downloads it)"),
     "cifar10": dict(size=32, channels=3, n_classes=10,
-                    get="download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
+                    get="download cifar-10-python.tar.gz from "
+                        "https://www.cs.toronto.edu/~kriz/cifar.html "
                         "and untar it in --data-dir"),
     "imagenet64": dict(size=64, channels=3, n_classes=1000,
-                       get="download Imagenet64_train_part1/2_npz.zip and Imagenet64_val_npz.zip from "
+                       get="download Imagenet64_train_part1/2_npz.zip and "
+                           "Imagenet64_val_npz.zip from "
                            "https://image-net.org/download-images (Downsampled ImageNet 64x64) "
                            "and unzip them into --data-dir/imagenet64/"),
 }
@@ -57,7 +60,8 @@ def _load_fashion(data_dir, train):
     prefix = "train" if train else "t10k"
     for folder in (DEBIAN_FASHION, Path(data_dir) / "fashion-mnist",
                    Path(data_dir) / "FashionMNIST" / "raw"):
-        images, labels = folder / f"{prefix}-images-idx3-ubyte.gz", folder / f"{prefix}-labels-idx1-ubyte.gz"
+        images = folder / f"{prefix}-images-idx3-ubyte.gz"
+        labels = folder / f"{prefix}-labels-idx1-ubyte.gz"
         if images.is_file() and labels.is_file():
             return _read_idx(images)[:, None], _read_idx(labels)  # (N, 1, 28, 28), (N,)
     try:  # last resort: torchvision's downloader (needs the internet)
@@ -65,7 +69,8 @@ def _load_fashion(data_dir, train):
 
         FashionMNIST(data_dir, train=train, download=True)
     except Exception as e:
-        raise UserError(f"Fashion-MNIST not found in {DEBIAN_FASHION} or {data_dir} and the download "
+        raise UserError(f"Fashion-MNIST not found in {DEBIAN_FASHION} or {data_dir} "
+                        "and the download "
                         f"failed ({type(e).__name__}); {DATASETS['fashion']['get']}") from None
     return _load_fashion(data_dir, train)
 
@@ -75,7 +80,8 @@ def _load_cifar10(data_dir, train):
     names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
-        raise UserError(f"CIFAR-10 not found: {folder / missing[0]} is missing; {DATASETS['cifar10']['get']}")
+        raise UserError(f"CIFAR-10 not found: {folder / missing[0]} is missing; "
+                        f"{DATASETS['cifar10']['get']}")
     xs, ys = [], []
     for name in names:
         with open(folder / name, "rb") as f:
@@ -89,7 +95,8 @@ def _load_imagenet64(data_dir, train):
     folder = Path(data_dir) / "imagenet64"
     files = sorted(folder.rglob("train_data_batch_*.npz" if train else "val_data.npz"))
     if not files:
-        raise UserError(f"ImageNet 64x64 not found: no {'train_data_batch_*' if train else 'val_data'}"
+        raise UserError("ImageNet 64x64 not found: no "
+                        f"{'train_data_batch_*' if train else 'val_data'}"
                         f".npz under {folder}; {DATASETS['imagenet64']['get']}")
     xs, ys = [], []
     for path in files:
@@ -133,7 +140,8 @@ def training_set(cfg, data_dir="data", data_file=None):
         return x, y, cfg
     path = Path(data_file)
     if not path.is_file():
-        raise UserError(f"--data {path}: no such file; an extension writes it (see docs/latent_and_text.md)")
+        raise UserError(f"--data {path}: no such file; an extension writes it (see "
+                        "docs/latent_and_text.md)")
     try:
         pairs = torch.load(path, map_location="cpu", weights_only=True)
         x, y, extra = pairs["x"], pairs["y"], pairs["config"]
@@ -142,9 +150,29 @@ def training_set(cfg, data_dir="data", data_file=None):
                         "write it again") from None
     for key in ("dataset", "resolution"):
         if extra[key] != cfg[key]:
-            raise UserError(f"--data {path} holds {key} {extra[key]!r}, this run uses {cfg[key]!r}; "
+            raise UserError(f"--data {path} holds {key} {extra[key]!r}, this run uses "
+                            f"{cfg[key]!r}; "
                             "use the same --preset as the extension that wrote it")
     return x, y, cfg | extra
+
+
+# ---------------------------------------------------------------- conditions
+def conditions(cfg, labels, split="test"):
+    """What a model conditions on for images of classes `labels` (n,): the labels themselves, or
+    for a caption model (cfg['text']) the embedding of one of that class's `split` captions,
+    image i taking its class's caption number i // n_classes in turn."""
+    if not cfg.get("text") or labels.is_floating_point():  # labels, or embeddings already
+        return labels
+    n_classes = DATASETS[cfg["dataset"]]["n_classes"]
+    return caption_of_class(cfg["text"][split], labels, torch.arange(len(labels)) // n_classes)
+
+
+def caption_of_class(table, labels, k):
+    """Caption k (mod count) of each label's class -> (n, d); tables group captions by class."""
+    classes = torch.tensor(table["classes"])  # (n_captions,)
+    per_class = int((classes == 0).sum())
+    first = torch.searchsorted(classes, labels.cpu())  # (n,) each class's first caption
+    return table["emb"][first + k % per_class].to(labels.device)  # (n, d)
 
 
 def data_shape(cfg):

@@ -4,7 +4,7 @@ No nn.Module lives here: every function takes tensors and returns tensors, so th
 code serves the teacher, the guided teacher, every distilled student and the exact
 Gaussian-mixture denoiser of the tests. Continuous time t in [0, 1], variance preserving,
 as in Salimans & Ho (ICLR 2022, arXiv 2202.00512), Sec. 2 and App. B, and Meng et al.
-(CVPR 2023, arXiv 2210.03142), Sec. 2.
+(CVPR 2023, arXiv 2210.03142), background.
 
 Papers (arXiv versions read): Meng et al. 2210.03142v3, Salimans & Ho 2202.00512v2 ("S&H"),
 Ho & Salimans 2207.12598v1 ("CFG"). Notation (code name = paper symbol):
@@ -99,7 +99,7 @@ def v_from_x(z_t, x, t):
     return v_from_x_eps(x, eps_from_x(z_t, x, t), t)
 
 
-# ---------------------------------------------------------------- one sampler step (S&H Sec. 2; DDIM)
+# ---------------------------------------------------------- one sampler step (S&H Sec. 2; DDIM)
 def ddim_step(z_t, x_hat, t, s):
     """Deterministic DDIM step t -> s: z_s = alpha_s x_hat + sigma_s eps_hat.
 
@@ -153,7 +153,7 @@ def renoise(z_s, s, t, eps):
 
 
 def stochastic_mean_var(z_t, x_hat, t, s):
-    """Meng et al.'s N-step stochastic sampler (Sec. 4.3), one step t -> s = t - 1/N, as a
+    """Meng et al.'s N-step stochastic sampler, one step t -> s = t - 1/N, as a
     Gaussian (mean, var): a DDIM step of twice the length, to k = t - 2/N (>= 0), then noise
     added back to s with q(z_s | z_k).
     """
@@ -168,7 +168,7 @@ def stochastic_step(z_t, x_hat, t, s, noise):
 
 
 def make_step(sampler, noise=None, variance="large"):
-    """The step(z_t, x_hat, t, s, i) of sample_loop for a sampler name: ddim | ancestral | stochastic.
+    """The step(z_t, x_hat, t, s, i) of sample_loop for a sampler: ddim | ancestral | stochastic.
     noise(i) -> a standard normal tensor like z_t (default torch.randn_like); pass per-image
     generators through it so that image k does not depend on the batch size."""
     draw = (lambda i, like: torch.randn_like(like)) if noise is None else (lambda i, like: noise(i))
@@ -184,7 +184,7 @@ def make_step(sampler, noise=None, variance="large"):
 # ---------------------------------------------------------------- N-step sampling loops
 @torch.no_grad()
 def sample_loop(predict, z_1, N, step, clip=True, progress=None, t_start=1.0):
-    """Walk the grid t_i = t_start * i / N from z_(t_start) to x: at each i, x_hat = predict(z_t, t),
+    """Walk the grid t_i = t_start * i / N from z_(t_start) to x: at each i x_hat = predict(z_t, t),
     then z_s = step(z_t, x_hat, t, s, i) for s = t_start * (i - 1) / N; the last step returns x_hat.
 
     clip: clamp x_hat to [-1, 1] at every step (sampling only, never inside a loss).

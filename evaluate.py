@@ -1,7 +1,7 @@
-"""FID and Inception-style Score at every stage, and the reproduction report (Meng et al. Sec. 5).
+"""FID, KID and Inception Score at every stage, and the reproduction report of a run folder.
 
-    FID = |mu_r - mu_g|^2 + Tr(S_r + S_g - 2 (S_r S_g)^(1/2))   Frechet distance of Gaussians fitted
-                                                                  to pooled features (Heusel et al. 2017)
+    FID = |mu_r - mu_g|^2 + Tr(S_r + S_g - 2 (S_r S_g)^(1/2))   (Heusel et al. 2017): the Frechet
+                                          distance of Gaussians fitted to pooled features
     IS  = exp E_x KL(p(y|x) || p(y))                              (Salimans et al. 2016)
     KID = unbiased MMD^2, kernel (a.b/d + 1)^3                    (Binkowski et al. 2018)
 
@@ -58,8 +58,8 @@ KID_REF_N = 2000  # reference images kept (as features) for KID
 
 # ---------------------------------------------------------------- the scores
 def frechet_distance(mu1, sigma1, mu2, sigma2, sqrt_sigma1=None):
-    """Frechet distance of N(mu1, sigma1), N(mu2, sigma2). Tr((S1 S2)^1/2) = Tr((S1^1/2 S2 S1^1/2)^1/2),
-    a symmetric matrix's (eigvalsh), and S1^1/2 is computed once per reference."""
+    """Frechet distance of N(mu1, sigma1) and N(mu2, sigma2) (float64 numpy).
+    Tr((S1 S2)^1/2) = Tr((S1^1/2 S2 S1^1/2)^1/2), a symmetric matrix's (eigvalsh); S1^1/2 once."""
     if sqrt_sigma1 is None:
         with warnings.catch_warnings():  # a singular sigma1 (fewer samples than dimensions) is fine
             warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
@@ -80,15 +80,16 @@ def inception_score(probs):
 
 
 def kernel_distance(x, y):
-    """KID (Binkowski et al. 2018): the unbiased MMD^2 between features x (n, d) and y (m, d) with the
+    """KID (Binkowski et al. 2018): the unbiased MMD^2 between features x (n, d) and y (m, d), the
     kernel k(a, b) = (a.b / d + 1)^3. Unlike FID it has no small-sample bias (E = 0 for equal
     distributions at any n), so it shows how much of a small-n FID is the sample size."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     n, m, d = len(x), len(y), x.shape[1]
     # (n, n) (m, m) (n, m)
     kxx, kyy, kxy = [(a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y))]
-    return float((kxx.sum() - np.trace(kxx)) / (n * (n - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-                 - 2 * kxy.mean())
+    xx = (kxx.sum() - np.trace(kxx)) / (n * (n - 1))  # the mean off the diagonal
+    yy = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+    return float(xx + yy - 2 * kxy.mean())
 
 
 def gaussian(feats):  # features (n, d) -> (mu (d,), sigma (d, d)) in float64
@@ -145,14 +146,17 @@ def plan_rows(run, cfg):
             continue
         for N in Ns:
             for w in cfg["eval_w"]:
-                full_teacher = model == "teacher" and N == teacher["N"] and w in cfg["eval_teacher_w"]
+                full_teacher = (model == "teacher" and N == teacher["N"]
+                                and w in cfg["eval_teacher_w"])
                 if keep(N, w) or full_teacher:
                     rows.append(dict(model=model, file=file, sampler=sampler, N=N, w=float(w)))
     return sorted(rows, key=lambda r: r["N"] * (2 if r["model"] == "teacher" else 1))
 
 
 def row_key(r):
-    return r["model"] if r["model"].startswith("data") else f"{r['model']}_{r['sampler']}{r['N']}_w{r['w']:g}"
+    if r["model"].startswith("data"):
+        return r["model"]
+    return f"{r['model']}_{r['sampler']}{r['N']}_w{r['w']:g}"
 
 
 # a short hash of a checkpoint: a finished row is reused for the same weights
@@ -164,7 +168,8 @@ def protocol(cfg, ref, n_classes, device, seed):
     return dict(metrics="FID, KID, IS", features=cfg["eval_features"],
                 feature_size=feature_size(cfg),
                 n=cfg["eval_n"],
-                reference=f"{cfg['dataset']} {cfg['eval_ref_split']} split, first {int(ref['n'])} images "
+                reference=f"{cfg['dataset']} {cfg['eval_ref_split']} split, first {int(ref['n'])} "
+                          "images "
                           f"at {cfg['resolution']} px", seed=seed,
                 classes=f"image k has class k % {n_classes}, noise seed k (rows are paired)",
                 batch_size=cfg["eval_batch"], device=str(device),
@@ -208,7 +213,7 @@ def save_json(obj, path):  # atomically
 
 
 def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
-    """Evaluate every checkpoint of a run folder -> run/report/{report.md, results.json, *.png, grids/}.
+    """Evaluate every checkpoint of a run folder -> run/report/ (report.md, results.json, plots).
     Rows already in results.json under the same protocol and checkpoint hash are kept, so an
     interrupted report resumes (and a retrained stage only reruns its own rows)."""
     folder = run / "report"
@@ -250,9 +255,12 @@ def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
     # Targets, results.json, plots and report.md (report.py).
     # only this run's current checkpoints
     rows = [done[f] for f in floors] + [done[row_key(r)] for r in rows]
-    plan = (f"Rows: every w in {list(cfg['eval_w'])} for N <= {cfg['eval_all_w_max_N']}; larger N only at w in "
-            f"{list(cfg['eval_long_w'])}, and the teacher at its full N also at w in {list(cfg['eval_teacher_w'])} "
-            f"(the sampling budget). The data row is {proto['n']} training images: the floor at this sample size.")
+    plan = (f"Rows: every w in {list(cfg['eval_w'])} for N <= {cfg['eval_all_w_max_N']}; larger N "
+            "only at w in "
+            f"{list(cfg['eval_long_w'])}, and the teacher at its full N also at w in "
+            f"{list(cfg['eval_teacher_w'])} "
+            f"(the sampling budget). The data row is {proto['n']} training images: the floor at "
+            "this sample size.")
     out = dict(protocol=proto, plan=plan, reference_is=float(ref["inception_score"]),
                eval_w=[float(w) for w in cfg["eval_w"]], rows=rows,
                targets=check_targets(rows, teacher_N))
@@ -268,7 +276,8 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--run", "--run-dir", dest="run",
-                      help="a run folder: evaluate all its checkpoints, write DIR/report/ (under torchrun, "
+                      help="a run folder: evaluate all its checkpoints, write DIR/report/ (under "
+                           "torchrun, "
                            "write --run-dir: torchrun takes --run for its own --run-path)")
     what.add_argument("--ckpt", help="one checkpoint: print its FID and IS")
     parser.add_argument("--steps", type=int, help="--ckpt: sampler steps (default: its own N)")
@@ -276,7 +285,8 @@ def main(argv=None):
     parser.add_argument("--w", type=float, default=1.0,
                         help="--ckpt: guidance weight (0 = unguided)")
     parser.add_argument("--n", "--num-samples", dest="n", type=int,
-                        help="samples per row (default: the preset's eval_n; under torchrun write --num-samples)")
+                        help="samples per row (default: the preset's eval_n; under torchrun write "
+                             "--num-samples)")
     parser.add_argument("--preset", choices=list(PRESETS),
                         help="eval_* protocol (default: the run's preset)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -302,8 +312,10 @@ def main(argv=None):
         if not infra.is_main():
             return
         for t in targets:
-            print(f"{'PASS' if t['passed'] else 'MISS'}  {t['target']}: {t['value']:.2f} ({t['detail']})")
-        print(f"wrote {Path(args.run) / 'report'}/report.md, results.json, fid_vs_calls.png, fid_vs_is.png, grids/")
+            print(f"{'PASS' if t['passed'] else 'MISS'}  {t['target']}: {t['value']:.2f} "
+                  f"({t['detail']})")
+        print(f"wrote {Path(args.run) / 'report'}/report.md, results.json, fid_vs_calls.png, "
+              "fid_vs_is.png, grids/")
         return
     stage = sampling_stage(ckpt, args.ckpt)
     warn_w_range([args.w], ckpt)

@@ -1,4 +1,4 @@
-"""The feature networks of FID / IS: EfficientNet-Lite0 (offline), or the FID Inception (pytorch-fid).
+"""The feature networks of FID / IS: EfficientNet-Lite0 (offline) or the FID Inception.
 
 EfficientNet-Lite0 (Tan & Le 2019, the "lite" variant):
 
@@ -149,13 +149,15 @@ def feature_net(backend, size, device):
     """-> extract(x (B, C, H, W) in [-1, 1]) -> (features (B, d), class probabilities (B, 1000))."""
     if backend == "effnet":
         net = load_effnet(device).to(memory_format=torch.channels_last)
-        run = lambda x: net(preprocess(x,
-                                              size).contiguous(memory_format=torch.channels_last))  # noqa: E731
+
+        def run(x):
+            return net(preprocess(x, size).contiguous(memory_format=torch.channels_last))
     elif backend == "inception":
         try:
             from pytorch_fid.inception import fid_inception_v3
         except ImportError:
-            raise UserError("--set eval_features=inception needs pytorch-fid: pip install pytorch-fid "
+            raise UserError("--set eval_features=inception needs pytorch-fid: pip install "
+                            "pytorch-fid "
                             "(it downloads the FID Inception weights once, online)") from None
         net, pooled = fid_inception_v3().eval().to(device), {}
         # the pool3 features

@@ -77,7 +77,8 @@ def train(cfg, out, device, pairs=None, seed=0, resume=True, progress=True):
     if resume:  # same architecture and data, or a clear error
         start, ckpt = infra.resume(ckpt_path, "teacher", cfg, model, ema, opt, gens)
         if ckpt:
-            print(f"{ckpt_path}: {'finished' if start >= iters else 'resuming'} at step {start}/{iters}")
+            print(f"{ckpt_path}: {'finished' if start >= iters else 'resuming'} at step "
+                  f"{start}/{iters}")
 
     B = cfg["batch_size"]
     bar = tqdm(range(start, iters), initial=start, total=iters, desc="teacher",
@@ -140,7 +141,8 @@ def main(argv=None):
     parser.add_argument("--p-uncond", type=float,
                         help="probability of the null label (default 0.1)")
     parser.add_argument("--loss-weight", choices=ddpm.LOSS_WEIGHTS,
-                        help="omega(lambda_t) of the x-space loss (default: snr_trunc = max(SNR, 1))")
+                        help="omega(lambda_t) of the x-space loss (default: snr_trunc = max(SNR, "
+                             "1))")
     infra.add_training_args(parser, "<out>/teacher.pt")
     args = parser.parse_args(argv)
     cfg, out, device = infra.setup(args)

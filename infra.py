@@ -6,7 +6,7 @@
     checkpoints   atomic_write, save_checkpoint, load_checkpoint, checkpoint_dict, resume
     training      make_optimizer, check_finite, optimizer_step, ema_update, log_metrics
     pictures      save_images, save_grid
-    the seam      decode, encode, conditions, space: what an extension's --data file put in cfg
+    the seam      decode, encode, space: what an extension's --data file put in cfg
 """
 import argparse
 import hashlib
@@ -18,11 +18,12 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 from torchvision.utils import save_image
 
 import ddpm
 from config import DEFAULT_PRESET, PRESETS, UserError, get_config
-from data import DATASETS, data_shape
+from data import DATASETS, conditions, data_shape
 
 
 # ---------------------------------------------------------------- command line
@@ -69,13 +70,14 @@ def check_batch_size(cfg):  # >= 1, and split evenly over the processes of a tor
 
 
 def writable_dir(path, flag):
-    """The folder `path` (created if missing) if files can be written there, else a one-line error."""
+    """The folder `path` (created if missing) if files can be written there, else an error."""
     if not str(path).strip():
         raise UserError(f"{flag} is empty; give a folder, e.g. {flag} runs/mine")
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"{flag} {path}: cannot create the folder ({e.strerror}); choose another") from None
+        raise UserError(f"{flag} {path}: cannot create the folder ({e.strerror}); "
+                        "choose another") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {path}: not writable; choose another folder")
     return Path(path)
@@ -136,7 +138,7 @@ def wrap(model):
     """DDP around a model under torchrun (call it forward; save and update the model itself)."""
     device = next(model.parameters()).device
     ids = [device.index] if device.type == "cuda" else None
-    return model if world() == 1 else torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return model if world() == 1 else nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
 def mean(x):  # the mean of a scalar over the ranks (the global batch's loss, for logging)
@@ -250,7 +252,8 @@ def make_optimizer(model, lr, weight_decay, device):
 def check_finite(loss, step, ckpt_path):
     """Stop with a one-line error on a NaN / inf loss, saying whether a checkpoint was kept."""
     if not torch.isfinite(loss):
-        kept = f"{ckpt_path} keeps the last good weights" if ckpt_path.exists() else "no checkpoint was written"
+        kept = "no checkpoint was written"
+        kept = f"{ckpt_path} keeps the last good weights" if ckpt_path.exists() else kept
         raise UserError(f"loss became {loss.item()} at step {step}; {kept}; lower the learning "
                         "rate (--set ...) and rerun")
 
@@ -295,7 +298,7 @@ def save_images(x, path, n_cols):
 
 @torch.no_grad()
 def save_grid(make_predict, path, cfg, device, steps, seed=0):
-    """A DDIM grid: a class per column, a w of cfg['grid_w'] per row; make_predict(y, w) -> predict."""
+    """A DDIM grid: a class per column, a w of grid_w per row. make_predict(y, w) -> predict."""
     if not is_main():
         return
     w_values, n_cols = cfg["grid_w"], min(DATASETS[cfg["dataset"]]["n_classes"], 10)
@@ -329,24 +332,6 @@ def decode(x, cfg):
 
 def encode(x, cfg):  # images in [-1, 1] -> a latent model's scaled latents (its exported encoder)
     return _program(cfg["latent"]["encoder"], x.device)(x.float())
-
-
-def conditions(cfg, labels, split="test"):
-    """What a model conditions on for images of classes `labels` (n,): the labels themselves, or
-    for a caption model (cfg['text']) the embedding of one of that class's `split` captions,
-    image i taking its class's caption number i // n_classes in turn."""
-    if not cfg.get("text") or labels.is_floating_point():  # labels, or embeddings already
-        return labels
-    n_classes = DATASETS[cfg["dataset"]]["n_classes"]
-    return caption_of_class(cfg["text"][split], labels, torch.arange(len(labels)) // n_classes)
-
-
-def caption_of_class(table, labels, k):
-    """Caption k (mod count) of each label's class -> (n, d); tables group captions by class."""
-    classes = torch.tensor(table["classes"])  # (n_captions,)
-    per_class = int((classes == 0).sum())
-    first = torch.searchsorted(classes, labels.cpu())  # (n,) each class's first caption
-    return table["emb"][first + k % per_class].to(labels.device)  # (n, d)
 
 
 def space(cfg):  # what a config's model works on, in words: pixels or latents; labels or captions

@@ -24,8 +24,8 @@ def find(rows, **kw):
 
 
 def check_targets(rows, teacher_N):
-    """The four reproduction targets, judged on FID; each also shows the same ratio in KID, and where it
-    is missed, by how much (the ratio's distance from its goal, in %)."""
+    """The four reproduction targets, judged on FID; each also shows the same ratio in KID and,
+    where it is missed, by how much (the ratio's distance from its goal, in %)."""
     out = []
 
     def add(target, value, goal, at_most, detail, kid_value=float("nan")):
@@ -36,7 +36,8 @@ def check_targets(rows, teacher_N):
 
     def ratio(target, num, den, goal, at_most):  # FID(num) / FID(den) against the goal
         add(target, num["fid"] / den["fid"], goal, at_most,
-            f"FID {num['fid']:.2f} ({num['model']} {num['sampler']} {num['N']}) vs {den['fid']:.2f}",
+            f"FID {num['fid']:.2f} ({num['model']} {num['sampler']} {num['N']}) "
+            f"vs {den['fid']:.2f}",
             num["kid"] / den["kid"] if den["kid"] > 0 else float("nan"))
     for w in sorted({r["w"] for r in rows if r["model"] == "teacher" and r["N"] == teacher_N}):
         ref = find(rows, model="teacher", N=teacher_N, w=w)
@@ -102,7 +103,8 @@ def plot(rows, ws, folder):
                                      ("teacher", "ddim", 4, "teacher DDIM 4 steps")]:
         cand = [r for r in rows if r["model"] == model and r["sampler"] == sampler]
         if N is None:  # the largest N that ran at every w
-            full = [n for n in {r["N"] for r in cand} if len({r["w"] for r in cand if r["N"] == n}) == len(ws)]
+            w_of = lambda n: {r["w"] for r in cand if r["N"] == n}  # noqa: E731
+            full = [n for n in {r["N"] for r in cand} if len(w_of(n)) == len(ws)]
             N, label = (max(full), f"{label} {max(full)} steps") if full else (None, label)
         pts = sorted((r["w"], r["fid"], r["inception_score"]) for r in cand if r["N"] == N)
         if len(pts) > 1:
@@ -118,12 +120,13 @@ def plot(rows, ws, folder):
 
 
 def write_report(folder, results):
-    """report.md from results.json's dict: protocol, targets, the table; plots and grids beside it."""
+    """report.md from results.json's dict: protocol, targets, the table; plots and grids beside."""
     proto, rows, targets = results["protocol"], results["rows"], results["targets"]
     name = f"{proto['features']}-{proto['feature_size']}"
     lines = [f"# Report: {folder.parent.name}", "",
-             f"FID and IS use the **{name}** backend (numbers are comparable only with the same backend, "
-             f"feature size and n; effnet numbers are not comparable with published FIDs).", "",
+             f"FID and IS use the **{name}** backend (numbers are comparable only with the same "
+             "backend, "
+             "feature size and n; effnet numbers are not comparable with published FIDs).", "",
              "Protocol: " + "; ".join(f"{k} = {v}" for k, v in proto.items()) + ".", "",
              results["plan"], "",
              f"Reference IS (the data itself): {results['reference_is']:.2f}.", "",
@@ -134,17 +137,20 @@ def write_report(folder, results):
              "|---|---|---|---|---|---|"]
     for t in targets:
         passed = "yes" if t["passed"] else f"**no**, off by {t['off_by']:.0f} %"
-        lines.append(f"| {t['target']} | {t['value']:.2f} | {t['goal']:g} | {passed} | {t['detail']} | "
+        lines.append(f"| {t['target']} | {t['value']:.2f} | {t['goal']:g} | {passed} | "
+                     f"{t['detail']} | "
                      f"{t['kid_value']:.2f} |")
     lines += ["", f"## All rows ({name}, n = {proto['n']} per row)", "",
-              "| model | sampler | N | w | FID | KID x 1000 | IS | network calls / image | ms / image |",
+              "| model | sampler | N | w | FID | KID x 1000 | IS | network calls / image | ms / "
+              "image |",
               "|---|---|---|---|---|---|---|---|---|"]
     order = {"data": 0, "data_ae": 1, "teacher": 2, "stage1": 3, "stage2": 4}
     for r in sorted(rows,
                     key=lambda r: (r["w"] if r["w"] is not None else -1, order[r["model"]],
                                    r["sampler"], -r["N"])):
         w = "-" if r["w"] is None else f"{r['w']:g}"
-        lines.append(f"| {r['model']} | {r['sampler']} | {r['N']} | {w} | {r['fid']:.2f} | {1000 * r['kid']:.1f} | "
+        lines.append(f"| {r['model']} | {r['sampler']} | {r['N']} | {w} | {r['fid']:.2f} | "
+                     f"{1000 * r['kid']:.1f} | "
                      f"{r['inception_score']:.2f} | {r['calls']} | {r['ms_per_image']:.2f} |")
     lines += ["", "![FID and KID vs network calls](fid_vs_calls.png)", "",
               "![FID vs IS across w](fid_vs_is.png)", "",
@@ -162,7 +168,8 @@ def main(argv=None):
         results = json.loads(path.read_text())
         rows, ws = results["rows"], results["eval_w"]
     except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"{path}: not a results.json of evaluate.py --run ({type(e).__name__}: {e})") from None
+        raise UserError(f"{path}: not a results.json of evaluate.py --run "
+                        f"({type(e).__name__}: {e})") from None
     results["targets"] = check_targets(rows, max(r["N"] for r in rows if r["model"] == "teacher"))
     plot(rows, ws, path.parent)
     write_report(path.parent, results)

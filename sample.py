@@ -4,8 +4,8 @@
               --sampler ddim or ancestral
     stage1    the w-student: 1 call per step, any N (it was trained at every t)
     stage2    an N-step student: 1 call per step at its own N, --sampler ddim or stochastic
-              (Meng et al. Sec. 4.3: a DDIM step of twice the length, then noise added back);
-              another N is off the grid it was trained on: allowed, with a warning
+              (Meng et al.'s stochastic sampling: a DDIM step of twice the length, then noise
+              added back); another N is off the grid it was trained on: allowed, with a warning
 
 Writes a grid (one class per column, one row per w, the same noise down each column) and an
 .npz of uint8 samples (x (n, C, H, W), y, w). Image k's noise comes from its own seed, so it
@@ -28,7 +28,7 @@ import torch
 import ddpm
 import infra
 from config import UserError
-from data import DATASETS, data_shape, to_uint8
+from data import DATASETS, conditions, data_shape, to_uint8
 from guidance import guided_predictor
 from stage1 import student_predictor
 from unet import load
@@ -38,11 +38,12 @@ SAMPLERS = {"teacher": ("ddim", "ancestral"), "stage1": ("ddim", "ancestral"),
 
 
 def sampling_stage(ckpt, path):
-    """The checkpoint's stage if it can be sampled (teacher, stage1, stage2), else a one-line error."""
+    """The checkpoint's stage if it can be sampled (teacher, stage1, stage2), else an error."""
     stage = str(ckpt["stage"])
     if stage not in SAMPLERS:
         raise UserError(f"{path} holds stage {stage!r}; sampling needs teacher.pt, stage1.pt or "
-                        "stage2_N*.pt (an encoder decodes with: python -m extensions.encoder encode)")
+                        "stage2_N*.pt (an encoder decodes with: python -m extensions.encoder "
+                        "encode)")
     return stage
 
 
@@ -50,7 +51,8 @@ def warn_w_range(ws, ckpt):
     """A warning on stderr (not an error) for guidance weights outside the checkpoint's w range."""
     lo, hi = ckpt["w_range"]
     if any(not lo <= w <= hi for w in ws):
-        print(f"warning: w = {', '.join(f'{w:g}' for w in ws)} leaves the trained range [{lo:g}, {hi:g}]; "
+        print(f"warning: w = {', '.join(f'{w:g}' for w in ws)} leaves the trained range [{lo:g}, "
+              f"{hi:g}]; "
               "expect samples unlike any the model was trained for", file=sys.stderr)
 
 
@@ -73,10 +75,10 @@ def predictor(ckpt, model, y, w):
 @torch.no_grad()
 def generate(ckpt, model, y, w, steps, sampler, seeds, device, batch_size=256, clip=True):
     """Images x (n, C, H, W) in [-1, 1] for labels y (n,) (or caption embeddings (n, d)),
-    weights w (n,), per-image seeds. Latent models sample latents (never clipped) and decode them."""
+    weights w (n,), per-image seeds. Latent models sample latents (never clipped), then decode."""
     cfg = ckpt["config"]
     shape, clip = data_shape(cfg), clip and not cfg.get("latent")  # (C, H, W) of an image or latent
-    y = infra.conditions(cfg, y)  # caption models: class labels become held-out captions
+    y = conditions(cfg, y)  # caption models: class labels become held-out captions
     rows = infra.my_rows(len(y))  # under torchrun: this process's share of the images
     y, w, seeds = y[rows], w[rows], torch.as_tensor(seeds)[rows]
     out = [torch.empty(0, DATASETS[cfg["dataset"]]["channels"], cfg["resolution"],
@@ -121,7 +123,8 @@ def run(args, columns=None, prompts=()):
     try:
         ws = [float(v) for v in args.w.split(",")]
     except ValueError:
-        raise UserError(f"--w {args.w!r}: expected numbers separated by commas, e.g. 0,1,3") from None
+        raise UserError(f"--w {args.w!r}: expected numbers separated by commas, "
+                        "e.g. 0,1,3") from None
     if steps < 1 or args.rows < 1 or args.batch_size < 1:
         raise UserError("--steps, --rows and --batch-size must be >= 1")
     if args.sampler not in SAMPLERS[stage]:

@@ -12,7 +12,7 @@ no grad), not a sampler output. The student starts from the teacher's EMA weight
 w embedding whose last layer is zero, so at step 0 it equals the conditional teacher for
 every w. w = 0 is unguided; diffusers' guidance_scale = 1 + w.
 
-    python stage1.py                            # cpu preset (~13 min; trains the teacher first if missing)
+    python stage1.py                 # cpu preset (~13 min; trains the teacher first if missing)
     python stage1.py --preset smoke
 """
 import argparse
@@ -55,7 +55,8 @@ def train(cfg, out, device, pairs=None, seed=0, resume=True, progress=True):
     student = init_student(teacher_ckpt, device)
     net = infra.wrap(student)  # DDP under torchrun
     torch.manual_seed(seed)
-    N, iters, lr, ckpt_path = cfg["teacher_N"], cfg["stage1_iters"], cfg["stage1_lr"], out / "stage1.pt"
+    N, iters, lr = cfg["teacher_N"], cfg["stage1_iters"], cfg["stage1_lr"]
+    ckpt_path = out / "stage1.pt"
     images, labels = pairs
     ema = copy.deepcopy(student).requires_grad_(False)  # decay 0 (S&H): a copy of the weights
     opt = infra.make_optimizer(student, lr, 0.0, device)

@@ -139,7 +139,8 @@ def train(cfg, out, device, steps, start_steps=None, pairs=None, seed=0, resume=
     pairs = pairs or load_dataset(cfg["dataset"], cfg["resolution"])
     ckpt = stage1.train(cfg, out, device, pairs, seed, True, progress)
     if ckpt["N"] < start_steps:
-        raise UserError(f"stage1.pt samples with N = {ckpt['N']} steps; --start-steps must be <= that")
+        raise UserError(f"stage1.pt samples with N = {ckpt['N']} steps; --start-steps must be <= "
+                        "that")
     N = start_steps // 2
     while N >= steps:  # the previous round's student is this round's 2N-step teacher
         ckpt = train_round(cfg, out, device, ckpt, N, pairs, seed, resume, progress)
@@ -148,7 +149,7 @@ def train(cfg, out, device, steps, start_steps=None, pairs=None, seed=0, resume=
 
 
 def check_steps(steps, start_steps, teacher_N):
-    """--steps must be a power of two below --start-steps, itself a power of two <= the teacher's N."""
+    """--steps: a power of two below --start-steps, itself a power of two <= the teacher's N."""
     for name, n in (("--steps", steps), ("--start-steps", start_steps)):
         if n < 1 or n & (n - 1):
             raise UserError(f"{name} {n} is not a power of two (1, 2, 4, ..., 1024)")
@@ -167,14 +168,16 @@ def main(argv=None):
                         help="the final student's sampler steps (power of 2)")
     parser.add_argument("--start-steps", type=int, default=None,
                         help="the stage-1 student's step count where halving starts "
-                             "(default: the preset's stage2_start_N: 1024 as in the paper, 64 for cpu)")
+                             "(default: the preset's stage2_start_N: 1024 as in the paper, 64 for "
+                             "cpu)")
     infra.add_training_args(parser, "the unfinished round, skipping finished ones")
     args = parser.parse_args(argv)
     cfg, out, device = infra.setup(args)
     start_steps = args.start_steps or cfg["stage2_start_N"]
     check_steps(args.steps, start_steps, cfg["teacher_N"])
     x, y, cfg = training_set(cfg, args.data_dir, args.data)  # images, or an extension's latents
-    print(f"stage 2: preset {cfg['preset']}, {start_steps} -> {args.steps} steps on {infra.space(cfg)}, "
+    print(f"stage 2: preset {cfg['preset']}, {start_steps} -> {args.steps} steps on "
+          f"{infra.space(cfg)}, "
           f"device {device}, run folder {out}")
     ckpt = train(cfg, out, device, args.steps, start_steps, (x, y), args.seed, args.resume)
     grid = out / f"stage2_N{args.steps}.png"

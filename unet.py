@@ -2,13 +2,15 @@
 
 The architecture of DDPM / the official `diffusion_distillation/unet.py`, small:
 ResBlocks (GroupNorm, SiLU, dropout) with the conditioning embedding added after the first
-conv, self-attention (after the ResBlock, and always in the middle) at the feature-map sizes in `attn_resolutions`, strided-conv down,
+conv, self-attention (after the ResBlock, and always in the middle) at the feature-map sizes in
+`attn_resolutions`, strided-conv down,
 nearest-neighbour up. Conditioning, summed into one embedding `emb` of width 4*ch:
   - time:  sinusoidal features of 1000*t -> MLP (the official code feeds
            arctan(exp(-lambda/2)) / (pi/2), which equals t for the cosine schedule).
   - class: an embedding table with n_classes + 1 rows; row n_classes is the *null class*
            used for the unconditional branch of classifier-free guidance.
-  - text:  (text_dim > 0, extensions/text.py) y is a sentence embedding (B, text_dim) -> MLP, in place of
+  - text:  (text_dim > 0, extensions/text.py) y is a sentence embedding (B, text_dim) -> MLP, in
+  place of
            the class table; an all-zero y means null and is replaced by a learned vector null_text.
   - w:     (students only, Meng et al. stage one) sinusoidal features of 1000*w -> MLP whose
            last layer starts at zero, so a fresh w-student equals its teacher for every w.
@@ -181,7 +183,8 @@ def from_config(cfg, w_cond=False):
 
 def load(ckpt, device, weights="ema"):
     """The network a checkpoint holds (w-conditioned for stage1 and stage2), in eval mode,
-    built with dropout 0: students train without dropout (official distillation configs); eval mode ignores it."""
+    built with dropout 0: students train without dropout (official distillation configs), and eval
+    mode ignores it."""
     cfg = {**ckpt["config"], "dropout": 0.0}
     model = from_config(cfg, w_cond=ckpt["stage"] in ("stage1", "stage2"))  # teacher, encoder: no w
     model.load_state_dict(ckpt[weights])

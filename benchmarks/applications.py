@@ -8,7 +8,7 @@ the first n test images; edits go to class (y + 5) % 10 at guidance w, inpaintin
 centred box with the image's own class.
 
     python -m extensions.encoder --steps 4                     # once: encoder_N4.pt (~10 min here)
-    python benchmarks/applications.py --run runs/cpu           # ~15 min here; writes docs/cpu_applications.md
+    python benchmarks/applications.py --run runs/cpu    # ~15 min; writes docs/cpu_applications.md
 """
 import argparse
 import sys
@@ -76,7 +76,8 @@ def main():
         return ddpm.sample_ddim(predictor(*dec, cls, ww), z_1, dec_steps)
 
     zero = torch.zeros_like(w)
-    # application, model, calls, run(), faithfulness name (or, for transfers, the reconstruction run)
+    # application, model, calls, run(), faithfulness name (or, for transfers, the reconstruction
+    # run)
     rows = [
         ("SDEdit", f"student, {k} steps", k, lambda: sdedit(student, k), "MSE to input"),
         ("SDEdit", f"teacher DDIM, {k} steps", 2 * k, lambda: sdedit(teacher, k), "MSE to input"),
@@ -92,7 +93,8 @@ def main():
         ("inpainting", f"teacher DDIM, {T} steps", 2 * T, lambda: inpaint(teacher, T),
          "MSE to input in the hole"),
     ]
-    # Class transfer: decode with class `to` at w; its faithfulness decodes the same way with the own class, w = 0.
+    # Class transfer: decode with class `to` at w; its faithfulness decodes the same way with the
+    # own class, w = 0.
     for name, calls, a in [("encoder 4 + student 4 steps", 8, (ddim_encoder, 4, student, 4)),
                            ("teacher DDIM: encode 4 + decode 4", 12, (teacher, 4, teacher, 4)),
                            (f"teacher DDIM: encode {T} + decode {T}", 3 * T,
@@ -102,13 +104,18 @@ def main():
     hole = (1 - known).expand_as(x)
 
     sdedit(student, 1)  # warm-up
-    lines = [f"Inputs: the first {args.n} {cfg['dataset']} test images at {cfg['resolution']} px; SDEdit from t0 = "
-             f"{args.t0} towards class (y + 5) % 10 and transfers at w = {args.w}; inpainting fills a centred box "
+    lines = [f"Inputs: the first {args.n} {cfg['dataset']} test images at {cfg['resolution']} px; "
+             "SDEdit from t0 = "
+             f"{args.t0} towards class (y + 5) % 10 and transfers at w = {args.w}; inpainting "
+             "fills a centred box "
              f"with the own class at w = {args.w}. FID / KID: {cfg['eval_features']} features at "
-             f"{cfg['eval_feature_size']} px against the {int(ref['n'])}-image test split, n = {args.n} "
-             f"(the data itself scores FID ~131 at this n). Wall time on {torch.get_num_threads()} CPU threads, "
+             f"{cfg['eval_feature_size']} px against the {int(ref['n'])}-image test split, n = "
+             f"{args.n} "
+             "(the data itself scores FID ~131 at this n). Wall time on "
+             f"{torch.get_num_threads()} CPU threads, "
              "one batch of all images.", "",
-             "| application | model | network calls / image | ms / image | faithfulness | FID | KID×10³ |",
+             "| application | model | network calls / image | ms / image | faithfulness | FID | "
+             "KID×10³ |",
              "|---|---|---|---|---|---|---|"]
     grids = {}
     for app, name, calls, fn, faith in rows:
@@ -127,7 +134,8 @@ def main():
                      f"{1e3 * s['kid']:.1f} |")
         print(lines[-1], flush=True)
         grids.setdefault(app,
-                         [x[:10].cpu()] + ([(known * x + known - 1)[:10].cpu()] if app == "inpainting" else []))
+                         [x[:10].cpu()]
+                         + ([(known * x + known - 1)[:10].cpu()] if app == "inpainting" else []))
         grids[app].append(out[:10].cpu())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")

@@ -39,7 +39,8 @@ def main():
     cfg["eval_n"] = args.n
     extract = feature_net(cfg["eval_features"], cfg["eval_feature_size"], device)
     ref = reference_stats(cfg, extract, "data/fid_stats", "data")
-    print(f"n = {args.n}, features {cfg['eval_features']} at {cfg['eval_feature_size']} px, reference: "
+    print(f"n = {args.n}, features {cfg['eval_features']} at {cfg['eval_feature_size']} px, "
+          "reference: "
           f"{int(ref['n'])} {cfg['dataset']} {cfg['eval_ref_split']} images")
 
     # The floor: n training images against the reference.
@@ -57,7 +58,8 @@ def main():
             x, ms = run_row(dict(file=file, sampler="ddim", N=N, w=w), run, cfg, args.seed, device,
                             models)
             r = got[(name, N)] = score(x, ref, extract)
-            print(f"{name + f' ddim {N}, w={w:g}':26s} FID {r['fid']:7.2f}  KID x1e3 {1e3 * r['kid']:6.2f}  "
+            print(f"{name + f' ddim {N}, w={w:g}':26s} FID {r['fid']:7.2f}  KID x1e3 "
+                  f"{1e3 * r['kid']:6.2f}  "
                   f"({ms:.1f} ms/img)")
         # The targets' ratios (FID; KID beside it).
         ratio = lambda a, b, k: got[a][k] / got[b][k]  # noqa: E731

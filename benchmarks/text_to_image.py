@@ -12,7 +12,7 @@ w = 0 is unguided; diffusers' guidance_scale = 1 + w.
 
     python benchmarks/text_to_image.py --run runs/cpu_latent_text        # ~10 min here
     python benchmarks/text_to_image.py --run runs/cpu_text --teacher-w 1
-    python benchmarks/text_to_image.py --teacher-w --steps 4 --class-run runs/cpu_latent   # labels, for scale
+    python benchmarks/text_to_image.py --teacher-w --steps 4 --class-run runs/cpu_latent  # labels
 """
 import argparse
 import sys
@@ -40,10 +40,12 @@ def main():
     parser.add_argument("--teacher-w", type=float, nargs="*", default=[1.0, 2.0],
                         help="the 1024-step teacher's")
     parser.add_argument("--captions", default="test", choices=["test", "train"],
-                        help="held-out paraphrases (default) or the training captions (does it follow text at all?)")
+                        help="held-out paraphrases (default) or the training captions (does it "
+                             "follow text at all?)")
     parser.add_argument("--class-run",
                         help="also score this run's class-label students (the same probe, "
-                                            "image k of class k %% 10): how well labels are followed")
+                                            "image k of class k %% 10): how well labels are "
+                                            "followed")
     parser.add_argument("--steps", type=int, nargs="+", default=[4, 1],
                         help="stage-2 students to score")
     parser.add_argument("--device", default="auto")
@@ -61,9 +63,12 @@ def main():
     emb = cfg["text"]["test"]["emb"]  # (40, 384) held-out captions
     # (10, 384)
     means = text.class_means(cfg["text"]["train"]["emb"], cfg["text"]["train"]["classes"])
-    encoder_acc = (emb @ means.T).argmax(1).eq(torch.tensor(cfg["text"]["test"]["classes"])).float().mean()
-    print(f"n = {cfg['eval_n']} per row, {args.captions} captions; held-out captions: {len(emb)}; the encoder puts {100 * encoder_acc:.0f} % "
-          f"of them nearest their own class; probe accuracy on real test images: {100 * ceiling:.1f} %")
+    nearest = (emb @ means.T).argmax(1)  # (n,) the class whose captions each one is nearest
+    encoder_acc = nearest.eq(torch.tensor(cfg["text"]["test"]["classes"])).float().mean()
+    print(f"n = {cfg['eval_n']} per row, {args.captions} captions; held-out captions: {len(emb)}; "
+          f"the encoder puts {100 * encoder_acc:.0f} % "
+          "of them nearest their own class; probe accuracy on real test images: "
+          f"{100 * ceiling:.1f} %")
 
     # its full N (1024)
     rows = [("teacher", "teacher.pt", "ddim", teacher["N"], w) for w in args.teacher_w]
@@ -89,7 +94,8 @@ def main():
         r = score(x, ref, extract)
         calls = N * (2 if model == "teacher" else 1)
         label = f"{model} {sampler}" + (" (class labels)" if Path(file).is_absolute() else "")
-        print(f"| {label} | {N} | {calls} | {ms:.1f} | {w:g} | {100 * acc:.1f} % | {r['fid']:.1f} | "
+        print(f"| {label} | {N} | {calls} | {ms:.1f} | {w:g} | {100 * acc:.1f} % | {r['fid']:.1f} "
+              "| "
               f"{1000 * r['kid']:.1f} |", flush=True)
 
 

@@ -94,10 +94,13 @@ def main():
     achieved = img_s * flops_per_img / 1e9
     print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"fp32 matmul ceiling:   {ceiling:8.1f} GFLOP/s (2048^3 matmul, best of 5)")
-    print(f"preset {args.preset}: {cfg['resolution']}px, {n_params / 1e6:.3f}M params, batch {cfg['batch_size']}")
+    print(f"preset {args.preset}: {cfg['resolution']}px, {n_params / 1e6:.3f}M params, batch "
+          f"{cfg['batch_size']}")
     print(f"train step FLOPs:      {flops_per_img / 1e6:8.1f} MFLOP per image (forward + backward)")
-    print(f"teacher training:      {img_s:8.1f} img/s  ({seconds / args.steps * 1e3:.0f} ms per step)")
-    print(f"achieved:              {achieved:8.1f} GFLOP/s = {100 * achieved / ceiling:.0f}% of the ceiling")
+    print(f"teacher training:      {img_s:8.1f} img/s  ({seconds / args.steps * 1e3:.0f} ms per "
+          "step)")
+    print(f"achieved:              {achieved:8.1f} GFLOP/s = {100 * achieved / ceiling:.0f}% of "
+          "the ceiling")
 
 
 if __name__ == "__main__":

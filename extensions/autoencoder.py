@@ -1,6 +1,6 @@
 """A small KL-regularized convolutional autoencoder: the latent space of latent diffusion.
 
-Rombach et al. 2022 (latent diffusion, App. G), as used by Meng et al. 2023 (Sec. 5.2) for
+Rombach et al. 2022 (latent diffusion, App. G), as used by Meng et al. 2023 (latent space) for
 Stable-Diffusion-style distillation: the encoder gives a diagonal Gaussian q(u | x) =
 N(mean(x), exp(logvar(x))), the decoder maps a latent u back to an image, and the loss is
 
@@ -19,9 +19,9 @@ config carries the encoder and the decoder as exported programs (torch.export), 
 checkpoint of the run samples pixels by itself (infra.decode) and the core needs no code from
 here. The diffusion math does not change; only x_hat is no longer clipped to [-1, 1].
 
-    python -m extensions.autoencoder train                # cpu preset, ~4 min -> runs/cpu/autoencoder.pt
-    python -m extensions.autoencoder latents --ae runs/cpu/autoencoder.pt   # -> runs/cpu_latent/data.pt
-    python stage2.py --steps 4 --data runs/cpu_latent/data.pt               # the pipeline on latents
+    python -m extensions.autoencoder train            # cpu preset, ~4 min: runs/cpu/autoencoder.pt
+    python -m extensions.autoencoder latents --ae runs/cpu/autoencoder.pt  # cpu_latent/data.pt
+    python stage2.py --steps 4 --data runs/cpu_latent/data.pt     # the pipeline on latents
 """
 import argparse
 import copy
@@ -108,8 +108,9 @@ def ae_loss(model, x, eps, kl_weight):
 
 @torch.no_grad()
 def scale_factor(model, images, device, n=5000):
-    """1 / std of the latent means of the first n training images (so scaled latents have unit variance)."""
-    means = [model.encode(to_float(images[k:k + 500]).to(device))[0] for k in range(0, min(n, len(images)), 500)]
+    """1 / std of the latent means of the first n training images (scaled latents: variance 1)."""
+    means = [model.encode(to_float(images[k:k + 500]).to(device))[0]
+             for k in range(0, min(n, len(images)), 500)]
     return float(1.0 / torch.cat(means).std())
 
 
@@ -171,7 +172,7 @@ def write_latents(ae_path, out, data_dir="data"):
 
 # ---------------------------------------------------------------- training
 def train(cfg, out, device, seed=0, resume=True, data_dir="data", progress=True):
-    """Train out/autoencoder.pt (stage 'autoencoder'; 'scale_factor' set at the end) -> the checkpoint."""
+    """Train out/autoencoder.pt (stage 'autoencoder', with its 'scale_factor') -> the checkpoint."""
     ckpt_path = out / "autoencoder.pt"
     torch.manual_seed(seed)
     images, labels = load_dataset(cfg["dataset"], cfg["resolution"], data_dir)
@@ -206,7 +207,8 @@ def train(cfg, out, device, seed=0, resume=True, data_dir="data", progress=True)
         mses.append(infra.mean(mse).item())  # the global batch's error
         bar.set_postfix(mse=f"{sum(mses[-50:]) / len(mses[-50:]):.5f}")
 
-        # Every ckpt_every steps and at the end: checkpoint (with the scale factor) and a metrics line.
+        # Every ckpt_every steps and at the end: checkpoint (with the scale factor) and a metrics
+        # line.
         done = step + 1
         if done % cfg["ckpt_every"] == 0 or done == iters:
             ckpt = infra.checkpoint_dict("autoencoder", 0, cfg, model, ema, opt, done, gens)

@@ -14,9 +14,11 @@ per step, 1-4 steps). w = 0 is unguided; diffusers' guidance_scale = 1 + w.
   encode   The deterministic DDIM encoder x -> z_1 (extensions/encoder.py, which also distills
            it), then decoding z_1 with another class at w: class-to-class transfer.
 
-    python -m extensions.edit sdedit --ckpt runs/cpu/stage2_N4.pt --to-class 7 --t0 0.5 --steps 2 --w 2
-    python -m extensions.edit inpaint --ckpt runs/cpu/stage2_N4.pt --mask left --sampler stochastic --particles 8
-    python -m extensions.edit encode --ckpt runs/cpu/encoder_N4.pt --decoder runs/cpu/stage2_N4.pt --to-class 5
+    python -m extensions.edit sdedit --ckpt runs/cpu/stage2_N4.pt --to-class 7 --t0 0.5 --steps 2
+    python -m extensions.edit inpaint --ckpt runs/cpu/stage2_N4.pt --mask left \\
+        --sampler stochastic --particles 8
+    python -m extensions.edit encode --ckpt runs/cpu/encoder_N4.pt \\
+        --decoder runs/cpu/stage2_N4.pt --to-class 5
 """
 import argparse
 import time
@@ -44,7 +46,8 @@ def sdedit(predict, x, t0, steps, eps, sampler="ddim", noise=None):
 
 
 # ---------------------------------------------------------------- inpainting
-# The Gaussian of one stochastic step, (mean, var) = kernel(z_t, x_hat, t, s). SMC weighs copies by it,
+# The Gaussian of one stochastic step, (mean, var) = kernel(z_t, x_hat, t, s). SMC weighs copies by
+# it,
 # so the ancestral one uses the true posterior variance ('small').
 KERNELS = {"ancestral": lambda *a: ddpm.ancestral_mean_var(*a, variance="small"),
            "stochastic": ddpm.stochastic_mean_var}
@@ -91,7 +94,8 @@ def inpaint(predict, x, known, steps, noise, sampler="ddim", particles=1):
             if K > 1:
                 # SMC: weight each copy by N(path_s; mean, var) on the known pixels; resample the
                 # copies of an image when its effective number of copies drops below K / 2.
-                log_w += (-0.5 * known * (path[i - 1] - mean) ** 2 / var).flatten(1).sum(1).view(B, K)
+                log_lik = -0.5 * known * (path[i - 1] - mean) ** 2 / var  # (B*K, C, H, W)
+                log_w += log_lik.flatten(1).sum(1).view(B, K)
                 low = 1 / torch.softmax(log_w, 1).pow(2).sum(1) < K / 2  # (B,)
                 keep = torch.arange(B * K, device=x.device)  # (B*K,)
                 idx = torch.where(low.repeat_interleave(K), _resample(log_w, noise(i)), keep)
@@ -116,7 +120,7 @@ def _resample(logw, normal):
 
 # ---------------------------------------------------------------- inputs: images, classes, masks
 def load_inputs(args, cfg):
-    """--image FILE or --index K,K,... of the test split -> x (B, C, H, W) in [-1, 1], y (B,) or None."""
+    """--image FILE or --index K,K,... of the test split -> x (B, C, H, W) in [-1, 1], y or None."""
     info, r = DATASETS[cfg["dataset"]], cfg["resolution"]
     if args.image:
         from PIL import Image
@@ -137,9 +141,11 @@ def load_inputs(args, cfg):
         try:
             idx = [int(k) for k in args.index.split(",")]
         except ValueError:
-            raise UserError(f"--index {args.index!r}: expected numbers separated by commas") from None
+            raise UserError(f"--index {args.index!r}: expected numbers separated by commas, "
+                            "e.g. 0,5,9") from None
         if not all(0 <= k < len(images) for k in idx):
-            raise UserError(f"--index {args.index}: the test split has images 0 .. {len(images) - 1}")
+            raise UserError(f"--index {args.index}: the test split has images 0 .. "
+                            f"{len(images) - 1}")
     else:  # the first test image of each class
         idx = [int((labels == c).nonzero()[0]) for c in range(min(info["n_classes"], 10))]
     return to_float(images[idx]), labels[idx]
@@ -166,7 +172,8 @@ def make_mask(kind, shape, seed=0):
         except OSError as e:
             raise UserError(f"--mask {kind}: not an image ({e})") from None
         if m.size != (W, H):
-            raise UserError(f"--mask {kind} is {m.width}x{m.height}; the model works at {W}x{H}: give a "
+            raise UserError(f"--mask {kind} is {m.width}x{m.height}; the model works at {W}x{H}: "
+                            "give a "
                             f"{W}x{H} mask (white = fill)")
         known = (torch.frombuffer(bytearray(m.tobytes()),
                                   dtype=torch.uint8).reshape(1, 1, H, W) < 128).float()
@@ -183,7 +190,8 @@ def main(argv=None):
         p = commands.add_parser(name, help=what, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--ckpt", required=True,
-                       help="teacher.pt, stage1.pt, stage2_N*.pt (encode: teacher.pt or encoder_N*.pt)")
+                       help="teacher.pt, stage1.pt, stage2_N*.pt (encode: teacher.pt or "
+                            "encoder_N*.pt)")
         p.add_argument("--image", help="an image file (resized to the model's resolution)")
         p.add_argument("--index",
                        help="test-split images K,K,... (default: the first of each class)")
@@ -206,7 +214,8 @@ def main(argv=None):
             p.add_argument("--mask", default="box",
                            help="box | left | random | FILE.png (white = fill)")
             p.add_argument("--particles", type=int, default=1,
-                           help="SMC copies per image (K calls per step; > 1 needs --sampler stochastic or "
+                           help="SMC copies per image (K calls per step; > 1 needs --sampler "
+                                "stochastic or "
                                 "ancestral): exact as K grows; 1 = plain replacement")
         if name == "encode":
             p.add_argument("--decoder",
@@ -216,12 +225,13 @@ def main(argv=None):
 
 
 def edit(args):
-    """sdedit | inpaint | encode on the chosen images: a grid (one column per image) and a summary line."""
+    """sdedit | inpaint | encode on the chosen images: a grid (a column per image) and a summary."""
     device = infra.pick_device(args.device)
     ckpt = infra.load_checkpoint(args.ckpt)
     stage, cfg = str(ckpt["stage"]), ckpt["config"]
     if cfg.get("latent") or cfg.get("text"):
-        raise UserError(f"{args.ckpt} works on {infra.space(cfg)}; edit.py edits pixels with class labels: give it "
+        raise UserError(f"{args.ckpt} works on {infra.space(cfg)}; edit.py edits pixels with "
+                        "class labels: give it "
                         "a checkpoint of a pixel run (runs/<preset>)")
     x, y = load_inputs(args, cfg)
     x = x.to(device)
@@ -236,7 +246,8 @@ def edit(args):
     y, to, w = y.to(device), to.to(device), torch.full((len(x),), args.w, device=device)
     wanted = ("teacher", "encoder") if args.command == "encode" else tuple(SAMPLERS)
     if stage not in wanted:
-        raise UserError(f"{args.ckpt} holds stage {stage!r}; {args.command} needs one of {', '.join(wanted)}")
+        raise UserError(f"{args.ckpt} holds stage {stage!r}; {args.command} needs one of "
+                        f"{', '.join(wanted)}")
     if args.command != "encode" and args.sampler not in SAMPLERS[stage]:
         raise UserError(f"--sampler {args.sampler} does not apply to a {stage} checkpoint; "
                         f"use {', '.join(SAMPLERS[stage])}")
@@ -247,10 +258,13 @@ def edit(args):
 
     if args.command == "sdedit":
         if not 0 < args.t0 <= 1:
-            raise UserError(f"--t0 {args.t0}: must be in (0, 1] (0 = keep the input, 1 = pure noise)")
+            raise UserError(f"--t0 {args.t0}: must be in (0, 1] (0 = keep the input, 1 = pure "
+                            "noise)")
         steps = args.steps or max(1, round(args.t0 * ckpt["N"]))
-        if stage == "stage2" and abs(args.t0 * ckpt["N"] / steps - round(args.t0 * ckpt["N"] / steps)) > 1e-6:
-            print(f"warning: t0 = {args.t0} with {steps} steps leaves the {ckpt['N']}-step student's grid "
+        k = args.t0 * ckpt["N"] / steps  # a whole number on the student's own grid
+        if stage == "stage2" and abs(k - round(k)) > 1e-6:
+            print(f"warning: t0 = {args.t0} with {steps} steps leaves the {ckpt['N']}-step "
+                  "student's grid "
                   f"(times k / {ckpt['N']}); use --t0 k/{ckpt['N']} --steps k")
         rows.append(sdedit(predictor(ckpt, model, to, w), x, args.t0, steps, z_1, args.sampler,
                            noise))
@@ -259,7 +273,8 @@ def edit(args):
         known = make_mask(args.mask, x.shape, args.seed).to(device)  # (1, 1, H, W)
         steps = args.steps or ckpt["N"]
         if args.particles < 1 or (args.particles > 1 and args.sampler == "ddim"):
-            raise UserError(f"--particles {args.particles}: use 1, or > 1 with --sampler stochastic "
+            raise UserError(f"--particles {args.particles}: use 1, or > 1 with --sampler "
+                            "stochastic "
                             "(students) or ancestral (teacher)")
         K = args.particles
         predict = predictor(ckpt, model, to.repeat_interleave(K), w.repeat_interleave(K))
@@ -267,7 +282,8 @@ def edit(args):
                  inpaint(predict, x, known, steps, noise, args.sampler, K)]
         calls = steps * K
         faithful = ("max |change| of the known pixels", (known * (rows[-1] - x)).abs().max())
-    # encode: x -> z_1 with the encoder, decode with --to-class at w (timed), and with the own class at w = 0
+    # encode: x -> z_1 with the encoder, decode with --to-class at w (timed), and with the own class
+    # at w = 0
     else:
         enc_steps = args.steps or ckpt["N"]
         dec_ckpt = infra.load_checkpoint(args.decoder or Path(args.ckpt).with_name("teacher.pt"))
@@ -279,12 +295,15 @@ def edit(args):
                                   dec_steps), transfer]
         calls = enc_steps + dec_steps * (2 if dec_ckpt["stage"] == "teacher" else 1)
         faithful = ("reconstruction MSE", (rows[1] - x).pow(2).mean())
-    ms = ms_transfer if args.command == "encode" else 1000 * (time.perf_counter() - t_begin) / len(x)
+    ms = 1000 * (time.perf_counter() - t_begin) / len(x)
+    ms = ms_transfer if args.command == "encode" else ms
     if args.command != "encode":
         calls *= 2 if stage == "teacher" else 1
-    out = Path(args.out_file or Path(args.ckpt).with_name(f"{args.command}_{Path(args.ckpt).stem}.png"))
+    default = Path(args.ckpt).with_name(f"{args.command}_{Path(args.ckpt).stem}.png")
+    out = Path(args.out_file or default)
     infra.save_images(torch.cat(rows).cpu(), out, len(x))
-    print(f"{args.command} with {Path(args.ckpt).name}: {calls} network calls per image, {ms:.1f} ms per image, "
+    print(f"{args.command} with {Path(args.ckpt).name}: {calls} network calls per image, {ms:.1f} "
+          "ms per image, "
           f"{faithful[0]} {float(faithful[1]):.4f}")
     print(f"wrote {out} (rows: {', '.join(ROWS[args.command])}; one column per image)")
 

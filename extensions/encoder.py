@@ -6,9 +6,10 @@ decoding z_1 with another class at guidance w is class-to-class transfer (extens
 encode). Distillation halves the encoder's steps as stage2.py halves the sampler's: one student
 step matches two teacher steps (target: encoder_target). An extension: it imports the core.
 
-    python -m extensions.encoder --steps 4                # cpu preset, ~12 min -> runs/cpu/encoder_N4.pt
+    python -m extensions.encoder --steps 4         # cpu preset, ~12 min: runs/cpu/encoder_N4.pt
     python -m extensions.encoder --preset smoke --steps 4
-    python -m extensions.edit encode --ckpt runs/cpu/encoder_N4.pt --decoder runs/cpu/stage2_N4.pt --to-class 5
+    python -m extensions.edit encode --ckpt runs/cpu/encoder_N4.pt \\
+        --decoder runs/cpu/stage2_N4.pt --to-class 5
 """
 import argparse
 import copy
@@ -56,7 +57,7 @@ def encoder_target(teacher_predict, z_t, t, N):
 
 
 def encoder_loss(student, teacher, x, y, i, N, eps):
-    """||eps_hat_student(z_t) - eps_tilde||^2 at t = i / N, z_t ~ q(z_t | x); i (B,) long in [0, N)."""
+    """||eps_hat_student(z_t) - eps_tilde||^2 at t = i / N, z_t ~ q(z_t | x); i (B,) in [0, N)."""
     t = i.to(x.dtype) / N  # (B,) the encoder's grid: steps start at i / N
     z_t = ddpm.q_sample(x, t, eps)  # (B, C, H, W)
     with torch.no_grad():
@@ -135,7 +136,8 @@ def main(argv=None):
     cfg, out, device = infra.setup(args)
     start = args.start_steps or cfg["stage2_start_N"]
     stage2.check_steps(args.steps, start, cfg["teacher_N"])
-    print(f"encoder distillation: preset {cfg['preset']}, {start} -> {args.steps} steps, run folder {out}")
+    print(f"encoder distillation: preset {cfg['preset']}, {start} -> {args.steps} steps, run "
+          f"folder {out}")
     train(cfg, out, device, args.steps, start, args.seed, args.resume, args.data_dir)
     print(f"wrote {out / f'encoder_N{args.steps}.pt'}")
 

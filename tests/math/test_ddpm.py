@@ -20,7 +20,8 @@ def test_schedule_variance_preserving_monotone_and_truncated():
     assert (logsnr[1:] < logsnr[:-1]).all(), "logSNR must fall strictly with t"
     assert logsnr[0].item() == pytest.approx(20.0, abs=1e-6)
     assert logsnr[-1].item() == pytest.approx(-20.0, abs=1e-6)
-    assert alpha[-1].item() == pytest.approx(math.sqrt(torch.sigmoid(torch.tensor(-20.0)).item()), rel=1e-3)
+    assert alpha[-1].item() == pytest.approx(math.sqrt(torch.sigmoid(torch.tensor(-20.0)).item()),
+                                             rel=1e-3)
     mid = (t > 0.05) & (t < 0.95)
     assert torch.allclose(alpha[mid], torch.cos(math.pi * t[mid] / 2), atol=2e-4)
 
@@ -56,7 +57,8 @@ def test_ddim_step_with_true_x_follows_the_noiseless_trajectory(xet):
 
 
 def test_ancestral_small_variance_keeps_the_forward_marginal():
-    # z_t ~ q(z_t | x), then an ancestral step with the true x must give z_s ~ q(z_s | x) = N(alpha_s x, sigma_s^2).
+    # z_t ~ q(z_t | x), then an ancestral step with the true x must give z_s ~ q(z_s | x) =
+    # N(alpha_s x, sigma_s^2).
     g = torch.Generator().manual_seed(1)
     n, t, s = 200_000, torch.tensor(0.7), torch.tensor(0.3)
     x = torch.full((n, 1), 0.4, dtype=torch.float64)
@@ -73,17 +75,21 @@ def test_loss_weights_equal_v_and_eps_mse(xet):
     t = t.clamp(0.05, 0.95)
     z_t = ddpm.q_sample(x, t, eps)
     x_hat = x + 0.1 * torch.randn_like(x)
-    v_err = (ddpm.v_from_x(z_t, x_hat, t) - ddpm.v_from_x(z_t, x, t)).pow(2).flatten(1).mean(1).mean()
+    v_err = (ddpm.v_from_x(z_t, x_hat,
+                           t) - ddpm.v_from_x(z_t, x, t)).pow(2).flatten(1).mean(1).mean()
     eps_err = (ddpm.eps_from_x(z_t, x_hat, t) - eps).pow(2).flatten(1).mean(1).mean()
-    assert ddpm.weighted_x_loss(x_hat, x, t, "v_mse").item() == pytest.approx(v_err.item(), rel=1e-9)
-    assert ddpm.weighted_x_loss(x_hat, x, t, "snr").item() == pytest.approx(eps_err.item(), rel=1e-6)
+    assert ddpm.weighted_x_loss(x_hat, x, t,
+                                "v_mse").item() == pytest.approx(v_err.item(), rel=1e-9)
+    assert ddpm.weighted_x_loss(x_hat, x, t,
+                                "snr").item() == pytest.approx(eps_err.item(), rel=1e-6)
     snr = torch.exp(ddpm.logsnr_schedule(t))
     assert torch.equal(ddpm.loss_weight(ddpm.logsnr_schedule(t), "snr_trunc"), snr.clamp(min=1))
     # The official truncated-SNR loss is max(x-MSE, eps-MSE) per example: the same number.
     x_mse = (x_hat - x).pow(2).flatten(1).mean(1)  # (B,)
     eps_mse = (ddpm.eps_from_x(z_t, x_hat, t) - eps).pow(2).flatten(1).mean(1)  # (B,)
     official = torch.maximum(x_mse, eps_mse).mean()
-    assert ddpm.weighted_x_loss(x_hat, x, t, "snr_trunc").item() == pytest.approx(official.item(), rel=1e-6)
+    assert ddpm.weighted_x_loss(x_hat, x, t,
+                                "snr_trunc").item() == pytest.approx(official.item(), rel=1e-6)
     with pytest.raises(ValueError):
         ddpm.loss_weight(t, "nope")
 
@@ -99,8 +105,8 @@ def test_sampling_with_exact_denoiser_matches_class_moments(sampler):
     if sampler == "ddim":
         x = ddpm.sample_ddim(predict, z_1, 256, clip=False)
     else:
-        x = ddpm.sample_ancestral(predict, z_1, 256, clip=False,
-                                  noise=lambda i: torch.randn(z_1.shape, generator=g, dtype=z_1.dtype))
+        noise = lambda i: torch.randn(z_1.shape, generator=g, dtype=z_1.dtype)  # noqa: E731
+        x = ddpm.sample_ancestral(predict, z_1, 256, clip=False, noise=noise)
     check_class_moments(x, y)
 
 
@@ -111,7 +117,8 @@ def test_a_wrong_denoiser_fails_the_moment_check():
     z_1 = torch.randn(len(y), MIX.dim, generator=g, dtype=torch.float64)
     null = torch.full_like(y, MIX.n_classes)
     model = AnalyticModel(MIX)
-    x = ddpm.sample_ddim(lambda z_t, t: ddpm.x_from_v(z_t, model(z_t, t, null), t), z_1, 64, clip=False)
+    x = ddpm.sample_ddim(lambda z_t, t: ddpm.x_from_v(z_t, model(z_t, t, null), t), z_1, 64,
+                         clip=False)
     with pytest.raises(AssertionError):
         check_class_moments(x, y)
 

@@ -8,7 +8,8 @@ import ddpm
 import stage1
 import stage2
 from config import get_config
-from tests.analytic import MIX, AnalyticModel, TinyStudent, check_class_moments, stage1_loss, stage2_loss
+from tests.analytic import (MIX, AnalyticModel, TinyStudent, check_class_moments, stage1_loss,
+                            stage2_loss)
 from unet import from_config, load
 
 
@@ -80,7 +81,8 @@ def test_stage1_training_approaches_the_analytic_guided_prediction():
     g = torch.Generator().manual_seed(1)
     for _ in range(400):
         y = torch.randint(MIX.n_classes, (256,), generator=g)
-        x, w, t = MIX.sample(y, g).float(), torch.rand(256, generator=g) * 4, torch.rand(256, generator=g)
+        x = MIX.sample(y, g).float()
+        w, t = torch.rand(256, generator=g) * 4, torch.rand(256, generator=g)
         loss = stage1_loss(student, teacher, x, y, w, t, torch.randn(256, 2, generator=g), "v_mse")
         opt.zero_grad()
         loss.backward()

@@ -1,5 +1,5 @@
-"""extensions/edit.py and encoder.py: SDEdit, inpainting and the (distilled) DDIM encoder, against the exact
-Gaussian-mixture denoiser where a closed form exists, and on the smoke run."""
+"""extensions/edit.py and encoder.py against the exact Gaussian-mixture denoiser: inpainting with
+particles, the DDIM encoder's round trip, the encoder's distillation target and one round of it."""
 import pytest
 import torch
 
@@ -80,7 +80,8 @@ def test_eps_tilde_makes_one_encoder_step_land_on_the_teachers_two(N):
     # The teacher: t -> t + 0.5/N -> t + 1/N, forwards in time.
     z_t1 = ddpm.ddim_step(z_t, predict(z_t, t), t, t + 0.5 / N)
     z_t2 = ddpm.ddim_step(z_t1, predict(z_t1, t + 0.5 / N), t + 0.5 / N, t + 1 / N)
-    # The student's one DDIM step with eps_hat = eps_tilde, i.e. x_hat = (z_t - sigma_t eps) / alpha_t.
+    # The student's one DDIM step with eps_hat = eps_tilde, i.e. x_hat = (z_t - sigma_t eps) /
+    # alpha_t.
     alpha_t, sigma_t = ddpm.alpha_sigma_at(t, z_t)
     landed = ddpm.ddim_step(z_t, (z_t - sigma_t * eps_tilde) / alpha_t, t, t + 1 / N)
     assert torch.allclose(landed, z_t2, atol=1e-6)
@@ -93,20 +94,23 @@ def test_one_encoder_round_beats_the_teachers_own_ddim_encoder_at_the_same_steps
     torch.manual_seed(0)
     N, g = 2, torch.Generator().manual_seed(2)
     teacher, net = AnalyticModel(MIX), TinyStudent()
-    student = lambda z_t, t, y: net(z_t, t, y, torch.zeros_like(t))  # noqa: E731  an encoder has no w
+    student = lambda z_t, t, y: net(z_t, t, y,
+                                    torch.zeros_like(t))  # noqa: E731  an encoder has no w
     y_e = torch.arange(MIX.n_classes).repeat(300)
     x_e = MIX.sample(y_e, g).float()  # (900, 2)
     target = encoder.ddim_encode(stage1.student_predictor(teacher, y_e, None), x_e, 2 * N)
 
     def error(model):
-        return (encoder.ddim_encode(stage1.student_predictor(model, y_e, None), x_e, N) - target).pow(2).sum(1).mean()
+        return (encoder.ddim_encode(stage1.student_predictor(model, y_e, None), x_e,
+                                    N) - target).pow(2).sum(1).mean()
 
     before = error(teacher)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     for _ in range(600):
         y = torch.randint(MIX.n_classes, (256,), generator=g)
         i = torch.randint(N, (256,), generator=g)
-        loss = encoder.encoder_loss(student, teacher, MIX.sample(y, g).float(), y, i, N, torch.randn(256, 2, generator=g))
+        loss = encoder.encoder_loss(student, teacher, MIX.sample(y, g).float(), y, i, N,
+                                    torch.randn(256, 2, generator=g))
         opt.zero_grad()
         loss.backward()
         opt.step()

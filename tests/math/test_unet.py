@@ -27,8 +27,10 @@ def test_output_shape_for_every_preset_architecture():
         net = from_config(cfg)
         z = torch.randn(3, 1, cfg["resolution"], cfg["resolution"])
         assert net(z, torch.rand(3), torch.tensor([0, 5, 10])).shape == z.shape
-    rgb = UNet(in_ch=3, resolution=16, ch=16, ch_mult=(1, 2), attn_resolutions=(8,), attn_head_dim=8)
-    assert rgb(torch.randn(2, 3, 16, 16), torch.rand(2), torch.tensor([1, 2])).shape == (2, 3, 16, 16)
+    rgb = UNet(in_ch=3, resolution=16, ch=16, ch_mult=(1, 2), attn_resolutions=(8,),
+               attn_head_dim=8)
+    assert rgb(torch.randn(2, 3, 16, 16), torch.rand(2),
+               torch.tensor([1, 2])).shape == (2, 3, 16, 16)
 
 
 def test_null_class_is_its_own_embedding():

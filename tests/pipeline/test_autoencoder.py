@@ -1,4 +1,4 @@
-"""extensions/autoencoder.py: the KL term against torch.distributions, the round trip after the smoke
+"""extensions/autoencoder.py: the KL term against torch.distributions, the round trip after the
 preset, the unit-variance scale factor, resume and bad input."""
 import subprocess
 import sys
@@ -31,7 +31,8 @@ def test_kl_term_matches_torch_distributions():
 @pytest.fixture(scope="module")
 def smoke_ae(tmp_path_factory):
     out = tmp_path_factory.mktemp("ae")
-    cmd = [sys.executable, "-m", "extensions.autoencoder", "train", "--preset", "smoke", "--out", str(out)]
+    cmd = [sys.executable, "-m", "extensions.autoencoder", "train", "--preset", "smoke", "--out",
+           str(out)]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0 and "scale_factor" in r.stdout, r.stderr[-2000:]
     return out, cmd
@@ -72,8 +73,10 @@ def test_rerun_resumes_the_finished_autoencoder(smoke_ae):
 
 
 def test_bad_iters_is_a_one_line_error(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "extensions.autoencoder", "train", "--preset", "smoke",
-                        "--out", str(tmp_path), "--iters", "0"], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "extensions.autoencoder", "train", "--preset",
+                        "smoke",
+                        "--out", str(tmp_path), "--iters", "0"], cwd=ROOT, capture_output=True,
+                        text=True)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--iters" in r.stderr
     assert not list(tmp_path.iterdir())
 
@@ -98,7 +101,8 @@ def test_latents_decode_back_to_the_images(latent_data):
     pairs = torch.load(latent_data, weights_only=True)
     u, labels, cfg = pairs["x"], pairs["y"], pairs["config"]
     images, labels_px = load_dataset("fashion", 8)
-    assert u.shape == (len(images), 2, 4, 4) and u.dtype == torch.float32 and torch.equal(labels, labels_px)
+    assert u.shape == (len(images), 2, 4,
+                       4) and u.dtype == torch.float32 and torch.equal(labels, labels_px)
     assert 0.9 < float(u.std()) < 1.1 and cfg["randflip"] is False
     x = to_float(images[:512])
     assert (infra.decode(u[:512], cfg) - x).pow(2).mean() < 0.05
@@ -108,7 +112,8 @@ def test_latents_decode_back_to_the_images(latent_data):
 @pytest.fixture(scope="module")
 def latent_run(latent_data):
     """python stage2.py --preset smoke --steps 4 --data DATA: the whole pipeline on latents."""
-    r = subprocess.run([sys.executable, "stage2.py", "--preset", "smoke", "--steps", "4", "--data", str(latent_data)],
+    r = subprocess.run([sys.executable, "stage2.py", "--preset", "smoke", "--steps", "4", "--data",
+                        str(latent_data)],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     return latent_data.parent
@@ -116,15 +121,18 @@ def latent_run(latent_data):
 
 def test_latent_pipeline_samples_images_from_latents(latent_run, tmp_path):
     ckpt = load_checkpoint(latent_run / "stage2_N4.pt", "stage2")
-    assert ckpt["config"]["latent"]["channels"] == 2 and ckpt["model"]["conv_in.weight"].shape[1] == 2
+    assert ckpt["config"]["latent"]["channels"] == 2
+    assert ckpt["model"]["conv_in.weight"].shape[1] == 2
     out = tmp_path / "grid.png"
-    r = subprocess.run([sys.executable, "sample.py", "--ckpt", str(latent_run / "stage2_N4.pt"), "--w", "0,2",
+    r = subprocess.run([sys.executable, "sample.py", "--ckpt", str(latent_run / "stage2_N4.pt"),
+                        "--w", "0,2",
                         "--out-file", str(out)], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0 and "latents (" in r.stdout, r.stderr[-2000:]
     import numpy as np
 
     x = np.load(out.with_suffix(".npz"))["x"]
-    assert x.shape == (20, 1, 8, 8) and x.dtype == np.uint8 and x.std() > 10  # decoded pixels, not flat
+    # decoded pixels, not flat
+    assert x.shape == (20, 1, 8, 8) and x.dtype == np.uint8 and x.std() > 10
 
 
 def test_latent_checkpoints_refuse_pixel_mode(latent_run):
@@ -135,7 +143,8 @@ def test_latent_checkpoints_refuse_pixel_mode(latent_run):
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
     assert "latents (" in r.stderr and "--data" in r.stderr
     assert {p.name: p.stat().st_mtime_ns for p in latent_run.glob("*.pt")} == before
-    r = subprocess.run([sys.executable, "-m", "extensions.edit", "sdedit", "--ckpt", str(latent_run / "stage2_N4.pt")],
+    r = subprocess.run([sys.executable, "-m", "extensions.edit", "sdedit", "--ckpt",
+                        str(latent_run / "stage2_N4.pt")],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "latents" in r.stderr
 

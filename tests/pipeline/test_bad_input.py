@@ -47,52 +47,63 @@ def _fails_cleanly(argv, message, folder, after_progress=False):
 
 
 def test_steps_not_a_power_of_two(run):
-    _fails_cleanly(["stage2.py", "--preset", "smoke", "--steps", "3", "--out", str(run)], "not a power of two", run)
+    _fails_cleanly(["stage2.py", "--preset", "smoke", "--steps", "3", "--out", str(run)],
+                   "not a power of two", run)
 
 
 def test_start_steps_larger_than_the_teachers_N(run):
-    _fails_cleanly(["stage2.py", "--preset", "smoke", "--steps", "4", "--start-steps", "2048", "--out", str(run)],
+    _fails_cleanly(["stage2.py", "--preset", "smoke", "--steps", "4", "--start-steps", "2048",
+                    "--out", str(run)],
                    "larger than the teacher's N = 1024", run)
 
 
 def test_w_outside_the_trained_range_is_a_warning_with_the_range(run, tmp_path):
-    r = subprocess.run([sys.executable, "sample.py", "--ckpt", str(run / "stage2_N4.pt"), "--w", "0,9",
-                        "--out-file", str(tmp_path / "g.png")], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "sample.py", "--ckpt", str(run / "stage2_N4.pt"), "--w",
+                        "0,9",
+                        "--out-file", str(tmp_path / "g.png")], cwd=ROOT, capture_output=True,
+                        text=True)
     assert r.returncode == 0 and "leaves the trained range [0, 4]" in r.stderr, r.stderr
     assert (tmp_path / "g.png").is_file()
 
 
 def test_checkpoint_of_the_wrong_stage(run):
-    _fails_cleanly(["-m", "extensions.edit", "encode", "--ckpt", str(run / "stage2_N4.pt")], "holds stage 'stage2'", run)
+    _fails_cleanly(["-m", "extensions.edit", "encode", "--ckpt", str(run / "stage2_N4.pt")],
+                   "holds stage 'stage2'", run)
 
 
 def test_truncated_checkpoint(run):
     data = (run / "teacher.pt").read_bytes()
     (run / "teacher.pt").write_bytes(data[: len(data) // 2])
-    _fails_cleanly(["sample.py", "--ckpt", str(run / "teacher.pt")], "is not a readable checkpoint", run)
+    _fails_cleanly(["sample.py", "--ckpt", str(run / "teacher.pt")], "is not a readable checkpoint",
+                   run)
     # Resuming from it is refused too, and the broken file is left for the user to delete.
-    _fails_cleanly(["guidance.py", "--preset", "smoke", "--out", str(run)], "delete it and rerun", run)
+    _fails_cleanly(["guidance.py", "--preset", "smoke", "--out", str(run)], "delete it and rerun",
+                   run)
 
 
 def test_corrupted_checkpoint(run):
     (run / "stage1.pt").write_bytes(b"not a checkpoint at all" * 100)
-    _fails_cleanly(["sample.py", "--ckpt", str(run / "stage1.pt")], "is not a readable checkpoint", run)
+    _fails_cleanly(["sample.py", "--ckpt", str(run / "stage1.pt")], "is not a readable checkpoint",
+                   run)
 
 
 def test_checkpoint_of_another_image_size(run):
-    _fails_cleanly(["guidance.py", "--preset", "smoke", "--set", "resolution=16", "--out", str(run)],
+    _fails_cleanly(["guidance.py", "--preset", "smoke", "--set", "resolution=16", "--out",
+                    str(run)],
                    "was trained with other resolution", run)
 
 
 def test_checkpoint_of_another_dataset(run, tmp_path):
-    # A tiny CIFAR-10 in its official format, so the data load and the run folder's dataset is what is wrong.
+    # A tiny CIFAR-10 in its official format, so the data load and the run folder's dataset is what
+    # is wrong.
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         with open(folder / name, "wb") as f:
             pickle.dump(cifar_batch(rng, 4), f, protocol=2)
-    _fails_cleanly(["guidance.py", "--preset", "smoke", "--set", "dataset='cifar10'", "--data-dir", str(tmp_path),
+    _fails_cleanly(["guidance.py", "--preset", "smoke", "--set", "dataset='cifar10'", "--data-dir",
+                    str(tmp_path),
                     "--out", str(run)], "was trained with other dataset", run)
 
 
@@ -103,7 +114,8 @@ def test_missing_dataset(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_device_cuda_without_cuda(tmp_path):
-    _fails_cleanly(["stage2.py", "--preset", "smoke", "--device", "cuda", "--out", str(tmp_path / "out")],
+    _fails_cleanly(["stage2.py", "--preset", "smoke", "--device", "cuda", "--out",
+                    str(tmp_path / "out")],
                    "no CUDA device", tmp_path)
     assert not (tmp_path / "out").exists()
 
@@ -115,13 +127,14 @@ def test_empty_out(tmp_path):
 def test_unwritable_out(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")  # a folder cannot be made below a file, whoever runs the test
-    _fails_cleanly(["stage2.py", "--preset", "smoke", "--out", str(blocker / "run")], "cannot create the folder",
-                   tmp_path)
+    _fails_cleanly(["stage2.py", "--preset", "smoke", "--out", str(blocker / "run")],
+                   "cannot create the folder", tmp_path)
 
 
 def test_unwritable_out_file(run):
     (run / "a_file").write_text("x")
-    _fails_cleanly(["sample.py", "--ckpt", str(run / "stage2_N4.pt"), "--out-file", str(run / "a_file" / "g.png")],
+    _fails_cleanly(["sample.py", "--ckpt", str(run / "stage2_N4.pt"), "--out-file",
+                    str(run / "a_file" / "g.png")],
                    "--out-file's folder", run)
 
 
@@ -137,12 +150,15 @@ def test_batch_size_zero(argv, run):
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     out = tmp_path / "run"
-    subprocess.run([sys.executable, "guidance.py", "--preset", "smoke", "--iters", "75", "--out", str(out)],
+    subprocess.run([sys.executable, "guidance.py", "--preset", "smoke", "--iters", "75", "--out",
+                    str(out)],
                    cwd=ROOT, capture_output=True, check=True)
     good = (out / "teacher.pt").read_bytes()
     # Resume with an absurd learning rate: the weights blow up within a few steps.
-    err = _fails_cleanly(["guidance.py", "--preset", "smoke", "--iters", "150", "--set", "lr=1e30", "--out", str(out)],
+    err = _fails_cleanly(["guidance.py", "--preset", "smoke", "--iters", "150", "--set", "lr=1e30",
+                          "--out", str(out)],
                          "keeps the last good weights", out, after_progress=True)
     assert "loss became" in err and (out / "teacher.pt").read_bytes() == good
-    _fails_cleanly(["guidance.py", "--preset", "smoke", "--set", "lr=1e30", "--out", str(tmp_path / "new")],
+    _fails_cleanly(["guidance.py", "--preset", "smoke", "--set", "lr=1e30", "--out",
+                    str(tmp_path / "new")],
                          "no checkpoint was written", tmp_path / "new", after_progress=True)

@@ -19,7 +19,8 @@ def test_cifar10_official_python_format(tmp_path):
     rng = np.random.default_rng(0)
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
-    batches = {name: cifar_batch(rng, 5) for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]}
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    batches = {name: cifar_batch(rng, 5) for name in names}
     for name, batch in batches.items():
         with open(folder / name, "wb") as f:
             pickle.dump(batch, f, protocol=2)
@@ -58,7 +59,8 @@ def test_fashion_mnist_from_debian_package():
     assert x.shape == (60_000, 1, 16, 16) and x.dtype == torch.uint8
     assert torch.equal(torch.bincount(y), torch.full((10,), 6000))
     x28, _ = load_dataset("fashion", 28, "unused", train=False)
-    assert x28.shape == (10_000, 1, 28, 28) and x28.float().mean().item() == pytest.approx(73, abs=2)
+    assert x28.shape == (10_000, 1, 28,
+                         28) and x28.float().mean().item() == pytest.approx(73, abs=2)
 
 
 def test_random_batch_range_flip_and_determinism():
@@ -66,7 +68,8 @@ def test_random_batch_range_flip_and_determinism():
     labels = torch.tensor([0, 1])
     x, y = random_batch(images, labels, 64, torch.Generator().manual_seed(0), randflip=True)
     assert x.shape == (64, 1, 2, 3) and x.min() >= -1 and x.max() <= 1
-    originals = {(int(l), to_uint8(xi).flatten().tolist() == images[l].flatten().tolist()) for xi, l in zip(x, y)}
+    originals = {(int(l), to_uint8(xi).flatten().tolist() == images[l].flatten().tolist()) for xi,
+                 l in zip(x, y)}
     assert {True, False} <= {o for _, o in originals}, "flip on: both flipped and unflipped images"
     for xi, l in zip(x, y):  # each image is its source or its mirror
         assert torch.equal(xi, to_float(images[l])) or torch.equal(xi, to_float(images[l]).flip(-1))
@@ -77,7 +80,8 @@ def test_random_batch_range_flip_and_determinism():
 def test_missing_dataset_is_a_one_line_error(tmp_path):
     with pytest.raises(UserError, match="cifar-10-batches-py"):
         load_dataset("cifar10", 32, tmp_path)
-    r = subprocess.run([sys.executable, "data.py", "--dataset", "cifar10", "--data-dir", str(tmp_path)],
+    r = subprocess.run([sys.executable, "data.py", "--dataset", "cifar10", "--data-dir",
+                        str(tmp_path)],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()

@@ -10,14 +10,16 @@ import numpy as np
 from infra import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
-SHORT = ["--preset", "smoke", "--set", "teacher_iters=20", "--set", "ckpt_every=10", "--set", "stage1_iters=10",
+SHORT = ["--preset", "smoke", "--set", "teacher_iters=20", "--set", "ckpt_every=10", "--set",
+         "stage1_iters=10",
          "--set", "stage2_iters_small=6", "--set", "distill_ckpt_every=3"]
 
 
 def _run(argv, processes):
     """python argv..., or the same under torchrun with `processes` gloo processes."""
     launch = [sys.executable] if processes == 1 else \
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        [sys.executable, "-m", "torch.distributed.run", "--standalone",
+         f"--nproc_per_node={processes}"]
     r = subprocess.run(launch + argv, cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
@@ -40,7 +42,8 @@ def test_two_processes_train_the_same_pipeline_as_one(tmp_path):
         a, b = load_checkpoint(tmp_path / "one" / name), load_checkpoint(tmp_path / "two" / name)
         assert a["step"] == b["step"] > 0, name
         diff = _max_diff(a["model"], b["model"])
-        if prev is None or name == "stage1.pt":  # no common init to measure the move from: an absolute bound
+        # no common init to measure the move from: an absolute bound
+        if prev is None or name == "stage1.pt":
             assert diff < 1e-5, (name, diff)
         else:
             moved = _max_diff(a["model"], prev["ema"])
@@ -52,7 +55,8 @@ def test_two_processes_train_the_same_pipeline_as_one(tmp_path):
 
 
 def test_two_processes_train_the_same_autoencoder_as_one(tmp_path):
-    argv = ["-m", "extensions.autoencoder", "train", "--preset", "smoke", "--iters", "20", "--set", "ckpt_every=10"]
+    argv = ["-m", "extensions.autoencoder", "train", "--preset", "smoke", "--iters", "20", "--set",
+            "ckpt_every=10"]
     _run(argv + ["--out", str(tmp_path / "one")], 1)
     _run(argv + ["--out", str(tmp_path / "two")], 2)
     a, b = (load_checkpoint(tmp_path / d / "autoencoder.pt") for d in ("one", "two"))
@@ -60,11 +64,14 @@ def test_two_processes_train_the_same_autoencoder_as_one(tmp_path):
 
 
 def test_a_batch_that_does_not_split_evenly_is_a_one_line_error(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "guidance.py", "--preset", "smoke", "--batch-size", "63", "--out", str(tmp_path / "o")],
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node=2",
+                        "guidance.py", "--preset", "smoke", "--batch-size", "63", "--out",
+                        str(tmp_path / "o")],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode != 0 and "divisible by the 2 process(es)" in r.stderr
-    assert not list((tmp_path / "o").glob("*")) if (tmp_path / "o").exists() else True  # nothing written
+    # nothing written
+    assert not list((tmp_path / "o").glob("*")) if (tmp_path / "o").exists() else True
 
 
 def test_two_processes_sample_the_same_images_as_one(smoke_run, tmp_path):
@@ -73,7 +80,8 @@ def test_two_processes_sample_the_same_images_as_one(smoke_run, tmp_path):
     images = []
     for processes in (1, 2):
         out = tmp_path / f"p{processes}.png"
-        _run(["sample.py", "--ckpt", str(smoke_run[0] / "stage2_N4.pt"), "--sampler", "stochastic", "--w", "0,2",
+        _run(["sample.py", "--ckpt", str(smoke_run[0] / "stage2_N4.pt"), "--sampler", "stochastic",
+              "--w", "0,2",
               "--rows", "2", "--batch-size", "7", "--out-file", str(out)], processes)
         images.append(np.load(out.with_suffix(".npz"))["x"].astype(int))
     assert images[0].shape == images[1].shape == (40, 1, 8, 8)

@@ -1,5 +1,5 @@
-"""extensions/edit.py and encoder.py: SDEdit, inpainting and the (distilled) DDIM encoder, against the exact
-Gaussian-mixture denoiser where a closed form exists, and on the smoke run."""
+"""extensions/edit.py and encoder.py on the smoke run: SDEdit, inpainting, the distilled DDIM
+encoder and class transfer, and their bad input."""
 import subprocess
 import sys
 from pathlib import Path
@@ -41,9 +41,10 @@ def test_inpainting_keeps_the_known_pixels_of_a_real_student(smoke_run):
 # ---------------------------------------------------------------- SDEdit
 def test_sdedit_at_t0_near_0_returns_the_input_and_at_1_is_plain_sampling(smoke_run):
     """v-prediction: x_hat = alpha_t z_t - sigma_t v_hat, so at tiny t0 any network gives back
-    z_t0 ~ x. At t0 = 1, z_1 = alpha_1 x + sigma_1 eps with alpha_1 = 4.5e-5: plain sampling from eps."""
+    z_t0 ~ x. At t0 = 1, z_1 = alpha_1 x + sigma_1 eps with alpha_1 = 4.5e-5: plain sampling."""
     ckpt = load_checkpoint(smoke_run[0] / "stage2_N4.pt")
-    predict = stage1.student_predictor(load(ckpt, "cpu"), torch.arange(8) % 10, torch.full((8,), 1.0))
+    predict = stage1.student_predictor(load(ckpt, "cpu"), torch.arange(8) % 10,
+                                       torch.full((8,), 1.0))
     g = torch.Generator().manual_seed(0)
     x = torch.rand(8, 1, 8, 8, generator=g) * 1.8 - 0.9
     eps = torch.randn(x.shape, generator=g)
@@ -57,49 +58,65 @@ def test_sdedit_at_t0_near_0_returns_the_input_and_at_1_is_plain_sampling(smoke_
 @pytest.fixture(scope="module")
 def smoke_encoders(smoke_run):
     out = smoke_run[0]
-    r = subprocess.run([sys.executable, "-m", "extensions.encoder", "--preset", "smoke", "--out", str(out),
-                        "--steps", "4", "--start-steps", "64"], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "extensions.encoder", "--preset", "smoke", "--out",
+                        str(out),
+                        "--steps", "4", "--start-steps", "64"], cwd=ROOT, capture_output=True,
+                        text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     return out
 
 
 def test_train_encoder_and_the_edit_commands_on_the_smoke_run(smoke_encoders, tmp_path):
     out = smoke_encoders
-    assert sorted(p.name for p in out.glob("encoder_N*.pt")) == [f"encoder_N{n}.pt" for n in (16, 32, 4, 8)]
+    names = sorted(p.name for p in out.glob("encoder_N*.pt"))
+    assert names == [f"encoder_N{n}.pt" for n in (16, 32, 4, 8)]
     assert load_checkpoint(out / "encoder_N4.pt", "encoder")["N"] == 4
-    for args, expect in ((["sdedit", "--ckpt", str(out / "stage2_N4.pt"), "--t0", "0.5", "--to-class", "7"],
+    for args, expect in ((["sdedit", "--ckpt", str(out / "stage2_N4.pt"), "--t0", "0.5",
+                           "--to-class", "7"],
                           "2 network calls per image"),
-                         (["inpaint", "--ckpt", str(out / "stage2_N4.pt"), "--mask", "left", "--index", "3,4",
-                           "--sampler", "stochastic", "--particles", "4"], "16 network calls per image"),
-                         (["encode", "--ckpt", str(out / "encoder_N4.pt"), "--decoder", str(out / "stage2_N4.pt"),
+                         (["inpaint", "--ckpt", str(out / "stage2_N4.pt"), "--mask", "left",
+                           "--index", "3,4",
+                           "--sampler", "stochastic", "--particles", "4"],
+                          "16 network calls per image"),
+                         (["encode", "--ckpt", str(out / "encoder_N4.pt"), "--decoder",
+                           str(out / "stage2_N4.pt"),
                            "--to-class", "1"], "8 network calls per image")):
         f = tmp_path / f"{args[0]}.png"
-        r = subprocess.run([sys.executable, "-m", "extensions.edit", *args, "--out-file", str(f)], cwd=ROOT,
+        r = subprocess.run([sys.executable, "-m", "extensions.edit", *args, "--out-file", str(f)],
+                           cwd=ROOT,
                            capture_output=True, text=True)
         assert r.returncode == 0 and expect in r.stdout, (r.stdout, r.stderr[-2000:])
         assert f.is_file()
 
 
-@pytest.mark.parametrize("case", ["missing image", "mask size", "mask not an image", "t0 zero", "t0 above 1"])
+@pytest.mark.parametrize("case",
+                         ["missing image", "mask size", "mask not an image", "t0 zero",
+                          "t0 above 1"])
 def test_bad_edit_input_is_a_one_line_error(case, smoke_run, tmp_path):
     ckpt = str(smoke_run[0] / "stage2_N4.pt")
     Image.fromarray(np.zeros((10, 12), np.uint8)).save(tmp_path / "mask.png")
-    args = {"missing image": ["sdedit", "--ckpt", ckpt, "--image", str(tmp_path / "nope.png"), "--class", "1"],
+    args = {"missing image": ["sdedit", "--ckpt", ckpt, "--image", str(tmp_path / "nope.png"),
+                              "--class", "1"],
             "mask size": ["inpaint", "--ckpt", ckpt, "--mask", str(tmp_path / "mask.png")],
             "mask not an image": ["inpaint", "--ckpt", ckpt, "--mask", __file__],
             "t0 zero": ["sdedit", "--ckpt", ckpt, "--t0", "0"],
             "t0 above 1": ["sdedit", "--ckpt", ckpt, "--t0", "1.5"]}[case]
-    message = {"missing image": "no such file", "mask size": "12x10", "mask not an image": "not an image",
+    message = {"missing image": "no such file", "mask size": "12x10",
+               "mask not an image": "not an image",
                "t0 zero": "(0, 1]", "t0 above 1": "(0, 1]"}
-    r = subprocess.run([sys.executable, "-m", "extensions.edit", *args, "--out-file", str(tmp_path / "g.png")], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "extensions.edit", *args, "--out-file",
+                        str(tmp_path / "g.png")], cwd=ROOT,
                        capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and message[case] in r.stderr, r.stderr
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert message[case] in r.stderr, r.stderr
     assert not (tmp_path / "g.png").exists()
 
 
 @pytest.mark.parametrize("script", ["sample.py", "evaluate.py"])
 def test_an_encoder_checkpoint_is_not_sampled(script, smoke_encoders):
-    r = subprocess.run([sys.executable, script, "--ckpt", str(smoke_encoders / "encoder_N4.pt")], cwd=ROOT,
+    r = subprocess.run([sys.executable, script, "--ckpt", str(smoke_encoders / "encoder_N4.pt")],
+                       cwd=ROOT,
                        capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "holds stage 'encoder'" in r.stderr, r.stderr
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "holds stage 'encoder'" in r.stderr, r.stderr
     assert not list(smoke_encoders.glob("samples_encoder*"))

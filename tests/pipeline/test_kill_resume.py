@@ -35,7 +35,8 @@ def test_sigkill_at_random_moments_then_rerun_gives_bitwise_equal_weights(tmp_pa
     # is rerun each time.
     out, rng, seen = tmp_path / "killed", random.Random(0), []
     for marker in ("teacher.pt", "stage1.pt", "stage2_N256.pt", "stage2_N16.pt"):
-        proc = subprocess.Popen(_cmd(out), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(_cmd(out), cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
         deadline = time.time() + 300
         while not (out / marker).exists() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)
@@ -43,7 +44,8 @@ def test_sigkill_at_random_moments_then_rerun_gives_bitwise_equal_weights(tmp_pa
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert proc.returncode == -signal.SIGKILL, f"the run ended before the kill ({marker})"
-        for p in out.glob("*.pt"):  # a kill never leaves a corrupted checkpoint (a stray .tmp is allowed)
+        # a kill never leaves a corrupted checkpoint (a stray .tmp is allowed)
+        for p in out.glob("*.pt"):
             load_checkpoint(p)
         seen.append(_stage_files(out))
     r = subprocess.run(_cmd(out), cwd=ROOT, capture_output=True, text=True)

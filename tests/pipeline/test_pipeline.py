@@ -40,7 +40,8 @@ def test_stage1_stop_and_resume_is_bitwise_equal_to_one_run(tmp_path, monkeypatc
     resumed = stage1.train(cfg, tmp_path, cpu, progress=False)
     assert resumed["step"] == whole["step"] == 20
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in logged if r["stage"] == "stage1"] == [10, 20, 20], "the rerun must start at 10"
+    steps = [r["step"] for r in logged if r["stage"] == "stage1"]
+    assert steps == [10, 20, 20], "the rerun must start at 10"
     assert all(torch.equal(v, resumed["model"][k]) for k, v in whole["model"].items())
 
 
@@ -48,7 +49,7 @@ def test_stage1_stop_and_resume_is_bitwise_equal_to_one_run(tmp_path, monkeypatc
 def test_smoke_pipeline_builds_every_stage_and_resumes(smoke_run):
     out, interrupted, teacher_mtime, stdout = smoke_run
     assert "stage2_N4.pt" not in interrupted and "teacher.pt" in interrupted
-    assert (out / "teacher.pt").stat().st_mtime_ns == teacher_mtime, "the rerun retrained the teacher"
+    assert (out / "teacher.pt").stat().st_mtime_ns == teacher_mtime, "the teacher was retrained"
     assert "finished at step 150/150" in stdout
     assert load_checkpoint(out / "stage1.pt", "stage1")["N"] == 1024
     for N in [512, 256, 128, 64, 32, 16, 8, 4]:
@@ -64,8 +65,10 @@ def test_sample_per_image_seeds_do_not_depend_on_batch_size(smoke_run, tmp_path)
     files = []
     for bs in (7, 256):
         f = tmp_path / f"b{bs}.png"
-        r = subprocess.run([sys.executable, "sample.py", "--ckpt", str(out / "stage2_N4.pt"), "--sampler",
-                            "stochastic", "--w", "0,2", "--batch-size", str(bs), "--out-file", str(f)],
+        r = subprocess.run([sys.executable, "sample.py", "--ckpt", str(out / "stage2_N4.pt"),
+                            "--sampler",
+                            "stochastic", "--w", "0,2", "--batch-size", str(bs), "--out-file",
+                            str(f)],
                            cwd=ROOT, capture_output=True, text=True)
         assert r.returncode == 0 and "4 network calls per image" in r.stdout, r.stderr
         files.append(np.load(f.with_suffix(".npz")))
@@ -77,7 +80,8 @@ def test_sample_per_image_seeds_do_not_depend_on_batch_size(smoke_run, tmp_path)
 @pytest.mark.parametrize("args,message", [(["--steps", "3"], "not a power of two"),
                                           (["--steps", "1024"], "must be smaller")])
 def test_stage2_bad_steps_is_a_one_line_error(args, message, tmp_path):
-    r = subprocess.run([sys.executable, "stage2.py", "--preset", "smoke", "--out", str(tmp_path), *args],
+    r = subprocess.run([sys.executable, "stage2.py", "--preset", "smoke", "--out", str(tmp_path),
+                        *args],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and message in r.stderr
     assert not list(tmp_path.iterdir())

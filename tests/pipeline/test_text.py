@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import guidance
-import infra
+import data
 from extensions import text
 from config import get_config
 from unet import UNet
@@ -22,7 +23,8 @@ def test_captions_hold_out_phrases_and_templates():
     train, c_train = text.captions("train")
     test, c_test = text.captions("test")
     assert len(train) == 250 and len(test) == 40 and not set(train) & set(test)
-    assert c_train == sorted(c_train) and c_test == sorted(c_test)  # grouped by class, as conditions() assumes
+    # grouped by class, as conditions() assumes
+    assert c_train == sorted(c_train) and c_test == sorted(c_test)
     for phrases in text.PHRASES:  # no held-out phrase appears inside a training caption
         assert not any(p in t for p in phrases[text.N_TRAIN_PHRASES:] for t in train)
 
@@ -43,7 +45,8 @@ def encoder_offline():
 
 def test_encoder_is_offline_and_paraphrases_of_a_class_are_closer(encoder_offline):
     emb_train, emb_test = encoder_offline
-    assert emb_train.shape == (250, text.TEXT_DIM) and torch.allclose(emb_test.norm(dim=1), torch.ones(40), atol=1e-4)
+    assert emb_train.shape == (250, text.TEXT_DIM)
+    assert torch.allclose(emb_test.norm(dim=1), torch.ones(40), atol=1e-4)
     # Held-out paraphrases: within a class they are more alike than across classes, for every class.
     c = torch.tensor(text.captions("test")[1])
     sim = emb_test @ emb_test.T  # (40, 40) cosine
@@ -72,7 +75,8 @@ def test_unet_replaces_an_all_zero_caption_by_its_learned_null():
         out_null = net(z, t, null)
         out_explicit = net(z, t, net.null_text.detach().expand(3, -1).clone())
         out_y = net(z, t, y)
-    assert torch.allclose(out_null, out_explicit, atol=1e-6) and not torch.allclose(out_null, out_y, atol=1e-4)
+    assert torch.allclose(out_null, out_explicit,
+                          atol=1e-6) and not torch.allclose(out_null, out_y, atol=1e-4)
     # The guided prediction on captions: w = 0 is the conditional branch exactly.
     with torch.no_grad():
         import ddpm
@@ -87,7 +91,7 @@ def _fake_text_cfg():
     for split in ("train", "test"):
         texts, classes = text.captions(split)
         table[split] = dict(texts=texts, classes=classes,
-                            emb=torch.nn.functional.normalize(torch.randn(len(texts), text.TEXT_DIM), dim=1))
+                            emb=F.normalize(torch.randn(len(texts), text.TEXT_DIM), dim=1))
     return get_config("smoke") | dict(text=dict(encoder="fake", dim=text.TEXT_DIM, **table))
 
 
@@ -99,23 +103,26 @@ def test_each_image_gets_a_caption_of_its_own_class():
     idx = (emb @ train["emb"].T).argmax(1)  # which caption each image got
     assert torch.equal(torch.tensor(train["classes"])[idx], labels)
     assert len(set(idx.tolist())) == 250  # every caption is used
-    assert torch.equal(emb, text.image_captions(cfg["text"]["train"], labels))  # drawn once: the same every call
+    # drawn once: the same every call
+    assert torch.equal(emb, text.image_captions(cfg["text"]["train"], labels))
     # conditions(): image i of class c takes the class's held-out captions in turn.
     test = cfg["text"]["test"]
     y = torch.arange(80) % 10
-    cond = infra.conditions(cfg, y)
+    cond = data.conditions(cfg, y)
     k = (cond @ test["emb"].T).argmax(1)
     assert torch.equal(torch.tensor(test["classes"])[k], y) and len(set(k.tolist())) == 40
-    assert infra.conditions(get_config("smoke"), y) is y and infra.conditions(cfg, cond) is cond
+    assert data.conditions(get_config("smoke"), y) is y and data.conditions(cfg, cond) is cond
 
 
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory, encoder_offline):
     out = tmp_path_factory.mktemp("text")
-    r = subprocess.run([sys.executable, "-m", "extensions.text", "captions", "--preset", "smoke", "--out", str(out)],
+    r = subprocess.run([sys.executable, "-m", "extensions.text", "captions", "--preset", "smoke",
+                        "--out", str(out)],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    r = subprocess.run([sys.executable, "stage2.py", "--preset", "smoke", "--steps", "4", "--data", str(out / "data.pt")],
+    r = subprocess.run([sys.executable, "stage2.py", "--preset", "smoke", "--steps", "4", "--data",
+                        str(out / "data.pt")],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     return out
@@ -123,12 +130,15 @@ def text_run(tmp_path_factory, encoder_offline):
 
 def test_smoke_text_pipeline_samples_from_a_prompt(text_run, tmp_path):
     out = tmp_path / "prompts.png"
-    r = subprocess.run([sys.executable, "-m", "extensions.text", "sample", "--ckpt", str(text_run / "stage2_N4.pt"), "--steps", "4",
-                        "--w", "0,2", "--prompt", "a pair of sneakers", "--prompt", "an ankle boot, leather",
+    r = subprocess.run([sys.executable, "-m", "extensions.text", "sample", "--ckpt",
+                        str(text_run / "stage2_N4.pt"), "--steps", "4",
+                        "--w", "0,2", "--prompt", "a pair of sneakers",
+                        "--prompt", "an ankle boot, leather",
                         "--out-file", str(out)], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0 and "captions" in r.stdout, r.stderr[-2000:]
     f = np.load(out.with_suffix(".npz"))
-    assert f["x"].shape == (4, 1, 8, 8) and list(f["prompts"]) == ["a pair of sneakers", "an ankle boot, leather"]
+    assert f["x"].shape == (4, 1, 8, 8)
+    assert list(f["prompts"]) == ["a pair of sneakers", "an ankle boot, leather"]
     assert f["y"].tolist() == [0, 1, 0, 1] and f["w"].tolist() == [0, 0, 2, 2]
 
 
@@ -136,12 +146,15 @@ def test_prompts_need_a_text_model_and_text_runs_refuse_class_mode(text_run, tmp
     r = subprocess.run([sys.executable, "stage1.py", "--preset", "smoke", "--out", str(text_run)],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--data" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "extensions.text", "sample", "--ckpt", str(text_run / "teacher.pt"), "--prompt", " "],
+    r = subprocess.run([sys.executable, "-m", "extensions.text", "sample", "--ckpt",
+                        str(text_run / "teacher.pt"), "--prompt", " "],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "empty" in r.stderr
     # A class-conditioned teacher (0 steps: its initial weights) takes no prompt.
-    subprocess.run([sys.executable, "guidance.py", "--preset", "smoke", "--iters", "0", "--out", str(tmp_path)],
+    subprocess.run([sys.executable, "guidance.py", "--preset", "smoke", "--iters", "0", "--out",
+                    str(tmp_path)],
                    cwd=ROOT, capture_output=True, check=True)
-    r = subprocess.run([sys.executable, "-m", "extensions.text", "sample", "--ckpt", str(tmp_path / "teacher.pt"), "--prompt", "a bag"],
+    r = subprocess.run([sys.executable, "-m", "extensions.text", "sample", "--ckpt",
+                        str(tmp_path / "teacher.pt"), "--prompt", "a bag"],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "class labels" in r.stderr
