@@ -86,7 +86,7 @@ def train(cfg, out, device, pairs=None, seed=0, resume=True, progress=True):
     losses, running, t0 = [], 0.0, time.time()
     for step in bar:
         # Data: a batch; each label (or caption) becomes null with probability p_uncond.
-        # (B, C, H, W), (B,)
+        # x (B, C, H, W), y (B,) labels or (B, text_dim) captions
         x, y = random_batch(images, labels, B, gens["data"], cfg["randflip"], device)
         drop = torch.rand(B, generator=gens["noise"], device=device) < cfg["p_uncond"]  # (B,)
         y = torch.where(ddpm._bcast(drop, y), null_condition(model, y), y)  # (B,) or (B, text_dim)

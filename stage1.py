@@ -62,18 +62,19 @@ def train(cfg, out, device, pairs=None, seed=0, resume=True, progress=True):
     opt = infra.make_optimizer(student, lr, 0.0, device)
     gens = {"data": torch.Generator().manual_seed(seed + N),
             "noise": torch.Generator(device).manual_seed(seed + N + 1)}
-    start, ckpt = infra.resume(ckpt_path, "stage1", cfg, student, ema, opt,
-                               gens) if resume else (0, None)
+    start, ckpt = 0, None
+    if resume:  # an unfinished run continues bitwise; another architecture is a clear error
+        start, ckpt = infra.resume(ckpt_path, "stage1", cfg, student, ema, opt, gens)
 
     B, losses, t0 = cfg["batch_size"], [], time.time()
     bar = tqdm(range(start, iters), initial=start, total=iters, desc="stage1",
                disable=not progress or not infra.is_main())
     for step in bar:
         # Data, a guidance weight per example w ~ U[w_min, w_max], and z_t at t ~ U[0, 1].
-        # (B, C, H, W), (B,)
+        # x (B, C, H, W), y (B,) labels or (B, text_dim) captions
         x, y = random_batch(images, labels, B, gens["data"], cfg["randflip"], device)
-        w = cfg["w_min"] + (cfg["w_max"] - cfg["w_min"]) * torch.rand(B, generator=gens["noise"],
-                                                                      device=device)  # (B,)
+        u = torch.rand(B, generator=gens["noise"], device=device)  # (B,) uniform in [0, 1)
+        w = cfg["w_min"] + (cfg["w_max"] - cfg["w_min"]) * u  # (B,)
         t = torch.rand(B, generator=gens["noise"], device=device)  # (B,)
         eps = torch.randn(x.shape, generator=gens["noise"], device=device)  # (B, C, H, W)
         x, y, w, t, eps = infra.shard(x, y, w, t, eps)  # this process's B / K examples (torchrun)
