@@ -13,8 +13,7 @@ import ast
 # Shared defaults; each preset below overrides what differs. Sources:
 #   [SH]  Salimans & Ho 2022, official configs `diffusion_distillation/config/*_base.py`
 #   [CFG] Ho & Salimans 2022, "Classifier-Free Diffusion Guidance" (p_uncond 0.1)
-#   [M]   Meng et al. 2023, "On Distillation of Guided Diffusion Models" (w in [0, 4] in pixel
-# space)
+#   [M]   Meng et al. 2023, "On Distillation of Guided Diffusion Models" (w in [0, 4], pixels)
 #   [here] chosen by measuring on the 2-core CPU machine this project is developed on.
 _BASE = dict(
     # data
@@ -47,16 +46,13 @@ _BASE = dict(
     # distillation (stage1.py, stage2.py): Adam, lr decays linearly to 0, no EMA, dropout 0 [SH]
     stage1_iters=20_000,
     stage1_lr=1e-4,
-    # halving starts from the stage-1 student sampled with this many steps [M]
-    stage2_start_N=1024,
+    stage2_start_N=1024,          # halving starts from the stage-1 student at this many steps [M]
     stage2_iters=50_000,          # per halving round [SH]
     stage2_iters_small=50_000,    # per round once N <= 8: few-step students need more [SH Sec. 5]
     stage2_lr=5e-5,               # [SH] cifar_distill (imagenet64_distill: 1e-4)
     distill_ckpt_every=5000,      # checkpoint + grid every K steps inside stage 1 and each round
-    # students: no EMA [SH] (their 'ema' is then a copy of the weights)
-    distill_ema_decay=0.0,
-    # latent space (extensions/autoencoder.py): a KL autoencoder, latents rescaled to unit variance
-    # [LDM]
+    distill_ema_decay=0.0,        # students: no EMA [SH] (their 'ema' is a copy of the weights)
+    # latent space (extensions/autoencoder.py): a KL autoencoder, latents of unit variance [LDM]
     ae_ch=32,                     # width
     ae_levels=1,                  # stride-2 downsamplings: latents are resolution / 2^levels
     ae_z_channels=2,              # latent channels
@@ -64,10 +60,8 @@ _BASE = dict(
     ae_lr=1e-3,
     ae_iters=2000,
     ae_ema_decay=0.999,
-    # set by --data FILE of extensions/autoencoder.py: the model works on latents
-    latent=None,
-    # set by --data FILE of extensions/text.py: captions instead of class labels
-    text=None,
+    latent=None,                  # set by a --data file of latents (extensions/autoencoder.py)
+    text=None,                    # set by a --data file of captions (extensions/text.py)
     # evaluation (evaluate.py): the FID / IS protocol, written next to every number
     eval_features="effnet",       # effnet (EfficientNet-Lite0, offline) | inception (pytorch-fid)
     eval_feature_size=224,        # images are resized to this for the feature network
@@ -77,8 +71,7 @@ _BASE = dict(
     eval_w=(0.0, 0.3, 1.0, 2.0, 4.0),  # guidance weights of the report
     eval_all_w_max_N=1024,        # rows with more steps than this run only at eval_long_w
     eval_long_w=(1.0,),
-    # the teacher at its full N (the targets' reference) also runs here
-    eval_teacher_w=(0.3, 1.0),
+    eval_teacher_w=(0.3, 1.0),    # the teacher at its full N (the targets' reference) also here
     eval_batch=256,               # images per sampling batch (the same for every row's timing)
 )
 

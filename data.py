@@ -223,7 +223,7 @@ if __name__ == "__main__":
     print(f"{args.dataset}: images {tuple(x.shape)} {x.dtype}, labels {tuple(y.shape)}, "
           f"classes {int(y.min())}..{int(y.max())}")
     n_cls = min(int(y.max()) + 1, 10)
-    # (8*n_cls,)
-    picks = torch.stack([torch.nonzero(y == c)[:8, 0] for c in range(n_cls)], 1).flatten()
+    picks = torch.stack([torch.nonzero(y == c)[:8, 0] for c in range(n_cls)], 1)  # (8, n_cls)
+    picks = picks.flatten()  # (8*n_cls,) row by row: one class per column
     save_image(x[picks].float() / 255, args.grid, nrow=n_cls)  # one class per column
     print(f"wrote {args.grid}")

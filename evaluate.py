@@ -85,7 +85,7 @@ def kernel_distance(x, y):
     distributions at any n), so it shows how much of a small-n FID is the sample size."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     n, m, d = len(x), len(y), x.shape[1]
-    # (n, n) (m, m) (n, m)
+    # The kernel matrices (n, n), (m, m), (n, m).
     kxx, kyy, kxy = [(a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y))]
     xx = (kxx.sum() - np.trace(kxx)) / (n * (n - 1))  # the mean off the diagonal
     yy = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
@@ -111,8 +111,7 @@ def reference_stats(cfg, extract, stats_dir, data_dir):
     images = images[:n] if n else images  # (n_ref, C, H, W) uint8
     feats, probs = features(extract, to_float(images))
     mu, sigma = gaussian(feats)
-    # fewer images than feature dimensions: sigma is singular (fine)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # fewer images than feature dimensions: sigma is singular
         warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
         sqrt_sigma = scipy.linalg.sqrtm(sigma).real  # (d, d)
     stats = dict(mu=mu, sigma=sigma, sqrt_sigma=sqrt_sigma,
@@ -223,7 +222,7 @@ def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
     proto = protocol(cfg, ref, n_classes, device, seed)
     results = folder / "results.json"
     old = json.loads(results.read_text()) if results.is_file() else {}
-    # kept if the weights match
+    # Finished rows under the same protocol (each is kept if its checkpoint's hash matches).
     done = {row_key(r): r for r in old["rows"]} if old.get("protocol") == proto else {}
 
     # The data row: the FID floor at this n. Latent runs: the same images through the autoencoder
@@ -252,8 +251,7 @@ def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
             tqdm.write(f"{row_key(row):28s} FID {r['fid']:7.2f}  KID {r['kid']:7.4f}  "
                        f"IS {r['inception_score']:5.2f}  {calls:5d} calls  {ms:9.2f} ms/img")
 
-    # Targets, results.json, plots and report.md (report.py).
-    # only this run's current checkpoints
+    # Targets, results.json, plots and report.md (report.py), for this run's current checkpoints.
     rows = [done[f] for f in floors] + [done[row_key(r)] for r in rows]
     plan = (f"Rows: every w in {list(cfg['eval_w'])} for N <= {cfg['eval_all_w_max_N']}; larger N "
             "only at w in "
@@ -297,7 +295,7 @@ def main(argv=None):
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--seed", type=int, default=0, help="noise seeds and the data row's images")
     args = parser.parse_args(argv)
-    # torchrun: ranks share the sampling
+    # Under torchrun the ranks share the sampling.
     device = infra.init_distributed(infra.pick_device(args.device))
     ckpt = infra.load_checkpoint(Path(args.run) / "teacher.pt" if args.run else args.ckpt)
     cfg = eval_config(ckpt, args.preset, args.set)

@@ -32,8 +32,8 @@ from data import DATASETS, data_shape
 def timestep_embedding(t, dim, scale=1000.0, max_period=10_000.0):
     """Sinusoidal features of scale * t (as in DDPM / the Transformer)."""
     half = dim // 2
-    # (dim/2,)
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
+    k = torch.arange(half, device=t.device)  # (dim/2,)
+    freqs = torch.exp(-math.log(max_period) * k / half)  # (dim/2,)
     args = scale * t.float()[:, None] * freqs[None]  # (B, dim/2)
     return torch.cat([torch.sin(args), torch.cos(args)], dim=1)  # (B, dim)
 
@@ -96,7 +96,7 @@ class UNet(nn.Module):
         if text_dim:
             self.text_mlp = nn.Sequential(nn.Linear(text_dim, emb_ch), nn.SiLU(),
                                           nn.Linear(emb_ch, emb_ch))
-            # the learned null embedding
+            # The learned null caption (classifier-free guidance's unconditional branch).
             self.null_text = nn.Parameter(torch.randn(text_dim) / text_dim**0.5)
         else:
             self.class_emb = nn.Embedding(n_classes + 1, emb_ch)  # last row: the null class

@@ -42,12 +42,10 @@ def main():
     parser.add_argument("--captions", default="test", choices=["test", "train"],
                         help="held-out paraphrases (default) or the training captions (does it "
                              "follow text at all?)")
-    parser.add_argument("--class-run",
-                        help="also score this run's class-label students (the same probe, "
-                                            "image k of class k %% 10): how well labels are "
-                                            "followed")
-    parser.add_argument("--steps", type=int, nargs="+", default=[4, 1],
-                        help="stage-2 students to score")
+    parser.add_argument("--class-run", help="also score this run's class-label students (the same "
+                        "probe, image k of class k %% 10): how well labels are followed")
+    parser.add_argument("--steps", type=int, nargs="+",
+                        help="stage-2 students to score (default: whichever of 4 and 1 the run has)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -55,14 +53,14 @@ def main():
     teacher = load_checkpoint(run / "teacher.pt", "teacher")
     if not teacher["config"].get("text"):
         raise UserError(f"{run} is not a --text run (its teacher is conditioned on class labels)")
+    args.steps = args.steps or [N for N in (4, 1) if (run / f"stage2_N{N}.pt").is_file()]
     cfg = eval_config(teacher)
     cfg["eval_n"] = args.n or cfg["eval_n"]
     extract = feature_net(cfg["eval_features"], cfg["eval_feature_size"], device)
     ref = reference_stats(cfg, extract, "data/fid_stats", "data")
     classify, ceiling = text.class_probe(cfg, extract, "data/fid_stats", "data")
     emb = cfg["text"]["test"]["emb"]  # (40, 384) held-out captions
-    # (10, 384)
-    means = text.class_means(cfg["text"]["train"]["emb"], cfg["text"]["train"]["classes"])
+    means = text.class_means(cfg["text"]["train"]["emb"], cfg["text"]["train"]["classes"])  # (10, d)
     nearest = (emb @ means.T).argmax(1)  # (n,) the class whose captions each one is nearest
     encoder_acc = nearest.eq(torch.tensor(cfg["text"]["test"]["classes"])).float().mean()
     print(f"n = {cfg['eval_n']} per row, {args.captions} captions; held-out captions: {len(emb)}; "
@@ -70,7 +68,7 @@ def main():
           "of them nearest their own class; probe accuracy on real test images: "
           f"{100 * ceiling:.1f} %")
 
-    # its full N (1024)
+    # Rows: the teacher at its full N (1024) and at 4 steps, then the students.
     rows = [("teacher", "teacher.pt", "ddim", teacher["N"], w) for w in args.teacher_w]
     rows += [("teacher", "teacher.pt", "ddim", 4, w) for w in args.teacher_w]
     rows += [("stage2", f"stage2_N{N}.pt", "ddim", N, w) for N in args.steps for w in args.w]
