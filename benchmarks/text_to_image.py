@@ -45,7 +45,7 @@ def main():
     parser.add_argument("--class-run", help="also score this run's class-label students (the same "
                         "probe, image k of class k %% 10): how well labels are followed")
     parser.add_argument("--steps", type=int, nargs="+",
-                        help="stage-2 students to score (default: whichever of 4 and 1 the run has)")
+                        help="stage-2 students to score (default: those of 4 and 1 the run has)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -60,7 +60,8 @@ def main():
     ref = reference_stats(cfg, extract, "data/fid_stats", "data")
     classify, ceiling = text.class_probe(cfg, extract, "data/fid_stats", "data")
     emb = cfg["text"]["test"]["emb"]  # (40, 384) held-out captions
-    means = text.class_means(cfg["text"]["train"]["emb"], cfg["text"]["train"]["classes"])  # (10, d)
+    train = cfg["text"]["train"]
+    means = text.class_means(train["emb"], train["classes"])  # (10, 384) one per class
     nearest = (emb @ means.T).argmax(1)  # (n,) the class whose captions each one is nearest
     encoder_acc = nearest.eq(torch.tensor(cfg["text"]["test"]["classes"])).float().mean()
     print(f"n = {cfg['eval_n']} per row, {args.captions} captions; held-out captions: {len(emb)}; "
