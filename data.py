@@ -208,7 +208,7 @@ if __name__ == "__main__":
 
     from torchvision.utils import save_image
 
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="fashion", choices=list(_LOADERS))
     parser.add_argument("--resolution", type=int, default=16)

@@ -156,6 +156,11 @@ def stochastic_mean_var(z_t, x_hat, t, s):
     """Meng et al.'s N-step stochastic sampler, one step t -> s = t - 1/N, as a
     Gaussian (mean, var): a DDIM step of twice the length, to k = t - 2/N (>= 0), then noise
     added back to s with q(z_s | z_k).
+
+    What it assumes: an N-step student was distilled for DDIM steps of 1/N, but here each of its
+    x_hat drives a jump of 2/N, including the jump 2/N -> 0 before the last step (which then
+    returns x_hat). The students here are trained for DDIM steps only, with no special case for
+    these longer jumps; the report's stochastic rows measure what they cost.
     """
     k = (2 * s - t).clamp(min=0)  # (B,)
     return forward_mean_var(ddim_step(z_t, x_hat, t, k), k, s)

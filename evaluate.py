@@ -35,6 +35,7 @@ w = 0 is unguided; diffusers' guidance_scale = 1 + w.
 import argparse
 import hashlib
 import json
+import math
 import time
 import warnings
 from pathlib import Path
@@ -299,8 +300,10 @@ def main(argv=None):
     device = infra.init_distributed(infra.pick_device(args.device))
     ckpt = infra.load_checkpoint(Path(args.run) / "teacher.pt" if args.run else args.ckpt)
     cfg = eval_config(ckpt, args.preset, args.set)
-    if args.n:
+    if args.n is not None:
         cfg["eval_n"] = args.n
+    if not math.isfinite(args.w):
+        raise UserError(f"--w {args.w}: the guidance weight must be a finite number")
     if cfg["eval_n"] < 2:
         raise UserError("--n must be at least 2 (FID needs a covariance)")
 

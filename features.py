@@ -174,7 +174,8 @@ def feature_net(backend, size, device):
     @torch.no_grad()
     def extract(x):
         feats, logits = run(x.to(device).float())
-        return feats.double().cpu(), logits.double().softmax(-1).cpu()
+        # float32 here (MPS has no float64); statistics go to float64 in numpy, on the CPU.
+        return feats.float().cpu(), logits.float().softmax(-1).cpu()
     return extract
 
 
@@ -190,7 +191,7 @@ def feature_size(cfg):  # the image size the feature network sees: the FID Incep
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", nargs="+",
                         help="image files (any size; centre-cropped to a square)")

@@ -153,6 +153,8 @@ def main(argv=None):
     infra.check_batch_size(cfg)
     if cfg["teacher_iters"] < 0:
         raise UserError("--iters must be >= 0")
+    if not 0 <= cfg["p_uncond"] <= 1:  # also refuses nan
+        raise UserError(f"--p-uncond {cfg['p_uncond']}: a probability, in [0, 1]")
     x, y, cfg = training_set(cfg, args.data_dir, args.data)  # images, or an extension's latents
     print(f"teacher: preset {cfg['preset']}, {cfg['dataset']} {cfg['resolution']}px on "
           f"{infra.space(cfg)}, device {device}, run folder {out}")

@@ -18,6 +18,7 @@ caption model draws a held-out caption of each class (prompts: python -m extensi
     python sample.py --ckpt runs/cpu/stage2_N4.pt --sampler stochastic --rows 4
 """
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -108,8 +109,9 @@ def make_parser():
                         help="EMA (default) or raw")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-file",
-                        help="grid .png path (default: next to the checkpoint); .npz beside it")
+    parser.add_argument("--out", help="folder of the grid and its .npz (default: the checkpoint's)")
+    parser.add_argument("--out-file", help="the grid's path, .png or .jpg (default: in --out, "
+                        "named after the checkpoint, sampler and steps); the .npz goes beside it")
     return parser
 
 
@@ -119,12 +121,14 @@ def run(args, columns=None, prompts=()):
     device = infra.init_distributed(infra.pick_device(args.device))
     ckpt = infra.load_checkpoint(args.ckpt)
     stage = sampling_stage(ckpt, args.ckpt)
-    steps = args.steps or ckpt["N"]
+    steps = ckpt["N"] if args.steps is None else args.steps
     try:
         ws = [float(v) for v in args.w.split(",")]
     except ValueError:
         raise UserError(f"--w {args.w!r}: expected numbers separated by commas, "
                         "e.g. 0,1,3") from None
+    if not all(math.isfinite(w) for w in ws):
+        raise UserError(f"--w {args.w}: every guidance weight must be a finite number")
     if steps < 1 or args.rows < 1 or args.batch_size < 1:
         raise UserError("--steps, --rows and --batch-size must be >= 1")
     if args.sampler not in SAMPLERS[stage]:
@@ -144,9 +148,11 @@ def run(args, columns=None, prompts=()):
     w = torch.tensor(ws).repeat_interleave(args.rows * n_cols)  # (n,)
     seeds = args.seed * 1_000_003 + torch.arange(args.rows * n_cols).repeat(len(ws))  # (n,)
     model = load(ckpt, device, args.weights).to(memory_format=torch.channels_last)
-    out = Path(args.out_file or Path(args.ckpt).with_name(f"samples_{Path(args.ckpt).stem}_"
-                                                          f"{args.sampler}{steps}.png"))
-    infra.writable_dir(out.parent, "--out-file's folder")  # before sampling, not after
+    name = f"samples_{Path(args.ckpt).stem}_{args.sampler}{steps}.png"
+    out = Path(args.out_file or Path(args.out or Path(args.ckpt).parent) / name)
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise UserError(f"--out-file {out}: give a .png or .jpg path (the .npz goes beside it)")
+    infra.writable_dir(out.parent, "--out or --out-file's folder")  # before sampling, not after
 
     t0 = time.time()
     x = generate(ckpt, model, y, w, steps, args.sampler, seeds, device, args.batch_size)

@@ -153,6 +153,10 @@ class UNet(nn.Module):
         if self.w_mlp is not None:
             if w is None:
                 raise ValueError("this U-Net is w-conditioned: pass w (B,)")
+            # w in [0, 4] goes through the time embedding's scale of 1000, as LCM's guidance
+            # embedding does: about half its frequencies have periods below 0.1 in w, and the MLP
+            # (last layer zero at start) learns which to use. (w / w_max would change every
+            # checkpoint; kept as it is.)
             emb = emb + self.w_mlp(timestep_embedding(w, self.ch))
 
         # Down, middle, up with skip connections.
@@ -192,7 +196,7 @@ def load(ckpt, device, weights="ema"):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS))
     cfg = get_config(parser.parse_args().preset)

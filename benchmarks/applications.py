@@ -20,7 +20,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ddpm  # noqa: E402
-import stage1  # noqa: E402
 from unet import load  # noqa: E402
 from extensions import edit, encoder  # noqa: E402
 from infra import load_checkpoint, pick_device, save_images  # noqa: E402
@@ -31,7 +30,7 @@ from sample import image_noise, predictor  # noqa: E402
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="runs/cpu")
     parser.add_argument("--n", type=int, default=200, help="test images per row")
@@ -72,7 +71,7 @@ def main():
         return edit.inpaint(predict, x, known, steps, noise, sampler, particles)
 
     def transfer(enc, enc_steps, dec, dec_steps, cls, ww):
-        z_1 = encoder.ddim_encode(stage1.student_predictor(enc[1], y, None), x, enc_steps)
+        z_1 = encoder.ddim_encode(encoder.v_predictor(enc[1], y), x, enc_steps)
         return ddpm.sample_ddim(predictor(*dec, cls, ww), z_1, dec_steps)
 
     zero = torch.zeros_like(w)

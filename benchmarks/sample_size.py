@@ -21,7 +21,7 @@ from features import feature_net  # noqa: E402
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="runs/cpu",
                         help="a finished run folder (teacher.pt, stage2_N4.pt, ...)")

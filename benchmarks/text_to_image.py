@@ -30,7 +30,7 @@ from unet import load  # noqa: E402
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="runs/cpu_latent_text",
                         help="a finished --text run folder")

@@ -66,7 +66,7 @@ def train_step_fn(cfg, device):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="cpu", choices=list(PRESETS))
     parser.add_argument("--steps", type=int, default=40, help="timed training steps")

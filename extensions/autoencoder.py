@@ -226,14 +226,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("train", help="train <out>/autoencoder.pt", description=__doc__,
+    p = commands.add_parser("train", allow_abbrev=False, help="train <out>/autoencoder.pt",
+                            description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     infra.add_common_args(p)
     p.add_argument("--iters", type=int, help="training steps (default: the preset's ae_iters)")
     p.add_argument("--data-dir", default="data", help="where cifar10 / imagenet64 live")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from <out>/autoencoder.pt if it exists (default), or start over")
-    p = commands.add_parser("latents", help="encode the training set -> <out>/data.pt for --data",
+    p = commands.add_parser("latents", allow_abbrev=False,
+                            help="encode the training set -> <out>/data.pt for --data",
                             description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ae", required=True, help="an autoencoder.pt written by the train command")

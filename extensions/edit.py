@@ -21,6 +21,8 @@ per step, 1-4 steps). w = 0 is unguided; diffusers' guidance_scale = 1 + w.
         --decoder runs/cpu/stage2_N4.pt --to-class 5
 """
 import argparse
+import math
+import sys
 import time
 from pathlib import Path
 
@@ -31,9 +33,8 @@ import ddpm
 import infra
 from config import UserError
 from data import DATASETS, load_dataset, to_float
-from extensions.encoder import ddim_encode
+from extensions.encoder import ddim_encode, v_predictor
 from sample import SAMPLERS, image_noise, predictor
-from stage1 import student_predictor
 from unet import load
 
 
@@ -68,9 +69,13 @@ def inpaint(predict, x, known, steps, noise, sampler="ddim", particles=1):
     predict sees a batch of B*K images (copy k of image b at row b*K + k); noise(i) -> (B, C, H, W).
     """
     B, K = x.shape[0], particles
-    draw = lambda i: torch.stack([noise(i) for _ in range(K)],
-                                 1).flatten(0, 1)  # noqa: E731  (B*K, C, H, W)
-    grid = lambda i: torch.full((B * K,), i / steps, device=x.device)  # noqa: E731  (B*K,)
+
+    def draw(i):  # K independent draws per image -> (B*K, C, H, W)
+        return torch.stack([noise(i) for _ in range(K)], 1).flatten(0, 1)
+
+    def grid(i):  # the time i / steps for every copy -> (B*K,)
+        return torch.full((B * K,), i / steps, device=x.device)
+
     # The known pixels' forward path, one per image (all its copies share it):
     # z_(1/N) ~ q(z | x), then z_(i/N) ~ q(z_(i/N) | z_((i-1)/N)).
     path = [x]
@@ -78,8 +83,8 @@ def inpaint(predict, x, known, steps, noise, sampler="ddim", particles=1):
         t_prev, t = (torch.full((B,), j / steps, device=x.device) for j in (i - 1, i))  # (B,)
         path.append(ddpm.renoise(path[-1], t_prev, t, noise(i)))  # (B, C, H, W)
     path = [z.repeat_interleave(K, 0) for z in path]  # (B*K, C, H, W) each
-    # (B*K, C, H, W), (B, K)
-    z_t, log_w = draw(0), torch.zeros(B, K, dtype=torch.float64, device=x.device)
+    # Log-weights in float32 on the model's device (MPS has no float64).
+    z_t, log_w = draw(0), torch.zeros(B, K, device=x.device)  # (B*K, C, H, W), (B, K)
     for i in range(steps, 0, -1):
         t, s = grid(i), grid(i - 1)
         # Replace the known pixels by the path; predict the whole image.
@@ -102,20 +107,33 @@ def inpaint(predict, x, known, steps, noise, sampler="ddim", particles=1):
                 # var: the same for every copy
                 mean, log_w = mean[idx], torch.where(low[:, None], 0.0, log_w)
             z_t = mean + var.sqrt() * draw(i)
-    # One copy per image, drawn by its weight.
-    pick = _resample(log_w, noise(0)).view(B, K)[:, 0]  # (B,) flat indices
-    return known * x + (1 - known) * z_t[pick]  # the known pixels, exactly
+    # One copy per image, drawn with probability its normalised weight.
+    return known * x + (1 - known) * z_t[pick_copy(log_w, noise(0))]  # known pixels, exactly
 
 
-def _resample(logw, normal):
-    """Systematic resampling of K copies per image: logw (B, K), one uniform per image taken from
-    its own noise stream -> flat indices (B*K,) into the B*K copies."""
-    B, K = logw.shape
-    cdf = torch.softmax(logw.double(), 1).cumsum(1)  # (B, K)
-    u = torch.special.ndtr(normal.flatten(1)[:, 0].double())  # (B,) uniform in (0, 1)
-    pos = (u[:, None] + torch.arange(K, device=logw.device)) / K  # (B, K)
-    pick = torch.searchsorted(cdf, pos).clamp(max=K - 1)  # (B, K)
-    return (pick + K * torch.arange(B, device=logw.device)[:, None]).flatten()
+def _cdf_index(log_w, u):
+    """For weights softmax(log_w) (B, K) and uniforms u (B, M) in (0, 1): the copy k whose CDF
+    interval holds each u -> (B, M), as flat indices b*K + k into the B*K copies."""
+    B, K = log_w.shape
+    cdf = torch.softmax(log_w, 1).cumsum(1)  # (B, K) float32
+    k = torch.searchsorted(cdf, u.contiguous()).clamp(max=K - 1)  # (B, M)
+    return k + K * torch.arange(B, device=log_w.device)[:, None]
+
+
+def _resample(log_w, normal):
+    """Systematic resampling: K copies per image at the positions (u + j) / K, with one uniform
+    u per image from its own noise stream -> flat indices (B*K,)."""
+    K = log_w.shape[1]
+    u = torch.special.ndtr(normal.flatten(1)[:, :1].float())  # (B, 1) uniform in (0, 1)
+    return _cdf_index(log_w, (u + torch.arange(K, device=log_w.device)) / K).flatten()
+
+
+def pick_copy(log_w, normal):
+    """One copy per image, copy k with probability softmax(log_w)[b, k]: a single uniform per image
+    (from its noise stream) on the CDF -> flat indices (B,). (The first index of a systematic
+    resample is not such a draw: it always falls in (0, 1/K].)"""
+    u = torch.special.ndtr(normal.flatten(1)[:, :1].float())  # (B, 1) uniform in (0, 1)
+    return _cdf_index(log_w, u)[:, 0]
 
 
 # ---------------------------------------------------------------- inputs: images, classes, masks
@@ -187,7 +205,7 @@ def main(argv=None):
     commands = parser.add_subparsers(dest="command", required=True)
     for name, what in (("sdedit", "edit toward --to-class"), ("inpaint", "fill a masked region"),
                        ("encode", "DDIM-encode, then decode with --to-class")):
-        p = commands.add_parser(name, help=what, description=__doc__,
+        p = commands.add_parser(name, help=what, description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--ckpt", required=True,
                        help="teacher.pt, stage1.pt, stage2_N*.pt (encode: teacher.pt or "
@@ -224,6 +242,17 @@ def main(argv=None):
     edit(parser.parse_args(argv))
 
 
+def warn_off_grid(ckpt, t0, steps):
+    """An N-step student was trained on steps of length 1/N only: warn (stderr) when `steps` steps
+    from t0 are of another length, as sample.py does for another N."""
+    N = ckpt["N"]
+    if steps < 1:
+        raise UserError(f"--steps {steps}: must be >= 1")
+    if ckpt["stage"] == "stage2" and abs(t0 * N - steps) > 1e-6:
+        print(f"warning: {steps} steps from t0 = {t0:g} are {t0 / steps:g} long; this {N}-step "
+              f"student was trained on steps of 1/{N} (use --t0 k/{N} --steps k)", file=sys.stderr)
+
+
 def edit(args):
     """sdedit | inpaint | encode on the chosen images: a grid (a column per image) and a summary."""
     device = infra.pick_device(args.device)
@@ -239,6 +268,8 @@ def edit(args):
         y = torch.full((len(x),), args.cls)
     if y is None:
         raise UserError("--image has no label: give its class with --class")
+    if not math.isfinite(args.w):
+        raise UserError(f"--w {args.w}: the guidance weight must be a finite number")
     to = y if args.to_class is None else torch.full_like(y, args.to_class)
     n_classes = DATASETS[cfg["dataset"]]["n_classes"]
     if not ((0 <= y) & (y < n_classes)).all() or not ((0 <= to) & (to < n_classes)).all():
@@ -260,18 +291,15 @@ def edit(args):
         if not 0 < args.t0 <= 1:
             raise UserError(f"--t0 {args.t0}: must be in (0, 1] (0 = keep the input, 1 = pure "
                             "noise)")
-        steps = args.steps or max(1, round(args.t0 * ckpt["N"]))
-        k = args.t0 * ckpt["N"] / steps  # a whole number on the student's own grid
-        if stage == "stage2" and abs(k - round(k)) > 1e-6:
-            print(f"warning: t0 = {args.t0} with {steps} steps leaves the {ckpt['N']}-step "
-                  "student's grid "
-                  f"(times k / {ckpt['N']}); use --t0 k/{ckpt['N']} --steps k")
+        steps = max(1, round(args.t0 * ckpt["N"])) if args.steps is None else args.steps
+        warn_off_grid(ckpt, args.t0, steps)
         rows.append(sdedit(predictor(ckpt, model, to, w), x, args.t0, steps, z_1, args.sampler,
                            noise))
         calls, faithful = steps, ("MSE to the input", (rows[-1] - x).pow(2).mean())
     elif args.command == "inpaint":
         known = make_mask(args.mask, x.shape, args.seed).to(device)  # (1, 1, H, W)
-        steps = args.steps or ckpt["N"]
+        steps = ckpt["N"] if args.steps is None else args.steps
+        warn_off_grid(ckpt, 1.0, steps)
         if args.particles < 1 or (args.particles > 1 and args.sampler == "ddim"):
             raise UserError(f"--particles {args.particles}: use 1, or > 1 with --sampler "
                             "stochastic "
@@ -288,7 +316,7 @@ def edit(args):
         enc_steps = args.steps or ckpt["N"]
         dec_ckpt = infra.load_checkpoint(args.decoder or Path(args.ckpt).with_name("teacher.pt"))
         dec_model, dec_steps = load(dec_ckpt, device), args.dec_steps or dec_ckpt["N"]
-        z_enc = ddim_encode(student_predictor(model, y, None), x, enc_steps)  # (B, C, H, W)
+        z_enc = ddim_encode(v_predictor(model, y), x, enc_steps)  # (B, C, H, W)
         transfer = ddpm.sample_ddim(predictor(dec_ckpt, dec_model, to, w), z_enc, dec_steps)
         ms_transfer = 1000 * (time.perf_counter() - t_begin) / len(x)
         rows += [ddpm.sample_ddim(predictor(dec_ckpt, dec_model, y, torch.zeros_like(w)), z_enc,

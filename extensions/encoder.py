@@ -23,21 +23,34 @@ import guidance
 import infra
 import stage2
 from data import load_dataset, random_batch
-from stage1 import student_predictor
 from unet import load
 
 
+def v_predictor(model, y):
+    """predict_v(z_t, t) -> v_hat: the conditional model (w = 0) that the encoder steps with."""
+    return lambda z_t, t: model(z_t, t, y)
+
+
+def ddim_step_v(z_t, v_hat, t, s):
+    """The DDIM step t -> s from a v prediction: x_hat = alpha_t z_t - sigma_t v and
+    eps_hat = sigma_t z_t + alpha_t v, both exact at t = 0. (ddpm.ddim_step takes x_hat and divides
+    by sigma_0 = 4.5e-5 to recover eps_hat, where float32 loses ~3e-3 of it.)"""
+    x_hat, eps_hat = ddpm.x_from_v(z_t, v_hat, t), ddpm.eps_from_v(z_t, v_hat, t)
+    alpha_s, sigma_s = ddpm.alpha_sigma_at(s, z_t)
+    return alpha_s * x_hat + sigma_s * eps_hat  # (B, C, H, W)
+
+
 @torch.no_grad()
-def ddim_encode(predict, x, N):
+def ddim_encode(predict_v, x, N):
     """x (B, C, H, W) -> z_1: N DDIM steps forwards on t_i = i / N (no clipping: it must invert)."""
     z_t = x
     for i in range(N):
         t = torch.full((x.shape[0],), i / N, device=x.device)  # (B,)
-        z_t = ddpm.ddim_step(z_t, predict(z_t, t), t, t + 1 / N)  # (B, C, H, W)
+        z_t = ddim_step_v(z_t, predict_v(z_t, t), t, t + 1 / N)  # (B, C, H, W)
     return z_t
 
 
-def encoder_target(teacher_predict, z_t, t, N):
+def encoder_target(teacher_v, z_t, t, N):
     """Teacher: two DDIM encoder steps t -> t' -> t'' = t + 1/N (no grad) -> eps_tilde.
 
     One DDIM step t -> t'' with noise prediction eps_hat (x_hat = (z_t - sigma_t eps_hat) / alpha_t)
@@ -48,11 +61,10 @@ def encoder_target(teacher_predict, z_t, t, N):
     this divides by alpha_t, which stays > 0 on the encoder's times t < 1.)
     """
     t1, t2 = t + 0.5 / N, t + 1.0 / N
-    z_t1 = ddpm.ddim_step(z_t, teacher_predict(z_t, t), t, t1)  # (B, C, H, W)
-    z_t2 = ddpm.ddim_step(z_t1, teacher_predict(z_t1, t1), t1, t2)
+    z_t1 = ddim_step_v(z_t, teacher_v(z_t, t), t, t1)  # (B, C, H, W)
+    z_t2 = ddim_step_v(z_t1, teacher_v(z_t1, t1), t1, t2)
     alpha_t, sigma_t = ddpm.alpha_sigma_at(t, z_t)
     alpha_2, sigma_2 = ddpm.alpha_sigma_at(t2, z_t)
-    # (B, C, H, W)
     return (z_t2 - (alpha_2 / alpha_t) * z_t) / (sigma_2 - alpha_2 * sigma_t / alpha_t)
 
 
@@ -61,7 +73,7 @@ def encoder_loss(student, teacher, x, y, i, N, eps):
     t = i.to(x.dtype) / N  # (B,) the encoder's grid: steps start at i / N
     z_t = ddpm.q_sample(x, t, eps)  # (B, C, H, W)
     with torch.no_grad():
-        eps_tilde = encoder_target(student_predictor(teacher, y, None), z_t, t, N)
+        eps_tilde = encoder_target(v_predictor(teacher, y), z_t, t, N)
     eps_hat = ddpm.eps_from_v(z_t, student(z_t, t, y), t)
     return (eps_hat - eps_tilde).pow(2).mean()
 

@@ -206,10 +206,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("show", help="the captions, and the class each prompt is nearest")
+    p = commands.add_parser("show", allow_abbrev=False,
+                            help="the captions, and the class each prompt is nearest")
     p.add_argument("--prompt", action="append",
                    help="a prompt to place among the classes (repeatable)")
-    p = commands.add_parser("captions",
+    p = commands.add_parser("captions", allow_abbrev=False,
                             help="write <out>/data.pt: images (or latents) with captions")
     p.add_argument("--preset", default="cpu", help="the images of this preset (without --data)")
     p.add_argument("--data", help="a data file to caption instead, e.g. runs/cpu_latent/data.pt")
@@ -217,6 +218,7 @@ def main(argv=None):
                    help="folder of data.pt (default: runs/<preset>_text or <data folder>_text)")
     p.add_argument("--data-dir", default="data")
     p = commands.add_parser("sample", parents=[sample.make_parser()], add_help=False,
+                            allow_abbrev=False,
                             help="sample.py with --prompt: one column per prompt")
     p.add_argument("--prompt", action="append", required=True,
                    help="a caption, one column each (repeatable)")

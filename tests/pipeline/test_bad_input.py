@@ -159,6 +159,47 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
                           "--out", str(out)],
                          "keeps the last good weights", out, after_progress=True)
     assert "loss became" in err and (out / "teacher.pt").read_bytes() == good
-    _fails_cleanly(["guidance.py", "--preset", "smoke", "--set", "lr=1e30", "--out",
-                    str(tmp_path / "new")],
-                         "no checkpoint was written", tmp_path / "new", after_progress=True)
+    new = tmp_path / "new"
+    _fails_cleanly(["guidance.py", "--preset", "smoke", "--set", "lr=1e30", "--out", str(new)],
+                   "no checkpoint was written", new, after_progress=True)
+
+
+@pytest.mark.parametrize("setting,message", [("lr=abc", "--set lr='abc': expected float"),
+                                             ("resolution=16.5",
+                                              "--set resolution=16.5: expected int"),
+                                             ("randflip=1", "--set randflip=1: expected bool"),
+                                             ("lr=1e999", "--set lr=inf: must be a finite number")])
+def test_set_checks_the_type_of_each_value(setting, message, tmp_path):
+    _fails_cleanly(["guidance.py", "--preset", "smoke", "--set", setting, "--out", str(tmp_path)],
+                   message, tmp_path)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["sample.py", "--w", "nan"], "finite number"),
+    (["sample.py", "--w", "0,inf"], "finite number"),
+    (["sample.py", "--steps", "0"], "must be >= 1"),
+    (["sample.py", "--steps", "-2"], "must be >= 1"),
+    (["sample.py", "--out-file", "grid"], "give a .png or .jpg path"),
+    (["evaluate.py", "--w", "nan"], "finite number"),
+    (["evaluate.py", "--n", "0"], "at least 2"), (["evaluate.py", "--n", "1"], "at least 2"),
+    (["-m", "extensions.edit", "sdedit", "--w", "inf"], "finite number"),
+    (["-m", "extensions.edit", "sdedit", "--steps", "0"], "must be >= 1")])
+def test_sampling_options_out_of_their_domain(argv, message, run):
+    _fails_cleanly(argv + ["--ckpt", str(run / "stage2_N4.pt")], message, run)
+
+
+def test_p_uncond_outside_0_1(tmp_path):
+    argv = ["guidance.py", "--preset", "smoke", "--p-uncond", "1.5", "--out", str(tmp_path)]
+    _fails_cleanly(argv, "a probability, in [0, 1]", tmp_path)
+
+
+@pytest.mark.parametrize("argv", [["sample.py", "--ckpt", "RUN/stage2_N4.pt", "--out-f", "g.png"],
+                                  ["evaluate.py", "--ckpt", "RUN/stage2_N4.pt", "--num", "4"],
+                                  ["stage2.py", "--out", "RUN", "--step", "4"]])
+def test_abbreviated_options_are_refused(argv, run):
+    """Without allow_abbrev=False, argparse would read --out-f as --out-file, --num as
+    --num-samples and --step as --steps."""
+    argv = [a.replace("RUN", str(run)) for a in argv]
+    r = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"unrecognized arguments: {argv[-2]}" in r.stderr, r.stderr

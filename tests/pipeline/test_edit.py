@@ -120,3 +120,17 @@ def test_an_encoder_checkpoint_is_not_sampled(script, smoke_encoders):
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
     assert "holds stage 'encoder'" in r.stderr, r.stderr
     assert not list(smoke_encoders.glob("samples_encoder*"))
+
+
+@pytest.mark.parametrize("args,warned", [(["sdedit", "--t0", "1", "--steps", "2"], True),
+                                         (["sdedit", "--t0", "0.5", "--steps", "2"], False),
+                                         (["inpaint", "--steps", "2"], True),
+                                         (["inpaint", "--steps", "4"], False)])
+def test_steps_off_the_students_grid_are_a_warning(args, warned, smoke_run, tmp_path):
+    """The 4-step student was trained on steps of 1/4: t0 = 1 in 2 steps (steps of 1/2), or
+    inpainting in 2 steps, warns on stderr (and still runs); its own grid does not."""
+    r = subprocess.run([sys.executable, "-m", "extensions.edit", *args, "--ckpt",
+                        str(smoke_run[0] / "stage2_N4.pt"), "--out-file", str(tmp_path / "g.png")],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert ("trained on steps of 1/4" in r.stderr) == warned, r.stderr

@@ -15,6 +15,7 @@ import features
 import evaluate
 import report
 from config import UserError, get_config
+from tests.dtypes import Dtypes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -181,3 +182,12 @@ def test_evaluate_run_on_a_finished_smoke_run_writes_the_report(smoke_run, tmp_p
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0
     assert json.loads((folder / "results.json").read_text())["rows"] == results["rows"]
+
+
+def test_feature_extraction_makes_no_float64_tensor():
+    """MPS has no float64: the feature network's outputs stay float32 on the device; the
+    statistics go to float64 in numpy, on the CPU."""
+    extract = features.feature_net("effnet", 32, "cpu")
+    with Dtypes() as mode:
+        feats, probs = extract(torch.zeros(2, 1, 8, 8))
+    assert torch.float64 not in mode.seen and feats.shape == (2, 1280) and probs.shape == (2, 1000)

@@ -85,3 +85,12 @@ def test_stage2_bad_steps_is_a_one_line_error(args, message, tmp_path):
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and message in r.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_sample_out_dir_holds_the_grid_and_its_npz(smoke_run, tmp_path):
+    """sample.py --out DIR (the same flag as every script): the grid and its .npz go to DIR."""
+    r = subprocess.run([sys.executable, "sample.py", "--ckpt", str(smoke_run[0] / "stage2_N4.pt"),
+                        "--out", str(tmp_path / "mine")], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    grid = tmp_path / "mine" / "samples_stage2_N4_ddim4.png"
+    assert grid.is_file() and grid.with_suffix(".npz").is_file()
