@@ -163,8 +163,8 @@ if __name__ == "__main__":
     for name in [args.preset] if args.preset else PRESETS:
         cfg = get_config(name)
         print(f"[{name}]" + ("" if args.preset else f"  {cfg['dataset']} {cfg['resolution']}px, "
-                             f"ch={cfg['ch']} x {cfg['ch_mult']}, {cfg['teacher_iters']} teacher "
-                             "iters"))
+                             f"ch={cfg['ch']} x {cfg['ch_mult']}, "
+                             f"{cfg['teacher_iters']} teacher iters"))
         if args.preset:
             for k, v in cfg.items():
                 print(f"  {k:18s} {v}")

@@ -30,8 +30,8 @@ from config import UserError
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 DATASETS = {  # native size, channels, classes, where to get it
     "fashion": dict(size=28, channels=1, n_classes=10,
-                    get="apt install dataset-fashion-mnist (or run once online: torchvision "
-                        "downloads it)"),
+                    get="apt install dataset-fashion-mnist "
+                        "(or run once online: torchvision downloads it)"),
     "cifar10": dict(size=32, channels=3, n_classes=10,
                     get="download cifar-10-python.tar.gz from "
                         "https://www.cs.toronto.edu/~kriz/cifar.html "
@@ -151,8 +151,7 @@ def training_set(cfg, data_dir="data", data_file=None):
     for key in ("dataset", "resolution"):
         if extra[key] != cfg[key]:
             raise UserError(f"--data {path} holds {key} {extra[key]!r}, this run uses "
-                            f"{cfg[key]!r}; "
-                            "use the same --preset as the extension that wrote it")
+                            f"{cfg[key]!r}; use the same --preset as the extension that wrote it")
     return x, y, cfg | extra
 
 

@@ -168,9 +168,8 @@ def protocol(cfg, ref, n_classes, device, seed):
     return dict(metrics="FID, KID, IS", features=cfg["eval_features"],
                 feature_size=feature_size(cfg),
                 n=cfg["eval_n"],
-                reference=f"{cfg['dataset']} {cfg['eval_ref_split']} split, first {int(ref['n'])} "
-                          "images "
-                          f"at {cfg['resolution']} px", seed=seed,
+                reference=f"{cfg['dataset']} {cfg['eval_ref_split']} split, first "
+                          f"{int(ref['n'])} images at {cfg['resolution']} px", seed=seed,
                 classes=f"image k has class k % {n_classes}, noise seed k (rows are paired)",
                 batch_size=cfg["eval_batch"], device=str(device),
                 torch_threads=torch.get_num_threads())
@@ -254,10 +253,9 @@ def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
 
     # Targets, results.json, plots and report.md (report.py), for this run's current checkpoints.
     rows = [done[f] for f in floors] + [done[row_key(r)] for r in rows]
-    plan = (f"Rows: every w in {list(cfg['eval_w'])} for N <= {cfg['eval_all_w_max_N']}; larger N "
-            "only at w in "
-            f"{list(cfg['eval_long_w'])}, and the teacher at its full N also at w in "
-            f"{list(cfg['eval_teacher_w'])} "
+    plan = (f"Rows: every w in {list(cfg['eval_w'])} for N <= {cfg['eval_all_w_max_N']}; "
+            f"larger N only at w in {list(cfg['eval_long_w'])}, and the teacher at its full N "
+            f"also at w in {list(cfg['eval_teacher_w'])} "
             f"(the sampling budget). The data row is {proto['n']} training images: the floor at "
             "this sample size.")
     out = dict(protocol=proto, plan=plan, reference_is=float(ref["inception_score"]),
@@ -275,17 +273,17 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--run", "--run-dir", dest="run",
-                      help="a run folder: evaluate all its checkpoints, write DIR/report/ (under "
-                           "torchrun, "
-                           "write --run-dir: torchrun takes --run for its own --run-path)")
+                      help="a run folder: evaluate all its checkpoints, write DIR/report/ "
+                           "(under torchrun, write --run-dir: torchrun takes --run for its own "
+                           "--run-path)")
     what.add_argument("--ckpt", help="one checkpoint: print its FID and IS")
     parser.add_argument("--steps", type=int, help="--ckpt: sampler steps (default: its own N)")
     parser.add_argument("--sampler", default="ddim", choices=["ddim", "ancestral", "stochastic"])
     parser.add_argument("--w", type=float, default=1.0,
                         help="--ckpt: guidance weight (0 = unguided)")
     parser.add_argument("--n", "--num-samples", dest="n", type=int,
-                        help="samples per row (default: the preset's eval_n; under torchrun write "
-                             "--num-samples)")
+                        help="samples per row (default: the preset's eval_n; under torchrun, "
+                             "write --num-samples)")
     parser.add_argument("--preset", choices=list(PRESETS),
                         help="eval_* protocol (default: the run's preset)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

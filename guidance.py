@@ -141,8 +141,8 @@ def main(argv=None):
     parser.add_argument("--p-uncond", type=float,
                         help="probability of the null label (default 0.1)")
     parser.add_argument("--loss-weight", choices=ddpm.LOSS_WEIGHTS,
-                        help="omega(lambda_t) of the x-space loss (default: snr_trunc = max(SNR, "
-                             "1))")
+                        help="omega(lambda_t) of the x-space loss "
+                             "(default: snr_trunc = max(SNR, 1))")
     infra.add_training_args(parser, "<out>/teacher.pt")
     args = parser.parse_args(argv)
     cfg, out, device = infra.setup(args)

@@ -42,8 +42,8 @@ def sampling_stage(ckpt, path):
     """The checkpoint's stage if it can be sampled (teacher, stage1, stage2), else an error."""
     stage = str(ckpt["stage"])
     if stage not in SAMPLERS:
-        raise UserError(f"{path} holds stage {stage!r}; sampling needs teacher.pt, stage1.pt or "
-                        "stage2_N*.pt (an encoder decodes with: python -m extensions.encoder "
+        raise UserError(f"{path} holds stage {stage!r}; sampling needs teacher.pt, stage1.pt "
+                        "or stage2_N*.pt (an encoder decodes with: python -m extensions.edit "
                         "encode)")
     return stage
 
@@ -52,9 +52,9 @@ def warn_w_range(ws, ckpt):
     """A warning on stderr (not an error) for guidance weights outside the checkpoint's w range."""
     lo, hi = ckpt["w_range"]
     if any(not lo <= w <= hi for w in ws):
-        print(f"warning: w = {', '.join(f'{w:g}' for w in ws)} leaves the trained range [{lo:g}, "
-              f"{hi:g}]; "
-              "expect samples unlike any the model was trained for", file=sys.stderr)
+        print(f"warning: w = {', '.join(f'{w:g}' for w in ws)} leaves the trained range "
+              f"[{lo:g}, {hi:g}]; expect samples unlike any the model was trained for",
+              file=sys.stderr)
 
 
 def image_noise(seeds, shape, device):

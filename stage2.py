@@ -140,8 +140,8 @@ def train(cfg, out, device, steps, start_steps=None, pairs=None, seed=0, resume=
     pairs = pairs or load_dataset(cfg["dataset"], cfg["resolution"])
     ckpt = stage1.train(cfg, out, device, pairs, seed, True, progress)
     if ckpt["N"] < start_steps:
-        raise UserError(f"stage1.pt samples with N = {ckpt['N']} steps; --start-steps must be <= "
-                        "that")
+        raise UserError(f"stage1.pt samples with N = {ckpt['N']} steps; "
+                        "--start-steps must be <= that")
     N = start_steps // 2
     while N >= steps:  # the previous round's student is this round's 2N-step teacher
         ckpt = train_round(cfg, out, device, ckpt, N, pairs, seed, resume, progress)
@@ -168,9 +168,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=4,
                         help="the final student's sampler steps (power of 2)")
     parser.add_argument("--start-steps", type=int, default=None,
-                        help="the stage-1 student's step count where halving starts "
-                             "(default: the preset's stage2_start_N: 1024 as in the paper, 64 for "
-                             "cpu)")
+                        help="the stage-1 student's step count where halving starts (default: "
+                             "the preset's stage2_start_N: 1024 as in the paper, 64 for cpu)")
     infra.add_training_args(parser, "the unfinished round, skipping finished ones")
     args = parser.parse_args(argv)
     cfg, out, device = infra.setup(args)
