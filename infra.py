@@ -42,12 +42,14 @@ def add_common_args(parser):
     return parser
 
 
-def add_training_args(parser, what):
-    """--data-dir, --data and --resume: the same on every diffusion training script."""
+def add_training_args(parser, what, data_file=True):
+    """--data-dir, --data and --resume: the same on every training script (data_file=False: no
+    --data, for the trainers that read the dataset itself: the autoencoder, the encoder)."""
     parser.add_argument("--data-dir", default="data",
                         help="where cifar10 / imagenet64 live (fashion: the Debian package first)")
-    parser.add_argument("--data", metavar="FILE",
-                        help="(x, y) pairs an extension wrote (latents, captions)")
+    if data_file:
+        parser.add_argument("--data", metavar="FILE",
+                            help="(x, y) pairs an extension wrote (latents, captions)")
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help=f"continue from {what} if it exists (default), or start over")
     return parser

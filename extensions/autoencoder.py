@@ -231,9 +231,7 @@ def main(argv=None):
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     infra.add_common_args(p)
     p.add_argument("--iters", type=int, help="training steps (default: the preset's ae_iters)")
-    p.add_argument("--data-dir", default="data", help="where cifar10 / imagenet64 live")
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="continue from <out>/autoencoder.pt if it exists (default), or start over")
+    infra.add_training_args(p, "<out>/autoencoder.pt", data_file=False)
     p = commands.add_parser("latents", allow_abbrev=False,
                             help="encode the training set -> <out>/data.pt for --data",
                             description=__doc__,

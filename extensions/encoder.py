@@ -141,9 +141,7 @@ def main(argv=None):
                         help="the final encoder's steps (power of 2)")
     parser.add_argument("--start-steps", type=int,
                         help="the teacher encoder's steps (default: stage2_start_N)")
-    parser.add_argument("--data-dir", default="data")
-    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                        help="continue the unfinished round (default), or start over")
+    infra.add_training_args(parser, "the unfinished round", data_file=False)
     args = parser.parse_args(argv)
     cfg, out, device = infra.setup(args)
     start = args.start_steps or cfg["stage2_start_N"]
