@@ -66,7 +66,7 @@ _BASE = dict(
     latent=None,                  # set by a --data file of latents (extensions/autoencoder.py)
     text=None,                    # set by a --data file of captions (extensions/text.py)
     # evaluation (evaluate.py): the FID / IS protocol, written next to every number
-    eval_features="effnet",       # effnet (EfficientNet-Lite0, offline) | inception (pytorch-fid)
+    eval_features="effnet",       # effnet (EfficientNet-Lite0) | inception (the standard FID's)
     eval_feature_size=224,        # images are resized to this for the feature network
     eval_n=10_000,                # samples per report row (the same for every row)
     eval_ref_split="test",        # reference statistics from this split ...

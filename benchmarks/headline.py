@@ -1,0 +1,177 @@
+"""The headline table: the rows that carry the paper's claims, at n = 2,000, with the standard FID.
+
+evaluate.py's report scores every checkpoint on a few hundred samples with EfficientNet-Lite0
+features (cheap, but its FID is not the one papers print, and 200 real images already score ~131
+against the test split). This script scores the key rows on a larger n with both networks:
+
+  FID / KID (inception)  the standard FID Inception at 299 px (features.py; the same network and
+                         preprocessing as pytorch-fid), against all 10,000 test images
+  FID / KID (effnet)     EfficientNet-Lite0 at eval_feature_size px, as in evaluate.py's report
+  IS (effnet)            EfficientNet-Lite0's 1000-way softmax (the FID Inception has no logits)
+
+Rows: the data floor (n training images); the guided teacher with DDIM at its full N, at 64 and
+at 4 steps (2 network calls per step); every stage-2 student at 8, 4, 2 and 1 steps; each at w
+in {0.3, 1} (w = 0 is unguided; diffusers' guidance_scale = 1 + w). Image k of every row has
+class k % 10 and noise seed k, so rows are paired. Finished rows are kept in
+<run>/report/headline.json (by checkpoint hash and protocol): an interrupted run resumes, and
+--teacher-steps can add the expensive teacher rows later. The reference statistics are cached
+as a pytorch-fid-compatible .npz (mu, sigma) in --stats-dir (data/fid_stats/).
+
+    python benchmarks/headline.py --run runs/cpu --teacher-steps 64 4   # ~70 min on 2 CPU cores
+    python benchmarks/headline.py --run runs/cpu                        # + the full-N teacher
+    python benchmarks/headline.py --run runs/cpu --features effnet --n 5000 --w 1
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import infra  # noqa: E402
+from config import UserError  # noqa: E402
+from evaluate import (data_row, eval_config, fingerprint, reference_stats, run_row,  # noqa: E402
+                      save_json, score)
+from features import feature_net, feature_size  # noqa: E402
+
+STUDENT_STEPS = (8, 4, 2, 1)
+
+
+def plan(run, teacher_N, teacher_steps, ws):
+    """-> rows dict(model, file, N, w) that this run's checkpoints allow, cheapest first."""
+    rows = [dict(model="data", file="-", N=0, w=None)]
+    for w in ws:
+        rows += [dict(model="stage2", file=f"stage2_N{N}.pt", N=N, w=w) for N in STUDENT_STEPS
+                 if (run / f"stage2_N{N}.pt").is_file()]
+        rows += [dict(model="teacher", file="teacher.pt", N=N, w=w)
+                 for N in (teacher_N if s == "full" else int(s) for s in teacher_steps)]
+    return sorted(rows, key=lambda r: r["N"] * (2 if r["model"] == "teacher" else 1))
+
+
+def key(r):
+    return "data" if r["model"] == "data" else f"{r['model']}_ddim{r['N']}_w{r['w']:g}"
+
+
+def table(rows, backends, teacher_N):
+    """Markdown: one line per row, FID (KID x 10^3) per backend, IS, calls, ms per image."""
+    head = "| model | N | w | calls / image | " + " | ".join(
+        f"FID {b} | KID×10³ {b}" for b in backends) + " | IS (effnet) | ms / image |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    order = {"data": 0, "teacher": 1, "stage2": 2}
+    for r in sorted(rows, key=lambda r: (r["w"] or 0, order[r["model"]], -r["N"])):
+        name = {"data": "data (the floor)", "stage2": "student"}.get(r["model"], "teacher, DDIM")
+        name += " (full N)" if r["model"] == "teacher" and r["N"] == teacher_N else ""
+        cells = " | ".join(f"{r[b]['fid']:.2f} | {1e3 * r[b]['kid']:.2f}" for b in backends)
+        w = "–" if r["w"] is None else f"{r['w']:g}"
+        lines.append(f"| {name} | {r['N'] or '–'} | {w} | {r['calls']} | {cells} | "
+                     f"{r['inception_score']:.2f} | {r['ms_per_image']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def targets(rows, backends, teacher_N):
+    """Markdown: the paper's claims as ratios, per w and backend (the teacher: its full N if that
+    row exists, else 64 steps). Goals: student 4 / teacher <= 1.05 (1), teacher DDIM 4 /
+    student 4 >= 5 (2), student 1 / teacher <= 1.5 (3)."""
+    lines = ["| ratio (goal) | w | " + " | ".join(f"FID {b} | KID {b}" for b in backends) + " |",
+             "|" + "---|" * (2 + 2 * len(backends))]
+    by = {(r["model"], r["N"], r["w"]): r for r in rows}
+    for w in sorted({r["w"] for r in rows if r["w"] is not None}):
+        ref_N = teacher_N if ("teacher", teacher_N, w) in by else 64
+        for label, a, b in ((f"1: student 4 / teacher {ref_N} (≤ 1.05)", ("stage2", 4),
+                             ("teacher", ref_N)),
+                            ("2: teacher DDIM 4 / student 4 (≥ 5)", ("teacher", 4), ("stage2", 4)),
+                            (f"3: student 1 / teacher {ref_N} (≤ 1.5)", ("stage2", 1),
+                             ("teacher", ref_N))):
+            ra, rb = by.get((*a, w)), by.get((*b, w))
+            if ra and rb:
+                cells = " | ".join(f"{ra[k]['fid'] / rb[k]['fid']:.2f} | "
+                                   f"{ra[k]['kid'] / rb[k]['kid']:.2f}" for k in backends)
+                lines.append(f"| {label} | {w:g} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", default="runs/cpu",
+                        help="a finished run folder (teacher.pt, stage2_N4.pt, ...)")
+    parser.add_argument("--n", type=int, default=2000, help="samples per row")
+    parser.add_argument("--w", type=float, nargs="+", default=[0.3, 1.0],
+                        help="guidance weights (0 = unguided)")
+    parser.add_argument("--teacher-steps", nargs="+", default=["full", "64", "4"],
+                        help="the teacher's DDIM steps; 'full' is its training N (1024: ~2 s "
+                             "per image here)")
+    parser.add_argument("--features", nargs="+", default=["inception", "effnet"],
+                        choices=["inception", "effnet"], help="the FID's feature networks")
+    parser.add_argument("--stats-dir", default="data/fid_stats",
+                        help="cache of reference statistics")
+    parser.add_argument("--data-dir", default="data", help="where cifar10 / imagenet64 live")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--seed", type=int, default=0, help="noise seeds and the data row's images")
+    args = parser.parse_args(argv)
+    if args.n < 2:
+        raise UserError(f"--n {args.n}: FID needs at least 2 samples per row")
+    if not all(s == "full" or s.isdigit() and int(s) > 0 for s in args.teacher_steps):
+        raise UserError(f"--teacher-steps {' '.join(args.teacher_steps)}: give 'full' or "
+                        "positive step counts, e.g. --teacher-steps full 64 4")
+    run, device = Path(args.run), infra.pick_device(args.device)
+    teacher = infra.load_checkpoint(run / "teacher.pt", "teacher")
+    cfg = eval_config(teacher) | dict(eval_n=args.n)
+    cfgs = {b: cfg | dict(eval_features=b) for b in args.features}
+
+    # The reference statistics of each backend (computed once, then read from data/fid_stats/).
+    nets, refs = {}, {}
+    for b in args.features:
+        nets[b] = feature_net(b, cfg["eval_feature_size"], device)
+        t0 = time.perf_counter()
+        refs[b] = reference_stats(cfgs[b], nets[b], args.stats_dir, args.data_dir)
+        print(f"reference {b}-{feature_size(cfgs[b])}: {int(refs[b]['n'])} {cfg['dataset']} "
+              f"{cfg['eval_ref_split']} images, {refs[b]['file']} "
+              f"({time.perf_counter() - t0:.0f} s)")
+    protocol = dict(n=args.n, seed=args.seed, features={b: feature_size(cfgs[b]) for b in nets},
+                    is_features=f"effnet at {cfg['eval_feature_size']} px",
+                    reference=f"{cfg['dataset']} {cfg['eval_ref_split']} split, "
+                              f"{int(refs[args.features[0]]['n'])} images",
+                    device=str(device), torch_threads=torch.get_num_threads())
+
+    # Rows already scored under this protocol, for these checkpoints, are kept.
+    out = run / "report" / "headline.json"
+    old = json.loads(out.read_text()) if out.is_file() else {}
+    done = {key(r): r for r in old.get("rows", []) if old.get("protocol") == protocol}
+    rows, models = plan(run, teacher["N"], args.teacher_steps, args.w), {}
+    for row in rows:
+        row["ckpt_id"] = "-" if row["file"] == "-" else fingerprint(run / row["file"])
+        if done.get(key(row), {}).get("ckpt_id") == row["ckpt_id"]:
+            continue
+        # Sample the row (timed), then score it with every feature network.
+        t0 = time.perf_counter()
+        if row["model"] == "data":
+            x, ms = data_row(cfg, args.data_dir, args.seed), 0.0  # (n, C, H, W)
+        else:
+            x, ms = run_row(row | dict(sampler="ddim"), run, cfg, args.seed, device, models)
+        scores = {b: score(x, refs[b], nets[b]) for b in nets}
+        calls = row["N"] * (2 if row["model"] == "teacher" else 1)
+        done[key(row)] = row | dict(calls=calls, ms_per_image=ms,
+                                    inception_score=scores[args.features[-1]]["inception_score"],
+                                    seconds=time.perf_counter() - t0,
+                                    **{b: dict(fid=s["fid"], kid=s["kid"]) for b, s in
+                                       scores.items()})
+        save_json(dict(protocol=protocol, rows=list(done.values())), out)
+        print(f"{key(row):24s} " + "  ".join(
+            f"FID {b} {s['fid']:7.2f} (KID x1e3 {1e3 * s['kid']:6.2f})" for b, s in
+            scores.items()) + f"  [{time.perf_counter() - t0:.0f} s]", flush=True)
+
+    # The table: every row scored under this protocol for the run's current checkpoints (an
+    # earlier call may have added rows this one did not plan, e.g. the full-N teacher at one w).
+    current = [r for r in done.values()
+               if r["file"] == "-" or fingerprint(run / r["file"]) == r["ckpt_id"]]
+    md = (table(current, args.features, teacher["N"]) + "\n"
+          + targets(current, args.features, teacher["N"]))
+    (out.parent / "headline.md").write_text(md)
+    print(md + f"wrote {out} and {out.parent / 'headline.md'}")
+
+
+if __name__ == "__main__":
+    infra.run_cli(main)
