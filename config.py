@@ -15,6 +15,8 @@ import math
 #   [SH]  Salimans & Ho 2022, official configs `diffusion_distillation/config/*_base.py`
 #   [CFG] Ho & Salimans 2022, "Classifier-Free Diffusion Guidance" (p_uncond 0.1)
 #   [M]   Meng et al. 2023, "On Distillation of Guided Diffusion Models" (w in [0, 4], pixels)
+#   [B]   Berthelot et al. 2023, "TRACT: Denoising Diffusion Models with Transitive Closure
+#         Time-Distillation" (more than two teacher steps per student step)
 #   [here] chosen by measuring on the 2-core CPU machine this project is developed on.
 _BASE = dict(
     # data
@@ -53,6 +55,8 @@ _BASE = dict(
     stage2_iters=50_000,          # per halving round [SH]
     stage2_iters_small=50_000,    # per round once N <= 8 (the cpu preset gives these more) [SH]
     stage2_lr=5e-5,               # [SH] cifar_distill (imagenet64_distill: 1e-4)
+    stage2_k=2,                   # teacher DDIM steps per student step: 2 = halving [SH];
+                                  # 4 = 64 -> 16 -> 4 -> 1, as TRACT [B] (stage2.teacher_target)
     distill_ckpt_every=5000,      # checkpoint + grid every K steps inside stage 1 and each round
     distill_ema_decay=0.0,        # students: no EMA [SH] (their 'ema' is a copy of the weights)
     # latent space (extensions/autoencoder.py): a KL autoencoder, latents of unit variance [LDM]

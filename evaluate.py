@@ -53,7 +53,6 @@ from report import check_targets, plot, write_report
 from sample import SAMPLERS, generate, sampling_stage, warn_w_range
 from unet import load
 
-
 KID_REF_N = 2000  # reference images kept (as features) for KID
 
 
@@ -123,6 +122,11 @@ def reference_stats(cfg, extract, stats_dir, data_dir):
     return stats | {"file": str(path)}
 
 
+def check_n(n):  # FID needs a covariance: at least two samples
+    if n < 2:
+        raise UserError(f"--n {n}: FID needs at least 2 samples per row")
+
+
 def score(x, ref, extract):
     """Samples x (n, C, H, W) in [-1, 1] -> dict(fid, kid against ref, inception_score)."""
     feats, probs = features(extract, x)
@@ -160,8 +164,7 @@ def row_key(r):
     return f"{r['model']}_{r['sampler']}{r['N']}_w{r['w']:g}"
 
 
-# a short hash of a checkpoint: a finished row is reused for the same weights
-def fingerprint(path):
+def fingerprint(path):  # a checkpoint's short hash: a finished row is reused for the same weights
     return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12]
 
 
@@ -310,8 +313,7 @@ def main(argv=None):
         cfg["eval_n"] = args.n
     if not math.isfinite(args.w):
         raise UserError(f"--w {args.w}: the guidance weight must be a finite number")
-    if cfg["eval_n"] < 2:
-        raise UserError("--n must be at least 2 (FID needs a covariance)")
+    check_n(cfg["eval_n"])
 
     if args.run:
         rows, targets = report(Path(args.run), cfg, args.seed, device, args.stats_dir,

@@ -36,24 +36,26 @@ from data import load_dataset, random_batch, training_set
 from unet import load
 
 
-def two_step_target(teacher_predict, z_t, t, N):
-    """Teacher: two DDIM steps t -> t' -> t'' (S&H Algorithm 2) -> (x_tilde, z_t'').
+def teacher_target(teacher_predict, z_t, t, N, k=2):
+    """Teacher: k DDIM steps of size 1/(kN) from t to t'' = t - 1/N -> (x_tilde, z_t'').
 
-    x_tilde is the x_hat whose single DDIM step t -> t'' lands exactly on z_t''. One line of
-    algebra: solve alpha_t'' x + sigma_t'' (z_t - alpha_t x) / sigma_t = z_t'' for x.
+    k = 2 is S&H Algorithm 2 (t -> t' = t - 0.5/N -> t''); k = 4 distils four teacher steps into
+    one per round (64 -> 16 -> 4 -> 1), the idea of TRACT (Berthelot et al. 2023). x_tilde is the
+    x_hat whose single DDIM step t -> t'' lands exactly on z_t''. One line of algebra: solve
+    alpha_t'' x + sigma_t'' (z_t - alpha_t x) / sigma_t = z_t'' for x.
     """
-    t1, t2 = t - 0.5 / N, t - 1.0 / N  # t' (half a student step), t'' (a whole one)
-    x_hat1 = teacher_predict(z_t, t)
-    z_t1 = ddpm.ddim_step(z_t, x_hat1, t, t1)  # (B, C, H, W)
-    x_hat2 = teacher_predict(z_t1, t1)
-    z_t2 = ddpm.ddim_step(z_t1, x_hat2, t1, t2)
+    z = z_t
+    for j in range(k):  # t - j/(kN) -> t - (j+1)/(kN); for k = 2: t -> t' -> t''
+        s, s_next = t - j / (k * N), t - (j + 1) / (k * N)  # (B,)
+        x_hat = teacher_predict(z, s)  # (B, C, H, W)
+        z = ddpm.ddim_step(z, x_hat, s, s_next)  # (B, C, H, W)
     alpha_t, sigma_t = ddpm.alpha_sigma_at(t, z_t)
-    alpha_2, sigma_2 = ddpm.alpha_sigma_at(t2, z_t)
+    alpha_2, sigma_2 = ddpm.alpha_sigma_at(s_next, z_t)  # at t''
     ratio = sigma_2 / sigma_t  # (B, 1, 1, 1)
-    x_tilde = (z_t2 - ratio * z_t) / (alpha_2 - ratio * alpha_t)  # (B, C, H, W)
+    x_tilde = (z - ratio * z_t) / (alpha_2 - ratio * alpha_t)  # (B, C, H, W)
     # i = 0: the student's last step returns x_hat itself, so match the teacher's last x_hat.
-    last = ddpm._bcast(t2 < 0.5 / N, z_t)
-    return torch.where(last, x_hat2, x_tilde), z_t2
+    last = ddpm._bcast(s_next < 0.5 / N, z_t)
+    return torch.where(last, x_hat, x_tilde), z
 
 
 def round_iters(cfg, N):
@@ -62,8 +64,8 @@ def round_iters(cfg, N):
 
 
 def train_round(cfg, out, device, ckpt, N, pairs, seed=0, resume=True, progress=True):
-    """One halving round: the 2N-step model in `ckpt` teaches a copy of itself to take N steps,
-    into out/stage2_N{N}.pt -> its checkpoint."""
+    """One halving round: the 2N-step model in `ckpt` (kN-step for stage2_k = k) teaches a copy
+    of itself to take N steps, into out/stage2_N{N}.pt -> its checkpoint."""
     # Set-up: the frozen 2N-step teacher, the student (a copy of it), Adam, random streams.
     teacher = load(ckpt, device)
     student = load(ckpt, device).train().requires_grad_(True)
@@ -93,10 +95,11 @@ def train_round(cfg, out, device, ckpt, N, pairs, seed=0, resume=True, progress=
         t = (i + 1).to(x.dtype) / N  # (B,)
         z_t = ddpm.q_sample(x, t, eps)  # (B, C, H, W)
 
-        # Teacher: two DDIM steps t -> t' -> t'' with the same w (no grad), and the x_tilde
-        # whose one step t -> t'' lands on the teacher's z_t''.
+        # Teacher: two DDIM steps t -> t' -> t'' with the same w (no grad; stage2_k steps if
+        # not 2), and the x_tilde whose one step t -> t'' lands on the teacher's z_t''.
         with torch.no_grad():
-            x_tilde, _ = two_step_target(stage1.student_predictor(teacher, y, w), z_t, t, N)
+            x_tilde, _ = teacher_target(stage1.student_predictor(teacher, y, w), z_t, t, N,
+                                        cfg["stage2_k"])
 
         # Student: one step, the same z_t and w (x_hat is never clipped inside the loss).
         x_hat = ddpm.x_from_v(z_t, net(z_t, t, y, w), t)  # (B, C, H, W)
@@ -142,15 +145,16 @@ def train(cfg, out, device, steps, start_steps=None, pairs=None, seed=0, resume=
     if ckpt["N"] < start_steps:
         raise UserError(f"stage1.pt samples with N = {ckpt['N']} steps; "
                         "--start-steps must be <= that")
-    N = start_steps // 2
-    while N >= steps:  # the previous round's student is this round's 2N-step teacher
+    N = start_steps // cfg["stage2_k"]
+    while N >= steps:  # the previous round's student is this round's 2N-step (kN-step) teacher
         ckpt = train_round(cfg, out, device, ckpt, N, pairs, seed, resume, progress)
-        N //= 2
+        N //= cfg["stage2_k"]
     return ckpt
 
 
-def check_steps(steps, start_steps, teacher_N):
-    """--steps: a power of two below --start-steps, itself a power of two <= the teacher's N."""
+def check_steps(steps, start_steps, teacher_N, k=2):
+    """--steps: a power of two below --start-steps, itself a power of two <= the teacher's N,
+    and reached from it by dividing by k (stage2_k) again and again."""
     for name, n in (("--steps", steps), ("--start-steps", start_steps)):
         if n < 1 or n & (n - 1):
             raise UserError(f"{name} {n} is not a power of two (1, 2, 4, ..., 1024)")
@@ -159,6 +163,12 @@ def check_steps(steps, start_steps, teacher_N):
                         "(--set teacher_N=...); halving starts at or below it")
     if steps >= start_steps:
         raise UserError(f"--steps {steps} must be smaller than --start-steps {start_steps}")
+    if k < 2 or k & (k - 1):
+        raise UserError(f"stage2_k = {k}: teacher steps per student step must be 2, 4, 8, ...")
+    reached = [start_steps // k ** r for r in range(1, 11) if start_steps // k ** r >= 1]
+    if steps not in reached:
+        raise UserError(f"--steps {steps} is not reached from {start_steps} by dividing by "
+                        f"stage2_k = {k}; use one of {reached}")
 
 
 def main(argv=None):
@@ -174,7 +184,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     cfg, out, device = infra.setup(args)
     start_steps = args.start_steps or cfg["stage2_start_N"]
-    check_steps(args.steps, start_steps, cfg["teacher_N"])
+    check_steps(args.steps, start_steps, cfg["teacher_N"], cfg["stage2_k"])
     x, y, cfg = training_set(cfg, args.data_dir, args.data)  # images, or an extension's latents
     print(f"stage 2: preset {cfg['preset']}, {start_steps} -> {args.steps} steps on "
           f"{infra.space(cfg)}, "

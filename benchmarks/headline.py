@@ -32,8 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import infra  # noqa: E402
 from config import UserError  # noqa: E402
-from evaluate import (add_scoring_args, data_row, eval_config, fingerprint,  # noqa: E402
-                      reference_stats, run_row, save_json, score)
+from evaluate import (add_scoring_args, check_n, data_row, eval_config,  # noqa: E402
+                      fingerprint, reference_stats, run_row, save_json, score)
 from features import feature_net, feature_size  # noqa: E402
 
 STUDENT_STEPS = (8, 4, 2, 1)
@@ -108,8 +108,7 @@ def main(argv=None):
     add_scoring_args(parser)
     parser.add_argument("--seed", type=int, default=0, help="noise seeds and the data row's images")
     args = parser.parse_args(argv)
-    if args.n < 2:
-        raise UserError(f"--n {args.n}: FID needs at least 2 samples per row")
+    check_n(args.n)
     if not all(s == "full" or s.isdigit() and int(s) > 0 for s in args.teacher_steps):
         raise UserError(f"--teacher-steps {' '.join(args.teacher_steps)}: give 'full' or "
                         "positive step counts, e.g. --teacher-steps full 64 4")
@@ -138,8 +137,11 @@ def main(argv=None):
     old = json.loads(out.read_text()) if out.is_file() else {}
     done = {key(r): r for r in old.get("rows", []) if old.get("protocol") == protocol}
     rows, models = plan(run, teacher["N"], args.teacher_steps, args.w), {}
+    ids = {f: "-" if f == "-" else fingerprint(run / f) for f in {r["file"] for r in rows}}
+    ids |= {r["file"]: fingerprint(run / r["file"]) for r in done.values()  # earlier calls' rows
+            if r["file"] not in ids and (run / r["file"]).is_file()}
     for row in rows:
-        row["ckpt_id"] = "-" if row["file"] == "-" else fingerprint(run / row["file"])
+        row["ckpt_id"] = ids[row["file"]]
         if done.get(key(row), {}).get("ckpt_id") == row["ckpt_id"]:
             continue
         # Sample the row (timed), then score it with every feature network.
@@ -162,8 +164,7 @@ def main(argv=None):
 
     # The table: every row scored under this protocol for the run's current checkpoints (an
     # earlier call may have added rows this one did not plan, e.g. the full-N teacher at one w).
-    current = [r for r in done.values()
-               if r["file"] == "-" or fingerprint(run / r["file"]) == r["ckpt_id"]]
+    current = [r for r in done.values() if ids.get(r["file"]) == r["ckpt_id"]]
     md = (table(current, args.features, teacher["N"]) + "\n"
           + targets(current, args.features, teacher["N"]))
     (out.parent / "headline.md").write_text(md)

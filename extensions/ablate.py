@@ -38,8 +38,8 @@ import matplotlib
 import infra
 import stage2
 from config import UserError, get_config
-from evaluate import (add_scoring_args, fingerprint, reference_stats, run_row, save_json,
-                      score)
+from evaluate import (add_scoring_args, check_n, fingerprint, reference_stats, run_row,
+                      save_json, score)
 from features import feature_net, feature_size
 
 matplotlib.use("Agg")
@@ -79,16 +79,18 @@ def variants(grids, singles):
     return out + [v.split() for v in singles]
 
 
-def check_variant(stage, preset, overrides):
-    """The variant's config; one-line errors for unknown keys and keys of reused checkpoints."""
-    cfg = get_config(preset, overrides)  # checks each key and value's type
+def check_variant(stage, base, overrides):
+    """The run's config with the overrides; one-line errors for unknown keys and keys of reused
+    checkpoints."""
+    parsed = get_config(base["preset"], overrides)  # checks each key and value's type
+    keys = [item.partition("=")[0] for item in overrides]
     for item in overrides:
         key = item.partition("=")[0]
         if key in infra.MODEL_KEYS or any(key == f or key.startswith(f) and f.endswith("_")
                                           for f in FROZEN[stage]):
             raise UserError(f"{item}: {key} belongs to the reused {' and '.join(UPSTREAM[stage])};"
                             f" ablate it in an earlier stage or a new run")
-    return cfg
+    return base | {k: parsed[k] for k in keys}
 
 
 def name_of(overrides):
@@ -186,18 +188,19 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.smoke:
         args.n, args.w = 24, [1.0]
-    if args.n < 2:
-        raise UserError(f"--n {args.n}: FID needs at least 2 samples per row")
+    check_n(args.n)
     run, device = Path(args.run), infra.pick_device(args.device)
     for f in UPSTREAM[args.stage] + [f"stage2_N{min(args.eval_steps)}.pt"]:
         if not (run / f).is_file():
             raise UserError(f"{run / f} is missing: ablations start from a finished run "
                             f"(python stage2.py --steps {min(args.eval_steps)} --out {run})")
-    base = infra.load_checkpoint(run / "teacher.pt", "teacher")["config"]
-    todo = [(ov, check_variant(args.stage, base["preset"], ov))
+    saved = infra.load_checkpoint(run / "teacher.pt", "teacher")["config"]
+    base = get_config(saved["preset"]) | saved  # keys newer than the run take their defaults
+    todo = [(ov, check_variant(args.stage, base, ov))
             for ov in variants(args.grid, args.variant)]
     for N in args.eval_steps:
-        stage2.check_steps(N, base["stage2_start_N"], base["teacher_N"])
+        for _, vcfg in todo or [(None, base)]:
+            stage2.check_steps(N, vcfg["stage2_start_N"], vcfg["teacher_N"], vcfg["stage2_k"])
 
     # The protocol: feature networks, reference statistics, samples per row, seeds.
     cfg = base | dict(eval_n=args.n) | (dict(eval_feature_size=32) if args.smoke else {})

@@ -144,11 +144,11 @@ def stage1_loss(student, teacher, x, y, w, t, eps, weighting):
     return ddpm.weighted_x_loss(x_hat, target, t, weighting)
 
 
-def stage2_loss(student, teacher, x, y, w, i, N, eps, weighting="snr_trunc"):
-    """The lines of stage2.train_round's loop for one batch: x_tilde of two teacher DDIM steps."""
+def stage2_loss(student, teacher, x, y, w, i, N, eps, weighting="snr_trunc", k=2):
+    """The lines of stage2.train_round's loop for one batch: x_tilde of k teacher DDIM steps."""
     t = (i + 1).to(x.dtype) / N
     z_t = ddpm.q_sample(x, t, eps)
     with torch.no_grad():
-        x_tilde, _ = stage2.two_step_target(stage1.student_predictor(teacher, y, w), z_t, t, N)
+        x_tilde, _ = stage2.teacher_target(stage1.student_predictor(teacher, y, w), z_t, t, N, k)
     x_hat = ddpm.x_from_v(z_t, student(z_t, t, y, w), t)
     return ddpm.weighted_x_loss(x_hat, x_tilde, t, weighting)

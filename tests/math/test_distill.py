@@ -14,22 +14,26 @@ from unet import from_config, load
 
 
 # ---------------------------------------------------------------- the stage-2 target
-@pytest.mark.parametrize("N", [1, 2, 8, 64])
-def test_x_tilde_makes_one_student_step_land_on_the_teachers_two(N):
+def _target_batch(N):
     g = torch.Generator().manual_seed(0)
     B = 4 * N
     i = torch.arange(B) % N  # every i, including i = 0 (t'' = 0)
-    t = (i + 1).double() / N
     y = torch.arange(B) % MIX.n_classes
     w = torch.rand(B, generator=g, dtype=torch.float64) * 4
     z_t = torch.randn(B, MIX.dim, generator=g, dtype=torch.float64)
-    predict = stage1.student_predictor(AnalyticModel(MIX), y, w)
-    x_tilde, z_t2 = stage2.two_step_target(predict, z_t, t, N)
+    return i, (i + 1).double() / N, stage1.student_predictor(AnalyticModel(MIX), y, w), z_t
 
-    # The teacher's two steps go to t' = t - 0.5/N first, then t'' = t - 1/N (not swapped).
+
+@pytest.mark.parametrize("N", [1, 2, 8, 64])
+def test_x_tilde_makes_one_student_step_land_on_the_teachers_two(N):
+    i, t, predict, z_t = _target_batch(N)
+    x_tilde, z_t2 = stage2.teacher_target(predict, z_t, t, N)
+
+    # The teacher's two steps go to t' = t - 0.5/N first, then t'' = t - 1/N (not swapped),
+    # computed exactly as S&H Algorithm 2 writes them (the k-step loop changes no bit).
     t1, t2 = t - 0.5 / N, t - 1.0 / N
     z_t1 = ddpm.ddim_step(z_t, predict(z_t, t), t, t1)
-    assert torch.allclose(z_t2, ddpm.ddim_step(z_t1, predict(z_t1, t1), t1, t2), atol=1e-12)
+    assert torch.equal(z_t2, ddpm.ddim_step(z_t1, predict(z_t1, t1), t1, t2))
     # i > 0: one student DDIM step t -> t'' with x_hat = x_tilde lands on z_t''.
     mid = i > 0
     if mid.any():
@@ -40,6 +44,28 @@ def test_x_tilde_makes_one_student_step_land_on_the_teachers_two(N):
     assert torch.equal(x_tilde[first], predict(z_t1, t1)[first])
     if N == 1:  # from z_1: the teacher's whole 2-step sampler ends exactly on x_tilde
         assert torch.allclose(ddpm.sample_ddim(predict, z_t, 2, clip=False), x_tilde, atol=1e-12)
+
+
+@pytest.mark.parametrize("N", [1, 4, 16])
+def test_x_tilde_of_four_teacher_steps(N):
+    """stage2_k = 4 (TRACT-style): four teacher steps of 1/(4N), and one student step lands."""
+    i, t, predict, z_t = _target_batch(N)
+    x_tilde, z_end = stage2.teacher_target(predict, z_t, t, N, k=4)
+    ts = [t - j / (4 * N) for j in range(5)]  # t, t - 1/(4N), ..., t'' = t - 1/N
+    zs = [z_t]
+    for a, b in zip(ts, ts[1:]):
+        zs.append(ddpm.ddim_step(zs[-1], predict(zs[-1], a), a, b))
+    assert torch.allclose(z_end, zs[-1], atol=1e-12)
+    mid = i > 0
+    if mid.any():
+        landed = ddpm.ddim_step(z_t[mid], x_tilde[mid], t[mid], ts[-1][mid])
+        assert (landed - z_end[mid]).abs().max() < 1e-5
+    # i = 0: the teacher's last x_hat, at t = 1/(4N) (not the 2-step target's at 1/(2N)).
+    first = i == 0
+    assert torch.allclose(x_tilde[first], predict(zs[3], ts[3])[first], atol=1e-12)
+    if N == 1:  # from z_1: the teacher's whole 4-step sampler ends on x_tilde
+        assert torch.allclose(ddpm.sample_ddim(predict, z_t, 4, clip=False), x_tilde, atol=1e-12)
+    assert not torch.allclose(x_tilde, stage2.teacher_target(predict, z_t, t, N)[0])  # k matters
 
 
 # ---------------------------------------------------------------- stage 1
@@ -93,15 +119,15 @@ def test_stage1_training_approaches_the_analytic_guided_prediction():
 
 
 # ---------------------------------------------------------------- stage 2
-def test_one_stage2_round_brings_the_student_towards_the_2N_step_teacher():
+@pytest.mark.parametrize("k, N", [(2, 2), (4, 1)])
+def test_one_stage2_round_brings_the_student_towards_the_kN_step_teacher(k, N):
     torch.manual_seed(0)
-    N = 2
     teacher, student = AnalyticModel(MIX), TinyStudent()
     g = torch.Generator().manual_seed(2)
     y_e = torch.arange(MIX.n_classes).repeat(300)
     w_e = torch.rand(len(y_e), generator=g) * 4
     z_1 = torch.randn(len(y_e), MIX.dim, generator=g)
-    target = ddpm.sample_ddim(stage1.student_predictor(teacher, y_e, w_e), z_1, 2 * N, clip=False)
+    target = ddpm.sample_ddim(stage1.student_predictor(teacher, y_e, w_e), z_1, k * N, clip=False)
 
     def error():
         x = ddpm.sample_ddim(stage1.student_predictor(student, y_e, w_e), z_1, N, clip=False)
@@ -109,15 +135,15 @@ def test_one_stage2_round_brings_the_student_towards_the_2N_step_teacher():
 
     errors = [error()]
     opt = torch.optim.Adam(student.parameters(), lr=2e-3)
-    for k in range(600):
+    for step in range(600):
         y = torch.randint(MIX.n_classes, (256,), generator=g)
         x, w = MIX.sample(y, g).float(), torch.rand(256, generator=g) * 4
         i = torch.randint(N, (256,), generator=g)
-        loss = stage2_loss(student, teacher, x, y, w, i, N, torch.randn(256, 2, generator=g))
+        loss = stage2_loss(student, teacher, x, y, w, i, N, torch.randn(256, 2, generator=g), k=k)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if k % 200 == 199:
+        if step % 200 == 199:
             errors.append(error())
     assert errors[-1] < 0.1 * errors[0] and errors[-1] < 0.01, errors
 

@@ -58,6 +58,12 @@ def test_start_steps_larger_than_the_teachers_N(run):
                    "larger than the teacher's N = 1024", run)
 
 
+def test_steps_not_reached_by_dividing_by_stage2_k(run):
+    _fails_cleanly(["stage2.py", "--preset", "smoke", "--steps", "2", "--set", "stage2_k=4",
+                    "--start-steps", "64", "--out", str(run)],
+                   "not reached from 64 by dividing by stage2_k = 4; use one of [16, 4, 1]", run)
+
+
 def test_w_outside_the_trained_range_is_a_warning_with_the_range(run, tmp_path):
     r = subprocess.run([sys.executable, "sample.py", "--ckpt", str(run / "stage2_N4.pt"), "--w",
                         "0,9",
