@@ -17,6 +17,10 @@ themselves: without teacher.pt or stage1.pt in the run folder, those stages run 
 first teacher is the stage-1 student sampled with stage2_start_N DDIM steps: 1024 in the paper;
 the cpu preset starts at 64, where its small model's sampler is already saturated.
 
+Beyond the paper, --set stage2_k=4 distils four teacher steps into one student step per round
+(64 -> 16 -> 4 -> 1, as TRACT does, Berthelot et al. 2023): the same x_tilde, with t'' reached
+by four teacher DDIM steps of 1/(4N). Measured against halving in docs/ablations.md.
+
     python stage2.py --steps 4                  # cpu preset: the whole pipeline, ~55 min here
     python stage2.py --preset smoke --steps 4   # ~1 minute
     python stage2.py --steps 1 --start-steps 1024

@@ -17,7 +17,8 @@ FID and KID with the preset's effnet features (add --features inception for the 
 ~8x slower here); wall time is the variant's training time from its metrics.jsonl.
 
 A rerun skips variants whose checkpoints and protocol are unchanged (an unfinished variant
-resumes its training). Outputs: <run>/ablations/<stage>/ablations.{md,json,png}.
+resumes its training), and the table keeps the rows of earlier calls under the same protocol,
+so several calls build one table. Outputs: <run>/ablations/<stage>/ablations.{md,json,png}.
 
     python -m extensions.ablate --run runs/cpu --stage stage2 --grid stage2_iters=150,300
     python -m extensions.ablate --run runs/cpu --stage stage2 \\
@@ -234,6 +235,13 @@ def main(argv=None):
         save_json(dict(protocol=protocol, rows=list(done.values())), results)
         print(table([r], args), flush=True)
 
+    # The table: this call's rows, then earlier calls' rows of this protocol whose checkpoints
+    # are unchanged (so several calls build one table).
+    names = {r["name"] for r in rows}
+    rows += [r for r in done.values() if r["name"] not in names and all(
+        (folder / r["name"] / f"stage2_N{N}.pt").is_file()
+        and fingerprint(folder / r["name"] / f"stage2_N{N}.pt") == i
+        for N, i in r["ckpt_ids"].items())]
     save_json(dict(protocol=protocol, rows=rows), results)
     md = (f"Ablations of {args.stage} on {run}: n = {args.n} per row, seed set {args.seed}, "
           f"w in {args.w}, students at {args.eval_steps} steps.\n\n" + table(rows, args))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from config import UserError
+from config import UserError, get_config
 from extensions import ablate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,8 +28,11 @@ def test_grid_and_variants_make_the_rows():
     for stage, item in (("stage2", "stage1_iters=10"), ("stage2", "ch=32"),
                         ("stage1", "teacher_iters=10")):
         with pytest.raises(UserError, match="belongs to the reused"):
-            ablate.check_variant(stage, "smoke", [item])
-    assert ablate.check_variant("stage1", "smoke", ["stage1_iters=10"])["stage1_iters"] == 10
+            ablate.check_variant(stage, get_config("smoke"), [item])
+    # A variant is the run's own config (here trained with --set stage2_lr=1e-3) + its overrides.
+    base = get_config("smoke", ["stage2_lr=1e-3"])
+    cfg = ablate.check_variant("stage1", base, ["stage1_iters=10"])
+    assert cfg == base | {"stage1_iters": 10}
 
 
 def test_ablate_trains_scores_and_skips_finished_variants(smoke_run, tmp_path):
@@ -66,3 +69,10 @@ def test_ablate_trains_scores_and_skips_finished_variants(smoke_run, tmp_path):
     assert r.returncode == 0 and r.stdout.count("| stage2_start_N=") == 2
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*.pt")} == mtimes
     assert json.loads((folder / "ablations.json").read_text())["rows"] == results["rows"]
+    # Another call (here 16 -> 4 in one round of four teacher steps) adds its row to the table.
+    r = subprocess.run(cmd[:7] + ["--variant", "stage2_start_N=16 stage2_k=4"] + cmd[11:],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads((folder / "ablations.json").read_text())["rows"]
+    assert [row["name"] for row in rows] == ["baseline", "stage2_start_N=16,stage2_k=4"] + names[1:]
+    assert not (folder / "stage2_start_N=16,stage2_k=4" / "stage2_N8.pt").exists()  # no halving
