@@ -9,16 +9,17 @@ against the test split). This script scores the key rows on a larger n with both
   FID / KID (effnet)     EfficientNet-Lite0 at eval_feature_size px, as in evaluate.py's report
   IS (effnet)            EfficientNet-Lite0's 1000-way softmax (the FID Inception has no logits)
 
-Rows: the data floor (n training images); the guided teacher with DDIM at its full N, at 64 and
-at 4 steps (2 network calls per step); every stage-2 student at 8, 4, 2 and 1 steps; each at w
+Rows: the data floor (n training images); the guided teacher with DDIM at its full N, at 64, 16
+and 4 steps (2 network calls per step); every stage-2 student at 8, 4, 2 and 1 steps; each at w
 in {0.3, 1} (w = 0 is unguided; diffusers' guidance_scale = 1 + w). Image k of every row has
 class k % 10 and noise seed k, so rows are paired. Finished rows are kept in
 <run>/report/headline.json (by checkpoint hash and protocol): an interrupted run resumes, and
 --teacher-steps can add the expensive teacher rows later. The reference statistics are cached
-as a pytorch-fid-compatible .npz (mu, sigma) in --stats-dir (data/fid_stats/).
+as a pytorch-fid-compatible .npz (mu, sigma) in --stats-dir (data/fid_stats/). A second table
+gives the claims as ratios in FID and KID, each against its goal (GOALS), met or missed.
 
-    python benchmarks/headline.py --run runs/cpu --teacher-steps 64 4   # ~70 min on 2 CPU cores
-    python benchmarks/headline.py --run runs/cpu                        # + the full-N teacher
+    python benchmarks/headline.py --run runs/cpu --teacher-steps 64 16 4  # ~85 min, 2 CPU cores
+    python benchmarks/headline.py --run runs/cpu                          # + the full-N teacher
     python benchmarks/headline.py --run runs/cpu --features effnet --n 5000 --w 1
 """
 import argparse
@@ -70,25 +71,33 @@ def table(rows, backends, teacher_N):
     return "\n".join(lines) + "\n"
 
 
+# The claims at this scale, as ratios of the same metric (FID or KID): (label, numerator row,
+# denominator row, goal, at most?). "teacher" is its full N if that row exists, else 64 steps.
+GOALS = (("student 4 / teacher {}", ("stage2", 4), "teacher", 1.10, True),
+         ("student 1 / teacher {}", ("stage2", 1), "teacher", 1.50, True),
+         ("teacher DDIM 16 (32 calls) / student 4", ("teacher", 16), ("stage2", 4), 1.0, False),
+         ("teacher DDIM 4 (8 calls) / student 4", ("teacher", 4), ("stage2", 4), 1.0, False))
+
+
 def targets(rows, backends, teacher_N):
-    """Markdown: the paper's claims as ratios, per w and backend (the teacher: its full N if that
-    row exists, else 64 steps). Goals: student 4 / teacher <= 1.05 (1), teacher DDIM 4 /
-    student 4 >= 5 (2), student 1 / teacher <= 1.5 (3)."""
-    lines = ["| ratio (goal) | w | " + " | ".join(f"FID {b} | KID {b}" for b in backends) + " |",
-             "|" + "---|" * (2 + 2 * len(backends))]
+    """Markdown: each goal of GOALS per w and backend, its ratio in FID and KID, met or not."""
+    lines = ["| ratio | goal | w | " + " | ".join(f"FID {b} | KID {b}" for b in backends) + " |",
+             "|" + "---|" * (3 + 2 * len(backends))]
     by = {(r["model"], r["N"], r["w"]): r for r in rows}
     for w in sorted({r["w"] for r in rows if r["w"] is not None}):
-        ref_N = teacher_N if ("teacher", teacher_N, w) in by else 64
-        for label, a, b in ((f"1: student 4 / teacher {ref_N} (≤ 1.05)", ("stage2", 4),
-                             ("teacher", ref_N)),
-                            ("2: teacher DDIM 4 / student 4 (≥ 5)", ("teacher", 4), ("stage2", 4)),
-                            (f"3: student 1 / teacher {ref_N} (≤ 1.5)", ("stage2", 1),
-                             ("teacher", ref_N))):
+        ref = ("teacher", teacher_N if ("teacher", teacher_N, w) in by else 64)
+        for label, a, b, goal, at_most in GOALS:
+            a, b = (ref if x == "teacher" else x for x in (a, b))
             ra, rb = by.get((*a, w)), by.get((*b, w))
             if ra and rb:
-                cells = " | ".join(f"{ra[k]['fid'] / rb[k]['fid']:.2f} | "
-                                   f"{ra[k]['kid'] / rb[k]['kid']:.2f}" for k in backends)
-                lines.append(f"| {label} | {w:g} | {cells} |")
+                cells = []
+                for k in backends:
+                    for m in ("fid", "kid"):
+                        v = ra[k][m] / rb[k][m] if rb[k][m] > 0 else float("nan")
+                        met = v <= goal if at_most else v >= goal
+                        cells.append(f"{v:.2f} {'met' if met else 'missed'}")
+                lines.append(f"| {label.format(ref[1])} | {'≤' if at_most else '≥'} {goal:g} | {w:g} | "
+                             + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -100,7 +109,7 @@ def main(argv=None):
     parser.add_argument("--n", type=int, default=2000, help="samples per row")
     parser.add_argument("--w", type=float, nargs="+", default=[0.3, 1.0],
                         help="guidance weights (0 = unguided)")
-    parser.add_argument("--teacher-steps", nargs="+", default=["full", "64", "4"],
+    parser.add_argument("--teacher-steps", nargs="+", default=["full", "64", "16", "4"],
                         help="the teacher's DDIM steps; 'full' is its training N (1024: ~2 s "
                              "per image here)")
     parser.add_argument("--features", nargs="+", default=["inception", "effnet"],

@@ -12,6 +12,7 @@ import scipy.linalg
 import torch
 
 import features
+from benchmarks import headline
 import evaluate
 import report
 from config import get_config
@@ -201,7 +202,8 @@ def test_headline_table_scores_the_key_rows_and_resumes(smoke_run, tmp_path):
     md = (run / "report" / "headline.md").read_text()
     assert "| student | 4 | 1 | 4 |" in md and "| teacher, DDIM | 4 | 1 | 8 |" in md
     ratio = rows["teacher", 4]["effnet"]["fid"] / rows["stage2", 4]["effnet"]["fid"]
-    assert f"| 2: teacher DDIM 4 / student 4 (≥ 5) | 1 | {ratio:.2f} |" in md
+    met = "met" if ratio >= 1 else "missed"
+    assert f"| teacher DDIM 4 (8 calls) / student 4 | ≥ 1 | 1 | {ratio:.2f} {met} |" in md
     # A second call adds the teacher's full N and keeps every finished row as it was.
     r = subprocess.run(cmd[:-3] + ["full", "--stats-dir", str(tmp_path)], cwd=ROOT,
                        capture_output=True, text=True)
@@ -211,3 +213,17 @@ def test_headline_table_scores_the_key_rows_and_resumes(smoke_run, tmp_path):
     assert set(again) == set(rows) | {("teacher", 1024)}
     assert all(again[k] == rows[k] for k in rows)
     assert "teacher, DDIM (full N) | 1024 |" in (run / "report" / "headline.md").read_text()
+
+
+def test_headline_targets_are_ratios_against_their_goals():
+    def row(model, N, fid, kid):
+        return dict(model=model, N=N, w=1.0, effnet=dict(fid=fid, kid=kid))
+    rows = [row("teacher", 64, 50.0, 0.020), row("teacher", 16, 66.0, 0.030),
+            row("stage2", 4, 60.0, 0.021), row("stage2", 1, 70.0, 0.040)]
+    md = headline.targets(rows, ["effnet"], 1024)  # no full-N row: the 64-step teacher stands in
+    assert "| student 4 / teacher 64 | ≤ 1.1 | 1 | 1.20 missed | 1.05 met |" in md
+    assert "| student 1 / teacher 64 | ≤ 1.5 | 1 | 1.40 met | 2.00 missed |" in md
+    assert "| teacher DDIM 16 (32 calls) / student 4 | ≥ 1 | 1 | 1.10 met | 1.43 met |" in md
+    assert "DDIM 4" not in md  # no such row, no ratio
+    md = headline.targets(rows + [row("teacher", 1024, 40.0, 0.020)], ["effnet"], 1024)
+    assert "| student 4 / teacher 1024 | ≤ 1.1 | 1 | 1.50 missed |" in md
