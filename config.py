@@ -99,8 +99,10 @@ PRESETS = {
                 # Budget [here]: the stage-1 student's DDIM sampler is as good at 32-64 steps as at
                 # 1024 (evaluate.py), and rounds 1024 -> 64 only added training noise (+7 FID at
                 # w = 0.3); their minutes go to stage 1, where most of the gap to the teacher was.
+                # The last rounds are where quality is lost: 500 iterations each once N <= 8 (250
+                # before) gave the best 4- and 1-step students of docs/ablations.md, at +6 min.
                 stage1_iters=1200, stage1_lr=3e-4, stage2_start_N=64, stage2_iters=150,
-                stage2_iters_small=250, stage2_lr=2e-4, distill_ckpt_every=50,
+                stage2_iters_small=500, stage2_lr=2e-4, distill_ckpt_every=50,
                 # ~55 min report: 200 samples per row; features at 128 px (224 px is 3x slower here)
                 eval_n=200, eval_feature_size=128, eval_all_w_max_N=64),
     # Paper scale, for GPU users. Architecture and optimizer from [SH] cifar_base.py;
