@@ -148,17 +148,20 @@ def table(rows, args):
 
 
 def plot(rows, args, path):
-    """FID of each variant's students (one bar group per student and w)."""
-    cols = [f"N{N}_w{w:g}" for N in args.eval_steps for w in args.w]
-    b = args.features[0]
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(rows) * len(cols) / 2), 3.5))
-    width = 0.8 / len(rows)
-    for i, r in enumerate(rows):
-        ax.bar([j + i * width for j in range(len(cols))],
-               [r["scores"][c][b]["fid"] for c in cols], width, label=r["name"])
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cols))], cols)
-    ax.set(ylabel=f"FID ({b}, lower is better)", title=f"ablations, n = {args.n}")
-    ax.legend(fontsize=6)
+    """One panel per student and w: each variant's FID as a horizontal bar, the baseline dashed."""
+    cols, b = [f"N{N}_w{w:g}" for N in args.eval_steps for w in args.w], args.features[0]
+    fig, axes = plt.subplots(1, len(cols), figsize=(2.2 * len(cols) + 3, 0.3 * len(rows) + 1.2),
+                             sharey=True, squeeze=False)
+    for ax, c in zip(axes[0], cols):
+        fids = [r["scores"][c][b]["fid"] for r in rows]  # rows[0] is the baseline
+        ax.barh(range(len(rows)), fids, color=["grey"] + ["C0"] * (len(rows) - 1))
+        ax.axvline(fids[0], color="k", ls="--", lw=0.8)
+        ax.set_xlim(0.9 * min(fids), 1.02 * max(fids))
+        ax.set(title=c.replace("_", " "), xlabel=f"FID {b}")
+    axes[0][0].set_yticks(range(len(rows)), [r["name"] for r in rows], fontsize=7)
+    axes[0][0].invert_yaxis()
+    fig.suptitle(f"ablations: n = {args.n} per bar, seed set {args.seed} (lower is better)",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
