@@ -21,7 +21,7 @@ Beyond the paper, --set stage2_k=4 distils four teacher steps into one student s
 (64 -> 16 -> 4 -> 1, as TRACT does, Berthelot et al. 2023): the same x_tilde, with t'' reached
 by four teacher DDIM steps of 1/(4N). Measured against halving in docs/ablations.md.
 
-    python stage2.py --steps 4                  # cpu preset: the whole pipeline, ~55 min here
+    python stage2.py --steps 4                  # cpu preset: the whole pipeline, ~30 min here
     python stage2.py --preset smoke --steps 4   # ~1 minute
     python stage2.py --steps 1 --start-steps 1024
 """
@@ -199,7 +199,7 @@ def main(argv=None):
     infra.save_grid(lambda y, w: stage1.student_predictor(model, y, w), grid, cfg, device,
                     args.steps)
     print(f"wrote {out / f'stage2_N{args.steps}.pt'} and {grid} "
-          f"({args.steps} network calls per image; rows w = {', '.join(map(str, cfg['grid_w']))})")
+          f"({args.steps} network call{'s' * (args.steps > 1)} per image; rows w = {', '.join(map(str, cfg['grid_w']))})")
 
 
 if __name__ == "__main__":
