@@ -5,9 +5,8 @@
     IS  = exp E_x KL(p(y|x) || p(y))                              (Salimans et al. 2016)
     KID = unbiased MMD^2, kernel (a.b/d + 1)^3                    (Binkowski et al. 2018)
 
-FID is biased upwards by roughly (feature dimension) / n: with the few hundred samples per row a
-CPU affords, even real data scores far from 0 (the report's data row shows this floor), and the
-ratios between models shrink towards 1. KID has no such bias, so it is reported beside FID.
+FID is biased upwards by ~(feature dimension) / n: at a few hundred samples per row even real
+data scores far from 0 (the data row), and ratios shrink towards 1; KID is unbiased, so beside.
 
 Feature backends (features.py, both offline; each number carries its name): effnet =
 EfficientNet-Lite0 at eval_feature_size px (cheap, NOT comparable with papers); inception = the
@@ -122,7 +121,7 @@ def reference_stats(cfg, extract, stats_dir, data_dir):
     return stats | {"file": str(path)}
 
 
-def check_n(n):  # FID needs a covariance: at least two samples
+def check_n(n):  # FID needs a covariance: at least two samples per row
     if n < 2:
         raise UserError(f"--n {n}: FID needs at least 2 samples per row")
 

@@ -199,7 +199,8 @@ def main(argv=None):
     infra.save_grid(lambda y, w: stage1.student_predictor(model, y, w), grid, cfg, device,
                     args.steps)
     print(f"wrote {out / f'stage2_N{args.steps}.pt'} and {grid} "
-          f"({args.steps} network call{'s' * (args.steps > 1)} per image; rows w = {', '.join(map(str, cfg['grid_w']))})")
+          f"({args.steps} network call{'s' * (args.steps > 1)} per image; "
+          f"rows w = {', '.join(map(str, cfg['grid_w']))})")
 
 
 if __name__ == "__main__":
