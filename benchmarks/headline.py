@@ -96,7 +96,8 @@ def targets(rows, backends, teacher_N):
                         v = ra[k][m] / rb[k][m] if rb[k][m] > 0 else float("nan")
                         met = v <= goal if at_most else v >= goal
                         cells.append(f"{v:.2f} {'met' if met else 'missed'}")
-                lines.append(f"| {label.format(ref[1])} | {'≤' if at_most else '≥'} {goal:g} | {w:g} | "
+                sign = "≤" if at_most else "≥"
+                lines.append(f"| {label.format(ref[1])} | {sign} {goal:g} | {w:g} | "
                              + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
