@@ -85,8 +85,7 @@ def check_variant(stage, base, overrides):
     checkpoints."""
     parsed = get_config(base["preset"], overrides)  # checks each key and value's type
     keys = [item.partition("=")[0] for item in overrides]
-    for item in overrides:
-        key = item.partition("=")[0]
+    for item, key in zip(overrides, keys):
         if key in infra.MODEL_KEYS or any(key == f or key.startswith(f) and f.endswith("_")
                                           for f in FROZEN[stage]):
             raise UserError(f"{item}: {key} belongs to the reused {' and '.join(UPSTREAM[stage])};"
