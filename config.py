@@ -20,7 +20,7 @@ import math
 #   [here] chosen by measuring on the 2-core CPU machine this project is developed on.
 _BASE = dict(
     # data
-    dataset="fashion",            # fashion | cifar10 | imagenet64
+    dataset="fashion",            # fashion | cifar10 | imagenet64 | mixture2d (2-D points)
     resolution=16,                # images are resized once at load time
     randflip=False,               # random horizontal flip
     # U-Net (unet.py)
@@ -44,7 +44,7 @@ _BASE = dict(
     # guidance and sampling
     teacher_N=1024,               # the teacher's sampler steps, start of progressive halving [M]
     w_min=0.0, w_max=4.0,         # guidance range w ~ U[w_min, w_max] [M] (pixel space)
-    grid_w=(0.0, 1.0, 3.0),       # rows of every sample grid
+    grid_w=(0.0, 1.0, 3.0),       # rows of every sample grid (empty: no grids)
     grid_steps=128,               # DDIM steps for the grids written during training
     # distillation (stage1.py, stage2.py): Adam, lr decays linearly to 0, no EMA, dropout 0 [SH]
     stage1_iters=20_000,
@@ -105,6 +105,14 @@ PRESETS = {
                 stage2_iters_small=500, stage2_lr=2e-4, distill_ckpt_every=50,
                 # ~55 min report: 200 samples per row; features at 128 px (224 px is 3x slower here)
                 eval_n=200, eval_feature_size=128, eval_all_w_max_N=64),
+    # 2-D points of a 3-class Gaussian mixture (data.py's mixture2d) through the whole pipeline,
+    # 1024 -> 1 as in the paper, in about a minute [here]. The network is unet.py's MLP (ch: its
+    # width, num_res_blocks: its residual blocks); no image grids: extensions/tour.py draws it.
+    "toy2d": dict(dataset="mixture2d", resolution=1, ch=128, num_res_blocks=3, dropout=0.0,
+                  batch_size=512, lr=1e-3, warmup=100, ema_decay=0.995, teacher_iters=3000,
+                  ckpt_every=3000, grid_w=(), stage1_iters=1000, stage1_lr=5e-4,
+                  stage2_iters=150, stage2_iters_small=400, stage2_lr=2e-4,
+                  distill_ckpt_every=1000),
     # Paper scale, for GPU users. Architecture and optimizer from [SH] cifar_base.py;
     # class-conditional with CFG as in [M]. teacher_iters is not fixed by the official
     # configs (UNVERIFIED choice: 400k at batch 128).

@@ -8,6 +8,8 @@
     imagenet64  Downsampled ImageNet 64x64 (Chrabaszcz et al. 2017) npz batches anywhere under
                 --data-dir/imagenet64/: train_data_batch_*.npz, val_data.npz, each with
                 'data' (N, 12288) uint8 CHW-flattened and 'labels' 1-based.
+    mixture2d   2-D points of a 3-class Gaussian mixture with an exact denoiser (GaussianMixture),
+                for the toy2d preset and extensions/tour.py: nothing to download.
 
 The whole split is held as a (N, C, H, W) uint8 tensor, resized once to the preset's
 resolution; `random_batch` indexes it (no DataLoader workers: on 2 cores they only slow
@@ -18,6 +20,7 @@ training down).
 import argparse
 import functools
 import gzip
+import math
 import pickle
 from pathlib import Path
 
@@ -41,6 +44,8 @@ DATASETS = {  # native size, channels, classes, where to get it
                            "Imagenet64_val_npz.zip from "
                            "https://image-net.org/download-images (Downsampled ImageNet 64x64) "
                            "and unzip them into --data-dir/imagenet64/"),
+    "mixture2d": dict(size=1, channels=2, n_classes=3,  # points, not images: the toy2d preset
+                      get="nothing to get: drawn from GaussianMixture.default()"),
 }
 FASHION_CLASSES = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -106,18 +111,110 @@ def _load_imagenet64(data_dir, train):
     return np.concatenate(xs), np.concatenate(ys)
 
 
-_LOADERS = {"fashion": _load_fashion, "cifar10": _load_cifar10, "imagenet64": _load_imagenet64}
+# ---------------------------------------------------------------- 2-D points with an exact denoiser
+class GaussianMixture:
+    """A class-conditional mixture of isotropic Gaussians, with its exact denoiser.
+
+    Class y has M components N(mu_{y,m}, c_{y,m}^2 I) in D dimensions with weights pi_{y,m};
+    classes have probabilities p_y. For z_t = alpha_t x + sigma_t eps each component gives
+    z_t ~ N(alpha mu, (alpha^2 c^2 + sigma^2) I), so the exact posterior mean is
+
+        E[x | z_t, y] = sum_m r_m(z_t) (mu_m + alpha c_m^2 / (alpha^2 c_m^2 + sigma^2)
+                                               * (z_t - alpha mu_m))
+
+    with responsibilities r_m proportional to pi_m N(z_t; alpha mu_m, (alpha^2 c_m^2 + sigma^2) I).
+    The unconditional E[x | z_t] is the same sum over every component of every class. The tests
+    use it as a teacher with known answers; the mixture2d dataset (the toy2d preset,
+    extensions/tour.py) samples it.
+    """
+
+    def __init__(self, means, stds, weights=None, class_probs=None):
+        self.means = torch.as_tensor(means, dtype=torch.float64)  # (K, M, D)
+        K, M, D = self.means.shape
+        self.stds = torch.as_tensor(stds, dtype=torch.float64).expand(K, M)  # (K, M)
+        w = torch.full((K, M), 1.0 / M) if weights is None else torch.as_tensor(weights)
+        self.weights = (w / w.sum(1, keepdim=True)).double()  # (K, M), pi_{y,m}
+        p = torch.full((K,), 1.0 / K) if class_probs is None else torch.as_tensor(class_probs)
+        self.class_probs = (p / p.sum()).double()  # (K,)
+        self.n_classes, self.dim = K, D
+
+    @classmethod
+    def default(cls):
+        """Three classes in 2-D, two components each, inside [-1, 1]."""
+        means = [[[-0.6, -0.3], [-0.3, -0.6]],
+                 [[0.5, 0.5], [0.2, 0.6]],
+                 [[0.6, -0.5], [0.1, -0.2]]]
+        stds = [[0.10, 0.15], [0.12, 0.08], [0.10, 0.20]]
+        return cls(means, stds, weights=[[0.5, 0.5], [0.3, 0.7], [0.6, 0.4]])
+
+    def _components(self, y):
+        """Means (B, M', D), stds (B, M') and log-weights (B, M') of the mixture behind each label;
+        label n_classes (the null class) means the unconditional mixture of all components."""
+        K, M, D = self.means.shape
+        all_means = self.means.reshape(1, K * M, D)  # (1, KM, D)
+        all_stds = self.stds.reshape(1, K * M)
+        all_logw = (self.weights * self.class_probs[:, None]).log().reshape(1, K * M)
+        uncond = (y == K)[:, None]  # (B, 1)
+        yc = y.clamp(max=K - 1)
+        # Conditional: the label's own M components, the others at weight 0 (log -inf).
+        own = torch.arange(K * M)[None] // M == yc[:, None]  # (B, KM)
+        cond_logw = torch.where(own, self.weights.log().reshape(1, K * M).expand(len(y), -1),
+                                torch.tensor(-math.inf, dtype=torch.float64))
+        logw = torch.where(uncond, all_logw.expand(len(y), -1), cond_logw)  # (B, KM)
+        return all_means.expand(len(y), -1, -1), all_stds.expand(len(y), -1), logw
+
+    def x_hat(self, z_t, alpha, sigma, y):
+        """The exact E[x | z_t, y] (y == n_classes: unconditional) for z_t = alpha x + sigma eps.
+        z_t (B, D); alpha, sigma, y (B,)."""
+        z = z_t.double()
+        alpha, sigma = alpha.double()[:, None], sigma.double()[:, None]  # (B, 1)
+        means, stds, logw = self._components(y.cpu())  # (B, KM, D), (B, KM), (B, KM)
+        var = alpha**2 * stds**2 + sigma**2  # (B, KM) variance of z_t per component
+        diff = z[:, None, :] - alpha[:, :, None] * means  # (B, KM, D)
+        loglik = -0.5 * self.dim * torch.log(2 * math.pi * var) - 0.5 * diff.pow(2).sum(-1) / var
+        resp = torch.softmax(logw + loglik, dim=1)  # (B, KM)
+        post_mean = means + (alpha * stds**2 / var)[..., None] * diff  # (B, KM, D)
+        return (resp[..., None] * post_mean).sum(1).to(z_t.dtype)  # (B, D)
+
+    def sample(self, y, generator=None):
+        """Exact data samples x ~ p(x | y), (B, D)."""
+        comp = torch.multinomial(self.weights[y], 1, generator=generator)[:, 0]  # (B,)
+        noise = torch.randn(len(y), self.dim, generator=generator, dtype=torch.float64)
+        return self.means[y, comp] + self.stds[y, comp][:, None] * noise
+
+    def moments(self, y):
+        """Exact mean (D,) and covariance (D, D) of class y."""
+        w, mu, c = self.weights[y], self.means[y], self.stds[y]  # (M,), (M, D), (M,)
+        mean = (w[:, None] * mu).sum(0)
+        eye = torch.eye(self.dim, dtype=torch.float64)
+        second = sum(w[m] * (c[m] ** 2 * eye + torch.outer(mu[m], mu[m])) for m in range(len(w)))
+        return mean, second - torch.outer(mean, mean)
+
+
+def _load_mixture2d(data_dir, train):
+    """GaussianMixture.default(): 20,000 training / 10,000 test points, each stored as a 2-channel
+    1x1 float "image" (N, 2, 1, 1), so every stage and sampler takes it unchanged."""
+    mix, n = GaussianMixture.default(), 20_000 if train else 10_000
+    g = torch.Generator().manual_seed(0 if train else 1)
+    y = torch.randint(mix.n_classes, (n,), generator=g)  # (N,)
+    return mix.sample(y, g).float()[:, :, None, None].numpy(), y.numpy()  # (N, 2, 1, 1), (N,)
+
+
+_LOADERS = {"fashion": _load_fashion, "cifar10": _load_cifar10, "imagenet64": _load_imagenet64,
+            "mixture2d": _load_mixture2d}
 
 
 # ---------------------------------------------------------------- the dataset as one tensor
 @functools.lru_cache(maxsize=2)  # every stage and round of one run reads the same data once
 def load_dataset(name, resolution, data_dir="data", train=True):
-    """-> images (N, C, resolution, resolution) uint8, labels (N,) int64, both on the CPU.
-    The tensors are shared between callers: never modify them in place."""
+    """-> images (N, C, resolution, resolution) uint8 (mixture2d: points (N, 2, 1, 1) float),
+    labels (N,) int64, both on the CPU. The tensors are shared: never modify them in place."""
     if name not in _LOADERS:
         raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(_LOADERS)}")
     images, labels = _LOADERS[name](data_dir, train)
     x = torch.from_numpy(np.array(images))  # (N, C, H, W) uint8, a writable copy
+    if x.is_floating_point() and resolution != 1:
+        raise UserError(f"{name} holds 2-D points, not images: use --preset toy2d (resolution 1)")
     if x.shape[-1] != resolution:  # resize once, with antialiasing, in chunks
         x = torch.cat([F.interpolate(c.float(), size=(resolution, resolution), mode="bilinear",
                                      antialias=True,
@@ -221,6 +318,8 @@ if __name__ == "__main__":
         sys.exit(2)
     print(f"{args.dataset}: images {tuple(x.shape)} {x.dtype}, labels {tuple(y.shape)}, "
           f"classes {int(y.min())}..{int(y.max())}")
+    if x.is_floating_point():
+        sys.exit("2-D points: no grid (extensions/tour.py draws them)")
     n_cls = min(int(y.max()) + 1, 10)
     picks = torch.stack([torch.nonzero(y == c)[:8, 0] for c in range(n_cls)], 1)  # (8, n_cls)
     picks = picks.flatten()  # (8*n_cls,) row by row: one class per column

@@ -286,9 +286,8 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--run", "--run-dir", dest="run",
-                      help="a run folder: evaluate all its checkpoints, write DIR/report/ "
-                           "(under torchrun, write --run-dir: torchrun takes --run for its own "
-                           "--run-path)")
+                      help="a run folder: evaluate all its checkpoints, write DIR/report/ (under "
+                           "torchrun, write --run-dir: torchrun takes --run for its --run-path)")
     what.add_argument("--ckpt", help="one checkpoint: print its FID, KID and IS")
     parser.add_argument("--steps", type=int, help="--ckpt: sampler steps (default: its own N)")
     parser.add_argument("--sampler", default="ddim", choices=["ddim", "ancestral", "stochastic"])
@@ -306,7 +305,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     # Under torchrun the ranks share the sampling.
     device = infra.init_distributed(infra.pick_device(args.device))
-    ckpt = infra.load_checkpoint(Path(args.run) / "teacher.pt" if args.run else args.ckpt)
+    path = Path(args.run) / "teacher.pt" if args.run else args.ckpt
+    ckpt = infra.load_checkpoint(path)
+    stage = sampling_stage(ckpt, path)  # refuses what cannot be sampled as images
     cfg = eval_config(ckpt, args.preset, args.set)
     if args.n is not None:
         cfg["eval_n"] = args.n
@@ -325,7 +326,6 @@ def main(argv=None):
         print(f"wrote {Path(args.run) / 'report'}/report.md, results.json, fid_vs_calls.png, "
               "fid_vs_is.png, grids/")
         return
-    stage = sampling_stage(ckpt, args.ckpt)
     warn_w_range([args.w], ckpt)
     if args.sampler not in SAMPLERS[stage]:
         raise UserError(f"--sampler {args.sampler} does not apply to a {stage} checkpoint; "

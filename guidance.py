@@ -159,7 +159,7 @@ def main(argv=None):
     print(f"teacher: preset {cfg['preset']}, {cfg['dataset']} {cfg['resolution']}px on "
           f"{infra.space(cfg)}, device {device}, run folder {out}")
     train(cfg, out, device, (x, y), args.seed, args.resume)
-    print(f"wrote {out / 'teacher.pt'}; grids in {out / 'grids'}")
+    print(f"wrote {out / 'teacher.pt'}" + (f"; grids in {out / 'grids'}" if cfg["grid_w"] else ""))
 
 
 if __name__ == "__main__":

@@ -300,8 +300,9 @@ def save_images(x, path, n_cols):
 
 @torch.no_grad()
 def save_grid(make_predict, path, cfg, device, steps, seed=0):
-    """A DDIM grid: a class per column, a w of grid_w per row. make_predict(y, w) -> predict."""
-    if not is_main():
+    """A DDIM grid: a class per column, a w of grid_w per row (none if grid_w is empty: 2-D points).
+    make_predict(y, w) -> predict."""
+    if not is_main() or not cfg["grid_w"]:
         return
     w_values, n_cols = cfg["grid_w"], min(DATASETS[cfg["dataset"]]["n_classes"], 10)
     z_col = torch.randn((n_cols, *data_shape(cfg)), generator=torch.Generator().manual_seed(seed))

@@ -39,8 +39,12 @@ SAMPLERS = {"teacher": ("ddim", "ancestral"), "stage1": ("ddim", "ancestral"),
 
 
 def sampling_stage(ckpt, path):
-    """The checkpoint's stage if it can be sampled (teacher, stage1, stage2), else an error."""
+    """The checkpoint's stage if it can be sampled as images (teacher, stage1, stage2), else an
+    error. 2-D points (the toy2d preset) are not images: extensions/tour.py draws them."""
     stage = str(ckpt["stage"])
+    if data_shape(ckpt["config"])[1] == 1:
+        raise UserError(f"{path} is a model of 2-D points, not images; draw it with "
+                        "python -m extensions.tour")
     if stage not in SAMPLERS:
         raise UserError(f"{path} holds stage {stage!r}; sampling needs teacher.pt, stage1.pt "
                         "or stage2_N*.pt (an encoder decodes with: python -m extensions.edit "

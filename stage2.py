@@ -198,9 +198,9 @@ def main(argv=None):
     model = load(ckpt, device).to(memory_format=torch.channels_last)
     infra.save_grid(lambda y, w: stage1.student_predictor(model, y, w), grid, cfg, device,
                     args.steps)
-    print(f"wrote {out / f'stage2_N{args.steps}.pt'} and {grid} "
-          f"({args.steps} network call{'s' * (args.steps > 1)} per image; "
-          f"rows w = {', '.join(map(str, cfg['grid_w']))})")
+    rows = f" and {grid} (rows w = {', '.join(map(str, cfg['grid_w']))})" if cfg["grid_w"] else ""
+    print(f"wrote {out / f'stage2_N{args.steps}.pt'}{rows}: {args.steps} network "
+          f"call{'s' * (args.steps > 1)} per sample")
 
 
 if __name__ == "__main__":

@@ -10,10 +10,10 @@ nearest-neighbour up. Conditioning, summed into one embedding `emb` of width 4*c
   - class: an embedding table with n_classes + 1 rows; row n_classes is the *null class*
            used for the unconditional branch of classifier-free guidance.
   - text:  (text_dim > 0, extensions/text.py) y is a sentence embedding (B, text_dim) -> MLP, in
-  place of
-           the class table; an all-zero y means null and is replaced by a learned vector null_text.
+           place of the class table; an all-zero y means null: a learned vector null_text.
   - w:     (students only, Meng et al. stage one) sinusoidal features of 1000*w -> MLP whose
            last layer starts at zero, so a fresh w-student equals its teacher for every w.
+2-D points (the toy2d preset) get `MLP`: the same conditioning and call signature, no convs.
 
     python unet.py                    # parameter count and output shape for the cpu preset
     python unet.py --preset cifar10
@@ -36,6 +36,15 @@ def timestep_embedding(t, dim, scale=1000.0, max_period=10_000.0):
     freqs = torch.exp(-math.log(max_period) * k / half)  # (dim/2,)
     args = scale * t.float()[:, None] * freqs[None]  # (B, dim/2)
     return torch.cat([torch.sin(args), torch.cos(args)], dim=1)  # (B, dim)
+
+
+def w_embedding(ch, emb_ch):
+    """The guidance-weight MLP on w's sinusoidal features; its last layer starts at zero, so a
+    fresh w-student's outputs equal its teacher's for every w."""
+    mlp = nn.Sequential(nn.Linear(ch, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
+    nn.init.zeros_(mlp[-1].weight)
+    nn.init.zeros_(mlp[-1].bias)
+    return mlp
 
 
 def norm(c):
@@ -100,9 +109,7 @@ class UNet(nn.Module):
             self.null_text = nn.Parameter(torch.randn(text_dim) / text_dim**0.5)
         else:
             self.class_emb = nn.Embedding(n_classes + 1, emb_ch)  # last row: the null class
-        self.w_mlp = None
-        if w_cond:
-            self.add_w_embedding()
+        self.w_mlp = w_embedding(ch, emb_ch) if w_cond else None
 
         # Down path: remember every feature map for the skips.
         self.conv_in = nn.Conv2d(in_ch, ch, 3, padding=1)
@@ -131,14 +138,6 @@ class UNet(nn.Module):
                                              nn.Conv2d(c, c, 3, padding=1)))
                 res *= 2
         self.norm_out, self.conv_out = norm(c), nn.Conv2d(c, in_ch, 3, padding=1)
-
-    def add_w_embedding(self):
-        """Add the guidance-weight MLP; its last layer is zero so outputs do not change yet."""
-        emb_ch = 4 * self.ch
-        self.w_mlp = nn.Sequential(nn.Linear(self.ch, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
-        nn.init.zeros_(self.w_mlp[-1].weight)
-        nn.init.zeros_(self.w_mlp[-1].bias)
-        return self
 
     def condition(self, y):
         """Labels (B,) or sentence embeddings (B, text_dim) -> (B, 4ch)."""
@@ -175,9 +174,42 @@ class UNet(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))  # v_hat (B, C, H, W)
 
 
+class MLP(nn.Module):
+    """The U-Net's interface on 2-D points (the toy2d preset, extensions/tour.py).
+
+    A point is a 2-channel 1x1 image, so every stage and sampler takes it unchanged: residual
+    blocks h <- h + Linear(SiLU(Linear(SiLU(h + emb)))) with the same conditioning embedding
+    emb = time + class (+ w) as the U-Net, the null class included. z_t (B, C, 1, 1) -> v_hat."""
+
+    def __init__(self, in_ch=2, ch=128, num_blocks=3, n_classes=3, w_cond=False):
+        super().__init__()
+        self.ch, self.n_classes, self.null_class = ch, n_classes, n_classes
+        self.time_mlp = nn.Sequential(nn.Linear(ch, ch), nn.SiLU(), nn.Linear(ch, ch))
+        self.class_emb = nn.Embedding(n_classes + 1, ch)  # last row: the null class
+        self.w_mlp = w_embedding(ch, ch) if w_cond else None
+        self.inp = nn.Linear(in_ch, ch)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Linear(ch, ch), nn.SiLU(),
+                                                  nn.Linear(ch, ch)) for _ in range(num_blocks))
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(ch, in_ch))
+
+    def forward(self, z_t, t, y, w=None):
+        emb = self.time_mlp(timestep_embedding(t, self.ch)) + self.class_emb(y)  # (B, ch)
+        if self.w_mlp is not None:
+            if w is None:
+                raise ValueError("this MLP is w-conditioned: pass w (B,)")
+            emb = emb + self.w_mlp(timestep_embedding(w, self.ch))  # as the U-Net's
+        h = self.inp(z_t.flatten(1))  # (B, ch)
+        for block in self.blocks:
+            h = h + block(h + emb)  # (B, ch)
+        return self.out(h).view(z_t.shape)  # v_hat (B, C, 1, 1)
+
+
 def from_config(cfg, w_cond=False):
-    """The U-Net a preset describes, sized for images or, with cfg['latent'], for latents."""
+    """The network a preset describes: a U-Net sized for images or, with cfg['latent'], for
+    latents; the MLP for 2-D points (1x1 "images", the toy2d preset)."""
     (channels, resolution, _), info = data_shape(cfg), DATASETS[cfg["dataset"]]
+    if resolution == 1:  # points (the mixture2d dataset), not images
+        return MLP(channels, cfg["ch"], cfg["num_res_blocks"], info["n_classes"], w_cond)
     return UNet(in_ch=channels, resolution=resolution, ch=cfg["ch"],
                 ch_mult=tuple(cfg["ch_mult"]), num_res_blocks=cfg["num_res_blocks"],
                 attn_resolutions=tuple(cfg["attn_resolutions"]), attn_head_dim=cfg["attn_head_dim"],
@@ -201,8 +233,8 @@ if __name__ == "__main__":
     parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS))
     cfg = get_config(parser.parse_args().preset)
     net = from_config(cfg, w_cond=True)
-    B, r = 2, cfg["resolution"]
-    z = torch.randn(B, net.conv_out.out_channels, r, r)
+    B = 2
+    z = torch.randn(B, *data_shape(cfg))
     v = net(z, torch.rand(B), torch.zeros(B, dtype=torch.long), torch.ones(B))
     print(f"{sum(p.numel() for p in net.parameters()) / 1e6:.3f}M parameters; "
           f"z_t {tuple(z.shape)} -> v_hat {tuple(v.shape)}")

@@ -130,8 +130,9 @@ def test_guided_prediction_matches_the_analytic_formula():
     t = torch.rand(B, generator=g, dtype=torch.float64)
     z_t = torch.randn(B, MIX.dim, generator=g, dtype=torch.float64)
     model = AnalyticModel(MIX)
-    x_c = MIX.x_hat(z_t, t, y)
-    x_u = MIX.x_hat(z_t, t, torch.full_like(y, MIX.n_classes))
+    alpha, sigma = ddpm.alpha_sigma(ddpm.logsnr_schedule(t))  # (B,) each
+    x_c = MIX.x_hat(z_t, alpha, sigma, y)
+    x_u = MIX.x_hat(z_t, alpha, sigma, torch.full_like(y, MIX.n_classes))
     # w = 0 is the conditional model, no guidance.
     assert torch.allclose(guided_x_hat(model, z_t, t, y, 0.0), x_c, atol=1e-9)
     # w > 0, scalar and per example: (1 + w) x_c - w x_u.

@@ -1,4 +1,5 @@
-"""The v-prediction U-Net: shapes, the null class, the zero-initialized w embedding."""
+"""The v-prediction U-Net (and the MLP of 2-D points): shapes, the null class, the
+zero-initialized w embedding."""
 import torch
 
 from config import get_config
@@ -64,3 +65,20 @@ def test_channels_last_gives_the_same_output():
     net_cl = net.to(memory_format=torch.channels_last)
     v_cl = net_cl(z.contiguous(memory_format=torch.channels_last), t, y)
     assert torch.allclose(v, v_cl, atol=1e-5)
+
+
+def test_points_get_the_mlp_with_the_same_interface():
+    cfg = get_config("toy2d")
+    student = from_config(cfg, w_cond=True).eval()  # 2-D points: unet.MLP, not the U-Net
+    assert student.null_class == 3 and not isinstance(student, UNet)
+    g = torch.Generator().manual_seed(2)
+    z, t, y = torch.randn(5, 2, 1, 1, generator=g), torch.rand(5, generator=g), torch.arange(5) % 4
+    v0 = student(z, t, y, torch.zeros(5))
+    assert v0.shape == z.shape
+    # As the U-Net's: a fresh w embedding leaves the teacher's output unchanged for every w.
+    teacher = from_config(cfg).eval()
+    missing, unexpected = teacher.load_state_dict(student.state_dict(), strict=False)
+    assert not missing and all(k.startswith("w_mlp") for k in unexpected)
+    assert torch.equal(teacher(z, t, y), v0) and torch.equal(v0, student(z, t, y, 3 + 0 * t))
+    torch.nn.init.normal_(student.w_mlp[-1].weight, std=0.1)
+    assert not torch.allclose(v0, student(z, t, y, 3 + 0 * t))

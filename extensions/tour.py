@@ -1,0 +1,350 @@
+"""A visual tour: the whole method on 2-D points, every figure a course would draw.
+
+The toy2d preset runs the real pipeline (guidance.train -> stage1.train -> stage2.train, 1024 -> 1
+steps, the samplers of ddpm.py) on points of a 3-class Gaussian mixture (data.py's mixture2d)
+with unet.py's MLP as the network. This script then draws five figures into --docs and measures
+one number for each, and writes docs/tour.md around them: a lesson of figure, what to see, the
+equation and the file:function that computed it. Every point k has its own noise seed and the
+label k % 3, so two samplers of the same k start from the same z_1.
+
+    python -m extensions.tour                     # trains runs/toy2d (~1.5 min on 2 CPU cores)
+    rm -rf runs/toy2d && python -m extensions.tour    # every figure from scratch
+    python -m extensions.tour --smoke --out /tmp/tour --docs /tmp/tour   # the tests' size
+"""
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import matplotlib
+import torch
+
+import ddpm
+import guidance
+import infra
+import stage2
+from config import get_config
+from data import GaussianMixture, load_dataset
+from sample import generate, image_noise
+from stage1 import student_predictor
+from unet import load
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+STUDENTS = (8, 4, 2, 1)  # the students drawn and measured
+W = 1.0  # the guidance weight of figures 3-5 (w = 0 is unguided; diffusers' scale = 1 + w)
+COLORS = ["tab:blue", "tab:orange", "tab:green"]  # one per class
+SMOKE = ["teacher_iters=300", "stage1_iters=150", "stage2_start_N=64", "stage2_iters=40",
+         "stage2_iters_small=80"]
+
+
+def flat(z):
+    """2-channel 1x1 "images" (..., 2, 1, 1) -> points (..., 2) on the CPU."""
+    return z.reshape(*z.shape[:-3], 2).cpu()
+
+
+def ddim_path(predict, z_1, N):
+    """The N-step DDIM path of ddpm.sample_loop with every z_t kept -> (N + 1, B, 2): a recording
+    step function, so the loop is the samplers' own."""
+    path, ddim = [z_1], ddpm.make_step("ddim")
+
+    def step(z_t, x_hat, t, s, i):
+        path.append(ddim(z_t, x_hat, t, s, i))
+        return path[-1]
+
+    path.append(ddpm.sample_loop(predict, z_1, N, step))  # the last step returns x_hat
+    return torch.stack([flat(z) for z in path])  # (N + 1, B, 2)
+
+
+def sliced_w1(a, b, n_dirs=180):
+    """Sliced Wasserstein-1 distance of two equal-size 2-D samples (n, 2): the 1-D W1 of their
+    projections (sorted and matched), averaged over evenly spaced directions."""
+    theta = torch.arange(n_dirs) * math.pi / n_dirs  # (D,)
+    dirs = torch.stack([theta.cos(), theta.sin()], 1)  # (D, 2)
+    pa, pb = (a @ dirs.T).sort(0).values, (b @ dirs.T).sort(0).values  # (n, D) each
+    return (pa - pb).abs().mean().item()
+
+
+def class_posterior(mix, x):
+    """The exact p(class | x) of the mixture for points x (n, 2) -> (n, 3)."""
+    var = mix.stds**2  # (K, M)
+    d2 = (x.double()[:, None, None] - mix.means).pow(2).sum(-1)  # (n, K, M)
+    logp = mix.weights.log() - var.log() - d2 / (2 * var)  # (n, K, M): log pi N(x; mu, c^2 I)
+    return torch.softmax(torch.logsumexp(logp, 2) + mix.class_probs.log(), 1).float()  # (n, K)
+
+
+def per_class(f, a, b, y):
+    """The mean over classes of f(a[y == c], b[y == c])."""
+    return sum(f(a[y == c], b[y == c]) for c in range(3)) / 3
+
+
+def scatter(ax, x, y, title, size=2):
+    for c in range(3):
+        ax.scatter(*x[y == c].T, s=size, c=COLORS[c], alpha=0.6, linewidths=0)
+    ax.set(title=title, xlim=(-1.2, 1.2), ylim=(-1.2, 1.2), aspect="equal")
+
+
+def figure(n_panels, path, draw):
+    """One row of square panels; draw(axes) fills them; saved to path."""
+    fig, axes = plt.subplots(1, n_panels, figsize=(3.2 * n_panels, 3.4), squeeze=False)
+    draw(axes[0])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/toy2d", help="the toy2d run folder (resumed)")
+    parser.add_argument("--docs", default="docs", help="where tour.md and tour_*.png go")
+    parser.add_argument("--n", type=int, default=1500, help="points per measured sample")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--seed", type=int, default=0, help="training and noise seed")
+    parser.add_argument("--smoke", action="store_true", help="test size: a few seconds")
+    args = parser.parse_args(argv)
+    t0, device = time.time(), infra.pick_device(args.device)
+    out, docs = infra.writable_dir(args.out, "--out"), infra.writable_dir(args.docs, "--docs")
+    cfg = get_config("toy2d", SMOKE if args.smoke else ())
+    n = 300 if args.smoke else args.n
+
+    # Train: teacher (guidance.py), stage 1, and every halving round down to one step.
+    stage2.train(cfg, out, device, steps=1, seed=args.seed)
+    ckpts = {name: infra.load_checkpoint(out / f"{name}.pt")
+             for name in ["teacher"] + [f"stage2_N{N}" for N in STUDENTS]}
+    nets = {name: load(ckpt, device) for name, ckpt in ckpts.items()}
+    teacher, train_s = nets["teacher"], time.time() - t0
+    nums = {}
+
+    # Samples: point k has label k % 3 and noise seed (seed * 10^6 + k), for every sampler.
+    y = torch.arange(n) % 3  # (n,)
+    seeds = args.seed * 10**6 + torch.arange(n)
+
+    def samples(name, w, N, sampler="ddim"):  # (n, 2)
+        return flat(generate(ckpts[name], nets[name], y, torch.full((n,), w), N, sampler, seeds,
+                             device, batch_size=n))
+
+    x_test, y_test = load_dataset("mixture2d", 1, train=False)
+    data = flat(x_test[:n].float())  # (n, 2) data points, labels y_test[:n]
+    mix = GaussianMixture.default()
+    data_y = y_test[:n]
+
+    # 1. The data, and what the 1024-step teacher learned of it (w = 0).
+    teacher_w = {w: samples("teacher", w, 1024) for w in (0.0, 1.0, 3.0)}
+    exact = flat(mix.sample(y, torch.Generator().manual_seed(2))[:, :, None, None].float())
+    nums["sw_teacher"] = per_class(sliced_w1, teacher_w[0.0], exact, y)
+    exact_2 = flat(mix.sample(y, torch.Generator().manual_seed(3))[:, :, None, None].float())
+    nums["sw_floor"] = per_class(sliced_w1, exact_2, exact, y)  # sampling noise alone
+    figure(2, docs / "tour_data.png", lambda ax: (
+        scatter(ax[0], data, data_y, "data: 3 classes"),
+        scatter(ax[1], teacher_w[0.0], y, "teacher, 1024 DDIM steps, w = 0")))
+
+    # 2. Guidance: x_hat_w = (1 + w) x_hat_c - w x_hat_u, samples at w = 0, 1, 3.
+    means = torch.stack([mix.moments(c)[0] for c in range(3)]).float()  # (3, 2)
+    nums["spread"] = {w: (s - means[y]).norm(dim=1).mean().item() for w, s in teacher_w.items()}
+    nums["spread_data"] = (exact - means[y]).norm(dim=1).mean().item()
+    nums["p_class"] = {w: class_posterior(mix, s)[torch.arange(n), y].mean().item()
+                       for w, s in teacher_w.items()}
+    nums["p_class_data"] = class_posterior(mix, exact)[torch.arange(n), y].mean().item()
+    t = torch.full((5,), 0.5, device=device)  # (5,) a mid noise level
+    z_t = torch.tensor([[-0.9, 0.3], [0.0, -0.9], [0.9, 0.6], [-0.3, 0.9], [0.5, -1.0]],
+                       device=device)[..., None, None]  # (5, 2, 1, 1) points around the data
+    y_arrow = torch.zeros(5, dtype=torch.long, device=device)  # class 0
+    x_c = flat(student_predictor(teacher, y_arrow, None)(z_t, t))  # one call each
+    x_u = flat(student_predictor(teacher, guidance.null_condition(teacher, y_arrow), None)(z_t, t))
+    x_w = flat(guidance.guided_x_hat(teacher, z_t, t, y_arrow, 1.0))  # (5, 2)
+
+    def draw_guidance(ax):
+        for i, w in enumerate((0.0, 1.0, 3.0)):
+            scatter(ax[i], teacher_w[w], y, f"teacher samples, w = {w:g}")
+        ax[3].scatter(*flat(z_t).T, c="k", marker="s", s=20, label="z_t (t = 0.5)")
+        for x_hat, c, label in [(x_u, "grey", "x_hat_u"), (x_c, COLORS[0], "x_hat_c (class 0)"),
+                                (x_w, "crimson", "x_hat_w, w = 1")]:
+            ax[3].scatter(*x_hat.T, c=c, s=24, label=label)
+        for a, b, c in zip(flat(z_t), x_w, x_u):
+            ax[3].plot([a[0], c[0]], [a[1], c[1]], c="0.8", lw=0.8)  # z_t -> x_hat_u
+            ax[3].annotate("", b.tolist(), c.tolist(), arrowprops=dict(arrowstyle="->", lw=0.8))
+        ax[3].set(title="x_hat_u, x_hat_c, x_hat_w: one line", xlim=(-1.6, 1.6),
+                  ylim=(-1.6, 1.6), aspect="equal")
+        ax[3].legend(fontsize=6, loc="lower left")
+    figure(4, docs / "tour_guidance.png", draw_guidance)
+
+    # 3. The stage-2 target: the 4-step model teaches the 2-step student at t = 1 -> 0.5.
+    k = min(n, 1000)
+    z_1, _ = image_noise(seeds[:k], (2, 1, 1), device)  # (k, 2, 1, 1)
+    y_k, t1 = y[:k].to(device), torch.ones(k, device=device)  # (k,), (k,)
+    teach = student_predictor(nets["stage2_N4"], y_k, torch.full((k,), W, device=device))
+    x_tilde, z_2 = stage2.teacher_target(teach, z_1, t1, N=2)  # (k, 2, 1, 1) each
+    z_mid = ddim_path(teach, z_1, 4)[1]  # (k, 2) the teacher's z_t' at t' = 0.75
+    x_first = flat(teach(z_1, t1))  # (k, 2) the teacher's own x_hat at t = 1
+    x_s = student_predictor(nets["stage2_N2"], y_k, torch.full((k,), W, device=device))(z_1, t1)
+    z_2s = ddpm.ddim_step(z_1, x_s, t1, t1 / 2)  # (k, 2, 1, 1) the student's one step
+    jump = (flat(z_2) - flat(z_1)).norm(dim=1).mean()
+    nums["target_err"] = ((flat(z_2s) - flat(z_2)).norm(dim=1).mean() / jump).item()
+    nums["x_tilde_err"] = (flat(x_s) - flat(x_tilde)).norm(dim=1).mean().item()
+
+    def draw_target(ax):
+        a, p = ax[0], [flat(z_1)[:4], z_mid[:4], flat(z_2)[:4]]  # 4 points: z_t, z_t', z_t''
+        for i in range(4):
+            a.plot(*torch.stack([q[i] for q in p]).T, "-o", c="k", ms=3, lw=1,
+                   label="teacher: two DDIM steps" if i == 0 else None)
+            a.annotate("", flat(z_2s)[i].tolist(), p[0][i].tolist(),
+                       arrowprops=dict(arrowstyle="->", color="crimson", lw=1))
+            a.plot(*torch.stack([x_first[i], flat(x_tilde)[i]]).T, ":", c="0.5", lw=0.8)
+        a.scatter(*x_first[:4].T, marker="o", s=30, facecolors="none", edgecolors="k",
+                  label="teacher's x_hat(z_t)")
+        a.scatter(*flat(x_tilde)[:4].T, marker="*", s=70, c=[COLORS[int(c)] for c in y[:4]],
+                  label="x_tilde (the target)")
+        a.plot([], [], c="crimson", label="student: one step")
+        a.set(title="t = 1 -> 0.75 -> 0.5 vs t = 1 -> 0.5", aspect="equal")
+        a.legend(fontsize=6)
+        scatter(ax[1], flat(x_tilde), y[:k], "x_tilde of 1000 noise points")
+    figure(2, docs / "tour_target.png", draw_target)
+
+    # 4. Trajectories from the same noise: the 1024-step teacher vs the N-step students.
+    wk = torch.full((k,), W, device=device)
+    ref = teacher_w[W][:k]  # (k, 2) the 1024-step teacher's endpoints: the same seeds
+    nums["endpoint"] = {}
+    for N in STUDENTS:
+        student = (ddim_path(student_predictor(nets[f"stage2_N{N}"], y_k, wk), z_1, N)[-1]
+                   - ref).norm(dim=1).mean().item()
+        own = (ddim_path(guidance.guided_predictor(teacher, y_k, wk), z_1, N)[-1]
+               - ref).norm(dim=1).mean().item()
+        nums["endpoint"][N] = dict(student=student, teacher_ddim=own)
+
+    paths = ddim_path(guidance.guided_predictor(teacher, y_k[:12], wk[:12]), z_1[:12], 1024)
+
+    def draw_paths(ax):
+        for j, N in enumerate(STUDENTS):
+            path = ddim_path(student_predictor(nets[f"stage2_N{N}"], y_k[:12], wk[:12]),
+                             z_1[:12], N)  # (N + 1, 12, 2)
+            for i in range(12):
+                ax[j].plot(*paths[:, i].T, c="0.7", lw=0.8)
+                ax[j].plot(*path[:, i].T, "-o", c=COLORS[int(y[i])], ms=2.5, lw=1)
+            ax[j].set(title=f"{N}-step student (colour) vs teacher", aspect="equal",
+                      xlim=(-2.6, 2.6), ylim=(-2.6, 2.6))
+    figure(4, docs / "tour_trajectories.png", draw_paths)
+
+    # 5. The stochastic sampler vs DDIM, 4 steps each, from the same noise, at w = 1.
+    four = {s: samples("stage2_N4", W, 4, s) for s in ("ddim", "stochastic")}
+    nums["sw"] = {s: per_class(sliced_w1, x, teacher_w[W], y) for s, x in four.items()}
+    nums["sw"]["teacher_ddim4"] = per_class(sliced_w1, samples("teacher", W, 4), teacher_w[W], y)
+    figure(3, docs / "tour_stochastic.png", lambda ax: (
+        scatter(ax[0], teacher_w[W], y, "teacher, 1024 steps, w = 1"),
+        scatter(ax[1], four["ddim"], y, "4-step student, DDIM"),
+        scatter(ax[2], four["stochastic"], y, "4-step student, stochastic")))
+
+    nums.update(train_seconds=train_s, seconds=time.time() - t0, n=n, smoke=args.smoke)
+    (docs / "tour.json").write_text(json.dumps(nums, indent=1))
+    (docs / "tour.md").write_text(lesson(nums))
+    print(f"wrote {docs / 'tour.md'} and 5 figures in {nums['seconds']:.0f} s "
+          f"(training {train_s:.0f} s)")
+    return nums
+
+
+def lesson(m):
+    """docs/tour.md with the measured numbers."""
+    e, sp, sw = m["endpoint"], m["spread"], m["sw"]
+    rows = "\n".join(f"| {N} | {e[N]['student']:.3f} | {e[N]['teacher_ddim']:.3f} |"
+                     for N in STUDENTS)
+    pc = m["p_class"]
+    return LESSON.format(rows=rows, sp0=sp[0.0], sp1=sp[1.0], sp3=sp[3.0], pc0=pc[0.0],
+                         pc1=pc[1.0], pc3=pc[3.0], sw_ddim=sw["ddim"], sw_sto=sw["stochastic"],
+                         sw_t4=sw["teacher_ddim4"], **m)
+
+
+LESSON = """\
+# A visual tour: guided distillation on 2-D points
+
+Back to the [README](../README.md). Written by `python -m extensions.tour`, which trains every
+model of this page and draws every figure in {seconds:.0f} s on 2 CPU cores ({train_seconds:.0f} s
+of training); the numbers below are that run's.
+
+**The setup.** The data are points of 3 classes, each class a mixture of two Gaussians
+(`data.py:GaussianMixture`, dataset `mixture2d`, preset `toy2d`). The teacher is a small MLP
+(`unet.py:MLP`) trained by `guidance.py:train`, not the exact mixture denoiser, because stage 1
+starts its student from the teacher's weights (`stage1.py:init_student`), which a formula has
+not got. A point is stored as a 2-channel 1x1 "image", so every stage below is the code that
+trains the image models, unchanged: teacher, stage 1, then halving 1024 -> 512 -> ... -> 1.
+The exact denoiser stays in the tests, where answers must be known. Each point k has label
+k % 3 and its own noise seed, so two samplers of the same k start from the same z_1.
+
+## 1. The data, and the teacher
+![data and teacher](tour_data.png)
+
+**See** the teacher's samples (1024 DDIM steps, w = 0) cover the same six blobs as the data.
+**Equation** the teacher learns x_hat(z_t, c) ~ E[x | z_t, c] for z_t = alpha_t x + sigma_t eps,
+by the loss max(SNR_t, 1) ||x - x_hat||^2 (S&H Algorithm 1), and samples by DDIM steps
+z_s = alpha_s x_hat + sigma_s (z_t - alpha_t x_hat) / sigma_t.
+**Code** `guidance.py:train`, `ddpm.py:ddim_step`, `ddpm.py:sample_loop`.
+**Number** sliced Wasserstein distance per class, teacher to exact samples: {sw_teacher:.3f};
+two exact samples of the same size differ by {sw_floor:.3f} (sampling noise alone).
+
+## 2. Guidance
+![guidance](tour_guidance.png)
+
+**See** as w grows the classes pull apart: the points between classes, where the class of x is
+uncertain, disappear, and each class gathers on its side away from the others. On the right: at
+five points z_t (t = 0.5), the unconditional x_hat_u (grey), the class-0 x_hat_c (blue) and the
+guided x_hat_w at w = 1 (red) lie on one line, x_hat_w beyond x_hat_c.
+**Equation** x_hat_w = (1 + w) x_hat_c - w x_hat_u = x_hat_c + w (x_hat_c - x_hat_u)
+(CFG Eq. 6 in x-space); w = 0 is unguided, diffusers' guidance_scale = 1 + w. Two network
+calls per step: the cost that distillation removes.
+**Code** `guidance.py:guided_x_hat`.
+**Number** the mean exact p(own class | x) of the samples: {pc0:.3f} at w = 0, {pc1:.3f} at
+w = 1, {pc3:.3f} at w = 3 (exact samples of the data: {p_class_data:.3f}). Guidance sharpens the
+class, not the spread: the mean distance to the class mean is {sp0:.3f}, {sp1:.3f}, {sp3:.3f}
+(data {spread_data:.3f}), as each class is pushed away from the others, its two blobs with it.
+
+## 3. The stage-2 target
+![target](tour_target.png)
+
+**See** the 4-step model (teacher of this round) takes two DDIM steps t = 1 -> 0.75 -> 0.5
+(black); the 2-step student takes one, t = 1 -> 0.5 (red), and lands on the same z_t''. Its
+target is x_tilde (star), not the teacher's own x_hat at t = 1 (circle): x_tilde is the clean
+point whose single DDIM step reaches the teacher's z_t''. Right: x_tilde of 1000 noise points.
+**Equation** solve alpha_t'' x + sigma_t'' (z_t - alpha_t x) / sigma_t = z_t'' for x:
+x_tilde = (z_t'' - (sigma_t''/sigma_t) z_t) / (alpha_t'' - (sigma_t''/sigma_t) alpha_t)
+(S&H Algorithm 2; Meng et al., stage-two distillation, with w as an input; here w = 1).
+Stage 1 before it is the same idea with no sampler: the student matches x_hat_w itself.
+**Code** `stage2.py:teacher_target`, `stage2.py:train_round`, `stage1.py:train`.
+**Number** the student's z_t'' misses the teacher's by {target_err:.1%} of the jump's length
+(mean over 1000 points); its x_hat is {x_tilde_err:.3f} from x_tilde.
+
+## 4. Trajectories from the same noise
+![trajectories](tour_trajectories.png)
+
+**See** grey: the teacher's 1024-step guided DDIM paths (w = 1, 2048 network calls); colour:
+the N-step students' paths from the same z_1, one dot per step. Each halving round keeps the
+endpoint and straightens the path; the 1-step student jumps straight to it.
+**Equation** each round's student does in one DDIM step what its teacher does in two, so after
+r rounds one step stands for 2^r of the teacher's (S&H Algorithm 2).
+**Code** `stage2.py:train` (the rounds), `ddpm.py:sample_loop`.
+**Number** mean distance from the 1024-step teacher's endpoint (1000 points; the data spans
+about 2): the distilled N-step student (N calls) vs the teacher's own N-step DDIM (2N calls).
+
+| N | student | teacher, N DDIM steps |
+|---|---|---|
+{rows}
+
+## 5. The stochastic sampler
+![stochastic](tour_stochastic.png)
+
+**See** the 4-step student sampled two ways from the same noise: DDIM (deterministic) and
+Meng et al.'s stochastic sampler, which takes a DDIM step of twice the length and adds noise
+back.
+**Equation** one step t -> s = t - 1/N: a DDIM step to k = t - 2/N, then
+z_s ~ q(z_s | z_k) = N((alpha_s / alpha_k) z_k, (1 - e^(lambda_s - lambda_k)) sigma_s^2 I)
+(Meng et al., N-step deterministic and stochastic sampling).
+**Code** `ddpm.py:stochastic_mean_var`, `sample.py:generate`.
+**Number** sliced Wasserstein distance per class to the 1024-step teacher's samples (w = 1):
+DDIM {sw_ddim:.3f}, stochastic {sw_sto:.3f}; the teacher's own 4-step DDIM {sw_t4:.3f}. The
+students are trained for DDIM steps of 1/N only: the stochastic sampler's jumps of 2/N are off
+that path, and the noise it adds back must then undo their error. The paper reports FID on
+images for both samplers; the 2-D case above is this run's own measurement, not a general rule.
+"""
+
+if __name__ == "__main__":
+    infra.run_cli(main)

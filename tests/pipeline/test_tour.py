@@ -1,0 +1,35 @@
+"""extensions/tour.py at its smoke size: the real pipeline on 2-D points, its five figures and
+lesson, and numbers that would change if guidance or distillation broke."""
+import json
+
+import pytest
+
+import evaluate
+import sample
+from config import UserError
+from extensions import tour
+
+
+def test_tour_students_land_where_the_teacher_does(tmp_path):
+    run, docs = tmp_path / "run", tmp_path / "docs"
+    nums = tour.main(["--smoke", "--out", str(run), "--docs", str(docs), "--device", "cpu"])
+    for name in ("data", "guidance", "target", "trajectories", "stochastic"):
+        assert (docs / f"tour_{name}.png").stat().st_size > 10_000
+    assert "{" not in (docs / "tour.md").read_text()  # every number filled in
+    assert json.loads((docs / "tour.json").read_text())["endpoint"]["4"] == nums["endpoint"][4]
+    # Distillation: an N-step student (N calls) ends much nearer the 1024-step teacher's endpoint
+    # than the teacher's own N-step DDIM (2N calls) does.
+    e = nums["endpoint"]
+    for N in tour.STUDENTS:
+        assert e[N]["student"] < 0.5 * e[N]["teacher_ddim"], e
+    # Stage 2: the 2-step student's single step nearly lands on the teacher's z_t''.
+    assert nums["target_err"] < 0.1
+    # Guidance: samples are surer of their class as w grows.
+    assert nums["p_class"][3.0] > nums["p_class"][1.0] > nums["p_class"][0.0]
+
+    # 2-D points are not images: the image samplers refuse them with a clear error.
+    ckpt = str(run / "stage2_N4.pt")
+    with pytest.raises(UserError, match="2-D points"):
+        sample.run(sample.make_parser().parse_args(["--ckpt", ckpt]))
+    with pytest.raises(UserError, match="2-D points"):
+        evaluate.main(["--ckpt", ckpt])
