@@ -15,7 +15,6 @@ import argparse
 import json
 import math
 import time
-from pathlib import Path
 
 import matplotlib
 import torch
@@ -168,7 +167,7 @@ def main(argv=None):
             ax[3].annotate("", b.tolist(), c.tolist(), arrowprops=dict(arrowstyle="->", lw=0.8))
         ax[3].set(title="x_hat_u, x_hat_c, x_hat_w: one line", xlim=(-1.6, 1.6),
                   ylim=(-1.6, 1.6), aspect="equal")
-        ax[3].legend(fontsize=6, loc="lower left")
+        ax[3].legend(fontsize=6, loc="upper right")
     figure(4, docs / "tour_guidance.png", draw_guidance)
 
     # 3. The stage-2 target: the 4-step model teaches the 2-step student at t = 1 -> 0.5.

@@ -30,16 +30,17 @@ def test_sigkill_at_random_moments_then_rerun_gives_bitwise_equal_weights(tmp_pa
     ref = tmp_path / "ref"
     subprocess.run(_cmd(ref), cwd=ROOT, capture_output=True, check=True)
 
-    # Four kills: each once a stage has written its first checkpoint, after a random delay (seeded),
-    # so they fall inside the teacher, stage 1, an early and a late stage-2 round; the same command
-    # is rerun each time.
+    # Three kills: each once a stage has written its first checkpoint, after a random delay
+    # (seeded), so they fall inside the teacher, stage 1 and a late stage-2 round; the same
+    # command is rerun each time.
     out, rng, seen = tmp_path / "killed", random.Random(0), []
-    for marker in ("teacher.pt", "stage1.pt", "stage2_N256.pt", "stage2_N16.pt"):
+    for marker in ("teacher.pt", "stage1.pt", "stage2_N16.pt"):
         proc = subprocess.Popen(_cmd(out), cwd=ROOT, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        deadline = time.time() + 300
+        deadline = time.time() + 900
         while not (out / marker).exists() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)
+        assert (out / marker).exists(), f"no {marker} after 900 s"
         time.sleep(rng.uniform(0.0, 1.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -50,7 +51,7 @@ def test_sigkill_at_random_moments_then_rerun_gives_bitwise_equal_weights(tmp_pa
         seen.append(_stage_files(out))
     r = subprocess.run(_cmd(out), cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert len({tuple(s) for s in seen}) == 4, seen  # each kill found the pipeline further on
+    assert len({tuple(s) for s in seen}) == 3, seen  # each kill found the pipeline further on
 
     # Every stage's final weights equal the uninterrupted run's, bit for bit.
     assert _stage_files(out) == _stage_files(ref)
