@@ -23,7 +23,7 @@ by four teacher DDIM steps of 1/(4N). Measured against halving in docs/ablations
 
     python stage2.py --steps 4                  # cpu preset: the whole pipeline, ~30 min here
     python stage2.py --preset smoke --steps 4   # ~1 minute
-    python stage2.py --steps 1 --start-steps 1024
+    torchrun --nproc_per_node=8 stage2.py --preset imagenet64 --steps 4 --grad-accum 8  # GPUs
 """
 import argparse
 import copy

@@ -11,7 +11,7 @@ For each preset (cifar10, imagenet64) this script builds the real networks from 
     utilisation, and the micro-batch and --grad-accum that fit in 80 GB.
 These are estimates from counted FLOPs and CPU-measured memory, not GPU measurements.
 
-    python benchmarks/gpu_plan.py                   # both presets, ~1 minute; writes docs/gpu_plan.md
+    python benchmarks/gpu_plan.py                # both presets, ~1 minute: docs/gpu_plan.md
     python benchmarks/gpu_plan.py --mfu 0.3 --out /tmp/plan.md
 """
 import argparse
