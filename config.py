@@ -38,6 +38,9 @@ _BASE = dict(
     warmup=1000,                  # linear lr warm-up steps [SH]
     weight_decay=0.0,
     grad_clip=1.0,                # [SH]
+    grad_accum=1,                 # micro-batches per step: batch_size = grad_accum x processes x
+                                  # micro-batch; the same gradient, 1/grad_accum the activations
+    precision="auto",             # auto: bf16 autocast on CUDA, fp32 elsewhere | bf16 | fp32
     ema_decay=0.9999,             # [SH]; EMA warm-up min(decay, (1+k)/(10+k)) makes it usable early
     teacher_iters=100_000,
     ckpt_every=1000,              # checkpoint + sample grid every K steps

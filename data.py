@@ -20,6 +20,8 @@ training down).
 import argparse
 import functools
 import gzip
+import hashlib
+import io
 import math
 import pickle
 from pathlib import Path
@@ -115,17 +117,11 @@ def _load_imagenet64(data_dir, train):
 class GaussianMixture:
     """A class-conditional mixture of isotropic Gaussians, with its exact denoiser.
 
-    Class y has M components N(mu_{y,m}, c_{y,m}^2 I) in D dimensions with weights pi_{y,m};
-    classes have probabilities p_y. For z_t = alpha_t x + sigma_t eps each component gives
-    z_t ~ N(alpha mu, (alpha^2 c^2 + sigma^2) I), so the exact posterior mean is
-
-        E[x | z_t, y] = sum_m r_m(z_t) (mu_m + alpha c_m^2 / (alpha^2 c_m^2 + sigma^2)
-                                               * (z_t - alpha mu_m))
-
-    with responsibilities r_m proportional to pi_m N(z_t; alpha mu_m, (alpha^2 c_m^2 + sigma^2) I).
-    The unconditional E[x | z_t] is the same sum over every component of every class. The tests
-    use it as a teacher with known answers; the mixture2d dataset (the toy2d preset,
-    extensions/tour.py) samples it.
+    Class y (probability p_y) has M components N(mu_m, c_m^2 I) in D dimensions, weights pi_m.
+    With v_m = alpha^2 c_m^2 + sigma^2, z_t = alpha x + sigma eps has the exact posterior mean
+        E[x | z_t, y] = sum_m r_m (mu_m + (alpha c_m^2 / v_m) (z_t - alpha mu_m)),
+    r_m proportional to pi_m N(z_t; alpha mu_m, v_m I); E[x | z_t] sums over every class's
+    components. The tests' teacher with known answers; the mixture2d dataset samples it.
     """
 
     def __init__(self, means, stds, weights=None, class_probs=None):
@@ -252,6 +248,34 @@ def training_set(cfg, data_dir="data", data_file=None):
     return x, y, cfg | extra
 
 
+_PROGRAMS = {}  # exported programs (torch.export) stored as uint8 tensors, loaded once per device
+
+
+def _program(raw, device):
+    raw = raw.numpy().tobytes()
+    key = (hashlib.sha1(raw).hexdigest(), str(device))
+    if key not in _PROGRAMS:
+        _PROGRAMS[key] = torch.export.load(io.BytesIO(raw)).module().to(device)
+    return _PROGRAMS[key]
+
+
+def decode(x, cfg):
+    """The seam's other end: what a model sampled -> images in [-1, 1]. Pixels pass through; a
+    latent model's config carries its decoder as an exported program (torch.export, written by
+    the extension that made the latents), so no autoencoder code is needed here."""
+    return _program(cfg["latent"]["decoder"], x.device)(x.float()) if cfg.get("latent") else x
+
+
+def encode(x, cfg):  # images in [-1, 1] -> a latent model's scaled latents (its exported encoder)
+    return _program(cfg["latent"]["encoder"], x.device)(x.float())
+
+
+def space(cfg):  # what a config's model works on, in words: pixels or latents; labels or captions
+    lat, txt = cfg.get("latent"), cfg.get("text")
+    where = "pixels" if not lat else f"latents ({lat['channels']} x {lat['size']}^2)"
+    return where + (f", captions ({txt['encoder']})" if txt else ", class labels")
+
+
 # ---------------------------------------------------------------- conditions
 def conditions(cfg, labels, split="test"):
     """What a model conditions on for images of classes `labels` (n,): the labels themselves, or
@@ -301,7 +325,6 @@ def random_batch(images, labels, batch_size, generator, randflip=False, device="
 
 if __name__ == "__main__":
     import sys
-
     from torchvision.utils import save_image
 
     parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,

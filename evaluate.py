@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 import infra
 from config import PRESETS, UserError, get_config
-from data import DATASETS, load_dataset, to_float
+from data import DATASETS, decode, encode, load_dataset, to_float
 from features import feature_net, feature_size, features
 from report import check_targets, plot, write_report
 from sample import SAMPLERS, generate, sampling_stage, warn_w_range
@@ -234,7 +234,7 @@ def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
     floors = ["data", "data_ae"] if cfg["latent"] else ["data"]
     for name in (f for f in floors if f not in done):
         x = data_row(cfg, data_dir, seed)  # (n, C, H, W)
-        x = infra.decode(infra.encode(x, cfg), cfg) if name == "data_ae" else x
+        x = decode(encode(x, cfg), cfg) if name == "data_ae" else x
         done[name] = dict(model=name, file="-", sampler="-", N=0, w=None, calls=0, ms_per_image=0.0,
                           **score(x, ref, extract))
     rows, models = plan_rows(run, cfg), {}

@@ -25,7 +25,7 @@ from tqdm import tqdm
 import ddpm
 import infra
 from config import UserError
-from data import load_dataset, random_batch, training_set
+from data import load_dataset, random_batch, space, training_set
 from unet import from_config
 
 
@@ -95,16 +95,23 @@ def train(cfg, out, device, pairs=None, seed=0, resume=True, progress=True):
         t = torch.rand(B, generator=gens["noise"], device=device)  # (B,)
         eps = torch.randn(x.shape, generator=gens["noise"], device=device)  # (B, C, H, W)
         x, y, t, eps = infra.shard(x, y, t, eps)  # this process's B / K examples (torchrun)
-        z_t = ddpm.q_sample(x, t, eps)  # (B, C, H, W)
 
-        # Predict v, convert to x_hat, weight the x-space error by omega(lambda_t).
-        x_hat = ddpm.x_from_v(z_t, net(z_t, t, y), t)  # (B, C, H, W)
-        loss = ddpm.weighted_x_loss(x_hat, x, t, cfg["loss_weight"])
+        # Predict v, convert to x_hat, weight the x-space error by omega(lambda_t); backward.
+        # In grad_accum micro-batches of b = B / grad_accum (1 by default): the same gradient.
+        loss = 0.0
+        for x, y, t, eps in infra.micro_batches(net, cfg["grad_accum"], x, y, t, eps):
+            z_t = ddpm.q_sample(x, t, eps)  # (b, C, H, W)
+            with infra.autocast(cfg, device):  # bf16 network on CUDA; the rest stays fp32
+                v_hat = net(z_t, t, y)  # (b, C, H, W)
+            x_hat = ddpm.x_from_v(z_t, v_hat.float(), t)  # (b, C, H, W)
+            part = ddpm.weighted_x_loss(x_hat, x, t, cfg["loss_weight"]) / cfg["grad_accum"]
+            part.backward()
+            loss += part.detach()
         infra.check_finite(loss, step, ckpt_path)
 
         # Update: linear warm-up, clip the gradient norm, AdamW, EMA.
         lr = cfg["lr"] * min(1.0, (step + 1) / max(1, cfg["warmup"]))
-        grad_norm = infra.optimizer_step(loss, model, opt, lr, cfg["grad_clip"])
+        grad_norm = infra.optimizer_step(model, opt, lr, cfg["grad_clip"])
         infra.ema_update(ema, model, cfg["ema_decay"], step)
         losses.append(infra.mean(loss).item())  # the global batch's loss
         running = 0.99 * running + 0.01 * losses[-1] if step > start else losses[-1]
@@ -157,7 +164,7 @@ def main(argv=None):
         raise UserError(f"--p-uncond {cfg['p_uncond']}: a probability, in [0, 1]")
     x, y, cfg = training_set(cfg, args.data_dir, args.data)  # images, or an extension's latents
     print(f"teacher: preset {cfg['preset']}, {cfg['dataset']} {cfg['resolution']}px on "
-          f"{infra.space(cfg)}, device {device}, run folder {out}")
+          f"{space(cfg)}, device {device}, run folder {out}")
     train(cfg, out, device, (x, y), args.seed, args.resume)
     print(f"wrote {out / 'teacher.pt'}" + (f"; grids in {out / 'grids'}" if cfg["grid_w"] else ""))
 

@@ -4,13 +4,12 @@
     torchrun      init_distributed, is_main, shard, wrap, mean, my_rows, gather (DDP): every rank
                   draws the whole batch and keeps its slice, so K processes train what one does
     checkpoints   atomic_write, save_checkpoint, load_checkpoint, checkpoint_dict, resume
-    training      make_optimizer, check_finite, optimizer_step, ema_update, log_metrics
+    training      make_optimizer, micro_batches, autocast, check_finite, optimizer_step,
+                  ema_update, log_metrics
     pictures      save_images, save_grid
-    the seam      decode, encode, space: what an extension's --data file put in cfg
 """
 import argparse
-import hashlib
-import io
+import contextlib
 import json
 import os
 import sys
@@ -23,7 +22,7 @@ from torchvision.utils import save_image
 
 import ddpm
 from config import DEFAULT_PRESET, PRESETS, UserError, get_config
-from data import DATASETS, conditions, data_shape
+from data import DATASETS, conditions, data_shape, decode, space
 
 
 # ---------------------------------------------------------------- command line
@@ -43,8 +42,8 @@ def add_common_args(parser):
 
 
 def add_training_args(parser, what, data_file=True):
-    """--data-dir, --data and --resume: the same on every training script (data_file=False: no
-    --data, for the trainers that read the dataset itself: the autoencoder, the encoder)."""
+    """--data-dir, --data, --resume, --grad-accum, --precision on every training script; without
+    data_file only --data-dir and --resume (the autoencoder, the encoder: fp32, one batch)."""
     parser.add_argument("--data-dir", default="data",
                         help="where cifar10 / imagenet64 live (fashion: the Debian package first)")
     if data_file:
@@ -52,12 +51,20 @@ def add_training_args(parser, what, data_file=True):
                             help="(x, y) pairs an extension wrote (latents, captions)")
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help=f"continue from {what} if it exists (default), or start over")
+    if data_file:
+        parser.add_argument("--grad-accum", type=int, metavar="K", help="micro-batches per "
+                            "step (default 1): batch_size = K x processes x micro-batch")
+        parser.add_argument("--precision", choices=["auto", "bf16", "fp32"],
+                            help="default auto: bf16 autocast on CUDA, fp32 elsewhere")
     return parser
 
 
 def setup(args):
     """Parsed common args -> (cfg, run folder, device); under torchrun, join the process group."""
     cfg = get_config(args.preset, args.set)
+    for key in ("grad_accum", "precision"):  # the flags of add_training_args beat --set
+        if getattr(args, key, None) is not None:
+            cfg[key] = getattr(args, key)
     device = init_distributed(pick_device(args.device))
     check_batch_size(cfg)
     data = getattr(args, "data", None)
@@ -65,10 +72,11 @@ def setup(args):
     return cfg, writable_dir(default if args.out is None else args.out, "--out"), device
 
 
-def check_batch_size(cfg):  # >= 1, and split evenly over the processes of a torchrun
-    if cfg["batch_size"] < 1 or cfg["batch_size"] % world():
-        raise UserError(f"--batch-size {cfg['batch_size']} must be >= 1 and divisible by the "
-                        f"{world()} process(es)")
+def check_batch_size(cfg):  # >= 1, split evenly over the processes and their micro-batches
+    B, K = cfg["batch_size"], cfg["grad_accum"]
+    if B < 1 or K < 1 or B % (world() * K):
+        raise UserError(f"--batch-size {B} must be divisible by the {world()} process(es) x "
+                        f"{K} micro-batch(es) (--grad-accum), both >= 1")
 
 
 def writable_dir(path, flag):
@@ -251,6 +259,25 @@ def make_optimizer(model, lr, weight_decay, device):
                              fused=device.type in ("cpu", "cuda"))
 
 
+def micro_batches(net, n, *tensors):
+    """Gradient accumulation: this process's batch as n equal micro-batches (tuples like `tensors`);
+    backward each loss / n and the gradients sum to the batch's (DDP syncs after the last)."""
+    for k, chunk in enumerate(zip(*(t.chunk(n) for t in tensors))):
+        defer = k < n - 1 and isinstance(net, nn.parallel.DistributedDataParallel)
+        with net.no_sync() if defer else contextlib.nullcontext():
+            yield chunk
+
+
+def autocast(cfg, device):
+    """bf16 autocast around network calls on CUDA (precision auto) or wherever it is bf16. Only
+    the network's matmuls and convolutions run in bf16; weights, gradients, Adam and the ddpm.py
+    math around the calls (log-SNR at +-20, sigma_t ~ 5e-5, z_t, x_tilde) stay fp32."""
+    if cfg["precision"] not in ("auto", "bf16", "fp32"):
+        raise UserError(f"--set precision={cfg['precision']}: choose auto, bf16 or fp32")
+    on = cfg["precision"] == "bf16" or (cfg["precision"] == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
+
+
 def check_finite(loss, step, ckpt_path):
     """Stop with a one-line error on a NaN / inf loss, saying whether a checkpoint was kept."""
     if not torch.isfinite(loss):
@@ -260,14 +287,14 @@ def check_finite(loss, step, ckpt_path):
                         "rate (--set ...) and rerun")
 
 
-def optimizer_step(loss, model, opt, lr, grad_clip):
-    """Set the lr, backpropagate, clip the gradient norm, step -> the norm before clipping."""
+def optimizer_step(model, opt, lr, grad_clip):
+    """After the backward pass(es): set the lr, clip the gradient norm, step, clear the gradients
+    -> the norm before clipping."""
     for group in opt.param_groups:
         group["lr"] = lr
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     opt.step()
+    opt.zero_grad(set_to_none=True)
     return float(grad_norm)
 
 
@@ -312,32 +339,3 @@ def save_grid(make_predict, path, cfg, device, steps, seed=0):
     x = ddpm.sample_ddim(make_predict(y, w), z_1.contiguous(memory_format=torch.channels_last),
                          steps, clip=not cfg["latent"])  # latents have no [-1, 1] box
     save_images(decode(x, cfg), path, n_cols)
-
-
-# ---------------------------------------------------------------- the seam for extensions
-_PROGRAMS = {}  # exported programs (torch.export) stored as uint8 tensors, loaded once per device
-
-
-def _program(raw, device):
-    raw = raw.numpy().tobytes()
-    key = (hashlib.sha1(raw).hexdigest(), str(device))
-    if key not in _PROGRAMS:
-        _PROGRAMS[key] = torch.export.load(io.BytesIO(raw)).module().to(device)
-    return _PROGRAMS[key]
-
-
-def decode(x, cfg):
-    """What a model sampled -> images in [-1, 1]. Pixels pass through. A latent model's config
-    carries its decoder as an exported program (torch.export; the extension that made the latents
-    wrote it), so no autoencoder code is needed here: scaled latents in, clamped pixels out."""
-    return _program(cfg["latent"]["decoder"], x.device)(x.float()) if cfg.get("latent") else x
-
-
-def encode(x, cfg):  # images in [-1, 1] -> a latent model's scaled latents (its exported encoder)
-    return _program(cfg["latent"]["encoder"], x.device)(x.float())
-
-
-def space(cfg):  # what a config's model works on, in words: pixels or latents; labels or captions
-    lat, txt = cfg.get("latent"), cfg.get("text")
-    where = "pixels" if not lat else f"latents ({lat['channels']} x {lat['size']}^2)"
-    return where + (f", captions ({txt['encoder']})" if txt else ", class labels")

@@ -10,7 +10,7 @@
 Writes a grid (one class per column, one row per w, the same noise down each column) and an
 .npz of uint8 samples (x (n, C, H, W), y, w). Image k's noise comes from its own seed, so it
 does not depend on --batch-size. w = 0 is unguided; diffusers' guidance_scale = 1 + w.
-A latent-space checkpoint carries its decoder and is decoded to pixels (infra.decode); a
+A latent-space checkpoint carries its decoder and is decoded to pixels (data.decode); a
 caption model draws a held-out caption of each class (prompts: python -m extensions.text sample).
 
     python sample.py --ckpt runs/cpu/stage2_N4.pt --w 0,1,3
@@ -29,7 +29,7 @@ import torch
 import ddpm
 import infra
 from config import UserError
-from data import DATASETS, conditions, data_shape, to_uint8
+from data import DATASETS, conditions, data_shape, decode, space, to_uint8
 from guidance import guided_predictor
 from stage1 import student_predictor
 from unet import load
@@ -95,7 +95,7 @@ def generate(ckpt, model, y, w, steps, sampler, seeds, device, batch_size=256, c
         yb, wb = y[lo:lo + batch_size].to(device), w[lo:lo + batch_size].to(device)
         predict = predictor(ckpt, model, yb, wb)
         x = ddpm.sample_loop(predict, z_1, steps, ddpm.make_step(sampler, noise), clip)
-        out.append(infra.decode(x, cfg).float().cpu())  # (b, C, H, W) pixels
+        out.append(decode(x, cfg).float().cpu())  # (b, C, H, W) pixels
     return infra.gather(torch.cat(out))  # every process's images, in order
 
 
@@ -167,7 +167,7 @@ def run(args, columns=None, prompts=()):
     infra.save_images(x, out, n_cols)
     np.savez(out.with_suffix(".npz"), x=to_uint8(x).numpy(), y=col.numpy(), w=w.numpy(),
              prompts=np.array(list(prompts), dtype=str))  # y: the class, or the prompt's index
-    print(f"{stage} ({Path(args.ckpt).name}) on {infra.space(ckpt['config'])}, {args.sampler}, "
+    print(f"{stage} ({Path(args.ckpt).name}) on {space(ckpt['config'])}, {args.sampler}, "
           f"{steps} steps, {len(y)} images: {calls} network calls per image, {seconds:.1f} s "
           f"({1000 * seconds / len(y):.1f} ms per image)")
     print(f"wrote {out} and {out.with_suffix('.npz')}")

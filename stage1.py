@@ -26,7 +26,7 @@ import ddpm
 import guidance
 import infra
 from config import UserError
-from data import load_dataset, random_batch, training_set
+from data import load_dataset, random_batch, space, training_set
 from unet import from_config, load
 
 
@@ -78,22 +78,28 @@ def train(cfg, out, device, pairs=None, seed=0, resume=True, progress=True):
         t = torch.rand(B, generator=gens["noise"], device=device)  # (B,)
         eps = torch.randn(x.shape, generator=gens["noise"], device=device)  # (B, C, H, W)
         x, y, w, t, eps = infra.shard(x, y, w, t, eps)  # this process's B / K examples (torchrun)
-        z_t = ddpm.q_sample(x, t, eps)  # (B, C, H, W)
+        loss = 0.0
+        for x, y, w, t, eps in infra.micro_batches(net, cfg["grad_accum"], x, y, w, t, eps):
+            z_t = ddpm.q_sample(x, t, eps)  # (b, C, H, W), b = B / grad_accum (default: B)
 
-        # Teacher: the guided prediction (1 + w) x_hat_c - w x_hat_u, one doubled batch (no grad).
-        with torch.no_grad():
-            target = guidance.guided_x_hat(teacher, z_t, t, y, w)  # (B, C, H, W)
+            # Teacher: the guided prediction (1 + w) x_hat_c - w x_hat_u in one doubled batch.
+            with torch.no_grad(), infra.autocast(cfg, device):
+                target = guidance.guided_x_hat(teacher, z_t, t, y, w)  # (b, C, H, W), fp32
 
-        # Student: one call, w as an input.
-        x_hat = ddpm.x_from_v(z_t, net(z_t, t, y, w), t)  # (B, C, H, W)
+            # Student: one call, w as an input.
+            with infra.autocast(cfg, device):
+                v_hat = net(z_t, t, y, w)  # (b, C, H, W)
+            x_hat = ddpm.x_from_v(z_t, v_hat.float(), t)  # (b, C, H, W)
 
-        # Loss: omega(lambda_t) ||x_hat - target||^2.
-        loss = ddpm.weighted_x_loss(x_hat, target, t, cfg["loss_weight"])
+            # Loss: omega(lambda_t) ||x_hat - target||^2; backward (the micro-batch's share).
+            part = ddpm.weighted_x_loss(x_hat, target, t, cfg["loss_weight"]) / cfg["grad_accum"]
+            part.backward()
+            loss += part.detach()
         infra.check_finite(loss, step, ckpt_path)
 
         # Update: lr decays linearly to 0, clip the gradient norm, Adam.
         step_lr = lr * (1 - step / iters)
-        grad_norm = infra.optimizer_step(loss, student, opt, step_lr, cfg["grad_clip"])
+        grad_norm = infra.optimizer_step(student, opt, step_lr, cfg["grad_clip"])
         infra.ema_update(ema, student, cfg["distill_ema_decay"], step)
         losses.append(infra.mean(loss).item())  # the global batch's loss
         bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
@@ -134,7 +140,7 @@ def main(argv=None):
         cfg["stage1_iters"] = args.iters
     x, y, cfg = training_set(cfg, args.data_dir, args.data)  # images, or an extension's latents
     print(f"stage 1: preset {cfg['preset']}, w ~ U[{cfg['w_min']}, {cfg['w_max']}] on "
-          f"{infra.space(cfg)}, device {device}, run folder {out}")
+          f"{space(cfg)}, device {device}, run folder {out}")
     train(cfg, out, device, (x, y), args.seed, args.resume)
     print(f"wrote {out / 'stage1.pt'}")
 

@@ -23,7 +23,7 @@ by four teacher DDIM steps of 1/(4N). Measured against halving in docs/ablations
 
     python stage2.py --steps 4                  # cpu preset: the whole pipeline, ~30 min here
     python stage2.py --preset smoke --steps 4   # ~1 minute
-    python stage2.py --steps 1 --start-steps 1024
+    torchrun --nproc_per_node=8 stage2.py --preset imagenet64 --steps 4 --grad-accum 8  # GPUs
 """
 import argparse
 import copy
@@ -36,7 +36,7 @@ import ddpm
 import infra
 import stage1
 from config import UserError
-from data import load_dataset, random_batch, training_set
+from data import load_dataset, random_batch, space, training_set
 from unet import load
 
 
@@ -96,25 +96,31 @@ def train_round(cfg, out, device, ckpt, N, pairs, seed=0, resume=True, progress=
         i = torch.randint(N, (B,), generator=gens["noise"], device=device)  # (B,)
         eps = torch.randn(x.shape, generator=gens["noise"], device=device)  # (B, C, H, W)
         x, y, w, i, eps = infra.shard(x, y, w, i, eps)  # this process's B / K examples (torchrun)
-        t = (i + 1).to(x.dtype) / N  # (B,)
-        z_t = ddpm.q_sample(x, t, eps)  # (B, C, H, W)
+        loss = 0.0
+        for x, y, w, i, eps in infra.micro_batches(net, cfg["grad_accum"], x, y, w, i, eps):
+            t = (i + 1).to(x.dtype) / N  # (b,), b = B / grad_accum (default: B)
+            z_t = ddpm.q_sample(x, t, eps)  # (b, C, H, W)
 
-        # Teacher: two DDIM steps t -> t' -> t'' with the same w (no grad; stage2_k steps if
-        # not 2), and the x_tilde whose one step t -> t'' lands on the teacher's z_t''.
-        with torch.no_grad():
-            x_tilde, _ = teacher_target(stage1.student_predictor(teacher, y, w), z_t, t, N,
-                                        cfg["stage2_k"])
+            # Teacher: two DDIM steps t -> t' -> t'' with the same w (no grad; stage2_k steps if
+            # not 2), and the x_tilde whose one step t -> t'' lands on the teacher's z_t''.
+            with torch.no_grad(), infra.autocast(cfg, device):
+                x_tilde, _ = teacher_target(stage1.student_predictor(teacher, y, w), z_t, t, N,
+                                            cfg["stage2_k"])  # (b, C, H, W), fp32
 
-        # Student: one step, the same z_t and w (x_hat is never clipped inside the loss).
-        x_hat = ddpm.x_from_v(z_t, net(z_t, t, y, w), t)  # (B, C, H, W)
+            # Student: one step, the same z_t and w (x_hat is never clipped inside the loss).
+            with infra.autocast(cfg, device):
+                v_hat = net(z_t, t, y, w)  # (b, C, H, W)
+            x_hat = ddpm.x_from_v(z_t, v_hat.float(), t)  # (b, C, H, W)
 
-        # Loss: max(SNR_t, 1) ||x_hat - x_tilde||^2 (cfg loss_weight).
-        loss = ddpm.weighted_x_loss(x_hat, x_tilde, t, cfg["loss_weight"])
+            # Loss: max(SNR_t, 1) ||x_hat - x_tilde||^2 (cfg loss_weight); backward.
+            part = ddpm.weighted_x_loss(x_hat, x_tilde, t, cfg["loss_weight"]) / cfg["grad_accum"]
+            part.backward()
+            loss += part.detach()
         infra.check_finite(loss, step, ckpt_path)
 
         # Update: lr decays linearly to 0, clip the gradient norm, Adam.
         step_lr = lr * (1 - step / iters)
-        grad_norm = infra.optimizer_step(loss, student, opt, step_lr, cfg["grad_clip"])
+        grad_norm = infra.optimizer_step(student, opt, step_lr, cfg["grad_clip"])
         infra.ema_update(ema, student, cfg["distill_ema_decay"], step)
         losses.append(infra.mean(loss).item())  # the global batch's loss
         bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
@@ -191,7 +197,7 @@ def main(argv=None):
     check_steps(args.steps, start_steps, cfg["teacher_N"], cfg["stage2_k"])
     x, y, cfg = training_set(cfg, args.data_dir, args.data)  # images, or an extension's latents
     print(f"stage 2: preset {cfg['preset']}, {start_steps} -> {args.steps} steps on "
-          f"{infra.space(cfg)}, "
+          f"{space(cfg)}, "
           f"device {device}, run folder {out}")
     ckpt = train(cfg, out, device, args.steps, start_steps, (x, y), args.seed, args.resume)
     grid = out / f"stage2_N{args.steps}.png"

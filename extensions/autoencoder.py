@@ -16,7 +16,7 @@ A 16 x 16 grey image (256 numbers) becomes a 2 x 8 x 8 latent (128 numbers) in t
 The latent pipeline: `latents` encodes the training set once (posterior means, scaled) and
 writes a data file, the (x, y) pairs the diffusion scripts train on with `--data FILE`. Its
 config carries the encoder and the decoder as exported programs (torch.export), so every
-checkpoint of the run samples pixels by itself (infra.decode) and the core needs no code from
+checkpoint of the run samples pixels by itself (data.decode) and the core needs no code from
 here. The diffusion math does not change; only x_hat is no longer clipped to [-1, 1].
 
     python -m extensions.autoencoder train            # cpu preset, ~4 min: runs/cpu/autoencoder.pt
@@ -140,7 +140,7 @@ class _Decoder(nn.Module):
 
 def exported(module, example):
     """torch.export a module with a free batch size -> its bytes as a uint8 tensor (a checkpoint
-    holds it, torch.load(weights_only=True) reads it, infra.decode runs it)."""
+    holds it, torch.load(weights_only=True) reads it, data.decode runs it)."""
     batch = torch.export.Dim("batch", min=1)
     program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
     buffer = io.BytesIO()
@@ -201,7 +201,8 @@ def train(cfg, out, device, seed=0, resume=True, data_dir="data", progress=True)
         x, eps = infra.shard(x, eps)  # this process's B / K examples (torchrun)
         loss, mse = ae_loss(net, x, eps, cfg["ae_kl_weight"])
         infra.check_finite(loss, step, ckpt_path)
-        grad_norm = infra.optimizer_step(loss, model, opt, cfg["ae_lr"] * (1 - step / iters),
+        loss.backward()
+        grad_norm = infra.optimizer_step(model, opt, cfg["ae_lr"] * (1 - step / iters),
                                          cfg["grad_clip"])
         infra.ema_update(ema, model, cfg["ae_ema_decay"], step)
         mses.append(infra.mean(mse).item())  # the global batch's error

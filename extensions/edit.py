@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import ddpm
 import infra
 from config import UserError
-from data import DATASETS, load_dataset, to_float
+from data import DATASETS, load_dataset, space, to_float
 from extensions.encoder import ddim_encode, v_predictor
 from sample import SAMPLERS, image_noise, predictor
 from unet import load
@@ -259,7 +259,7 @@ def edit(args):
     ckpt = infra.load_checkpoint(args.ckpt)
     stage, cfg = str(ckpt["stage"]), ckpt["config"]
     if cfg.get("latent") or cfg.get("text"):
-        raise UserError(f"{args.ckpt} works on {infra.space(cfg)}; edit.py edits pixels with "
+        raise UserError(f"{args.ckpt} works on {space(cfg)}; edit.py edits pixels with "
                         "class labels: give it "
                         "a checkpoint of a pixel run (runs/<preset>)")
     x, y = load_inputs(args, cfg)

@@ -103,8 +103,8 @@ def train_round(cfg, out, device, ckpt, N, pairs, seed=0, resume=True, progress=
         loss = encoder_loss(net, teacher, x, y, i, N, eps)
         infra.check_finite(loss, step, ckpt_path)
         # Update: lr decays linearly to 0; checkpoint and a metrics line every distill_ckpt_every.
-        grad_norm = infra.optimizer_step(loss, student, opt, lr * (1 - step / iters),
-                                         cfg["grad_clip"])
+        loss.backward()
+        grad_norm = infra.optimizer_step(student, opt, lr * (1 - step / iters), cfg["grad_clip"])
         infra.ema_update(ema, student, cfg["distill_ema_decay"], step)
         losses.append(infra.mean(loss).item())
         if (step + 1) % cfg["distill_ckpt_every"] == 0 or step + 1 == iters:

@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from config import get_config
-import infra
 from extensions import autoencoder
 from infra import load_checkpoint
-from data import load_dataset, to_float
+from data import decode, encode, load_dataset, to_float
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,7 +94,7 @@ def latent_data(smoke_ae):
 
 def test_latents_decode_back_to_the_images(latent_data):
     """The data file's x are scale_factor * posterior means; the decoder it carries (an exported
-    program, run by infra.decode) unscales and decodes them, so the round trip reproduces the
+    program, run by data.decode) unscales and decodes them, so the round trip reproduces the
     training images within the autoencoder's error (forgetting either scaling would blow the
     error up by 1/0.6^2 or more). Its exported encoder gives the same latents."""
     pairs = torch.load(latent_data, weights_only=True)
@@ -105,8 +104,8 @@ def test_latents_decode_back_to_the_images(latent_data):
                        4) and u.dtype == torch.float32 and torch.equal(labels, labels_px)
     assert 0.9 < float(u.std()) < 1.1 and cfg["randflip"] is False
     x = to_float(images[:512])
-    assert (infra.decode(u[:512], cfg) - x).pow(2).mean() < 0.05
-    assert torch.allclose(infra.encode(x, cfg), u[:512], atol=1e-5)
+    assert (decode(u[:512], cfg) - x).pow(2).mean() < 0.05
+    assert torch.allclose(encode(x, cfg), u[:512], atol=1e-5)
 
 
 @pytest.fixture(scope="module")
