@@ -1,4 +1,6 @@
 """Small files in the official formats of datasets no package ships; the loaders' tests use them."""
+import pickle
+
 import numpy as np
 
 
@@ -12,13 +14,15 @@ def cifar_batch(rng, n):
 
 def write_cifar10(data_dir, rng, n):
     """A whole CIFAR-10 in the official layout, n images per batch: data_dir/cifar-10-batches-py/
-    data_batch_1..5 and test_batch."""
-    import pickle
+    data_batch_1..5 and test_batch -> {name: the batch written}."""
     folder = data_dir / "cifar-10-batches-py"
     folder.mkdir(parents=True)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+    batches = {name: cifar_batch(rng, n)
+               for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]}
+    for name, batch in batches.items():
         with open(folder / name, "wb") as f:
-            pickle.dump(cifar_batch(rng, n), f, protocol=2)
+            pickle.dump(batch, f, protocol=2)
+    return batches
 
 
 def write_imagenet64(data_dir, rng, n):

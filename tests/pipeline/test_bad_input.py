@@ -1,7 +1,6 @@
 """The bad-input catalogue (README, "Bad input"): each case is one line on stderr, exit code 2,
 and no file written or changed in the run folder. Uses the session's smoke run (conftest.py),
 copied, so its checkpoints stay untouched."""
-import pickle
 import shutil
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.formats import cifar_batch
+from tests.formats import write_cifar10
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,12 +102,7 @@ def test_checkpoint_of_another_image_size(run):
 def test_checkpoint_of_another_dataset(run, tmp_path):
     # A tiny CIFAR-10 in its official format, so the data load and the run folder's dataset is what
     # is wrong.
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        with open(folder / name, "wb") as f:
-            pickle.dump(cifar_batch(rng, 4), f, protocol=2)
+    write_cifar10(tmp_path, np.random.default_rng(0), 4)
     _fails_cleanly(["guidance.py", "--preset", "smoke", "--set", "dataset='cifar10'", "--data-dir",
                     str(tmp_path),
                     "--out", str(run)], "was trained with other dataset", run)

@@ -1,5 +1,4 @@
 """Datasets: the official CIFAR-10 and ImageNet 64x64 formats, Fashion-MNIST, clear errors."""
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -9,21 +8,14 @@ import pytest
 import torch
 
 from config import UserError
-from tests.formats import cifar_batch
+from tests.formats import write_cifar10
 from data import DEBIAN_FASHION, load_dataset, random_batch, to_float, to_uint8
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_cifar10_official_python_format(tmp_path):
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    batches = {name: cifar_batch(rng, 5) for name in names}
-    for name, batch in batches.items():
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f, protocol=2)
+    batches = write_cifar10(tmp_path, np.random.default_rng(0), 5)
     x, y = load_dataset("cifar10", 32, tmp_path)
     assert x.shape == (25, 3, 32, 32) and x.dtype == torch.uint8
     first = batches["data_batch_1"]
