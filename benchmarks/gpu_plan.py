@@ -25,9 +25,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ddpm  # noqa: E402
+import infra  # noqa: E402
 import stage2  # noqa: E402
-from config import get_config  # noqa: E402
-from data import DATASETS  # noqa: E402
+from config import PRESETS, UserError, get_config  # noqa: E402
+from data import DATASETS, data_shape  # noqa: E402
 from unet import from_config  # noqa: E402
 
 H100_BF16 = 989e12  # FLOP/s, H100 SXM dense bf16 (NVIDIA's datasheet; 1979 is with sparsity)
@@ -36,9 +37,9 @@ GPU_BYTES = 80e9  # H100 memory; the plan leaves 20 % of it free
 
 def batch(cfg, n, device):
     """n training inputs of the preset: z_t (n, C, H, W), t (n,), y (n,), w (n,)."""
-    info, r = DATASETS[cfg["dataset"]], cfg["resolution"]
-    return (torch.randn(n, info["channels"], r, r, device=device), torch.rand(n, device=device),
-            torch.randint(info["n_classes"], (n,), device=device), torch.rand(n, device=device))
+    n_classes = DATASETS[cfg["dataset"]]["n_classes"]
+    return (torch.randn(n, *data_shape(cfg), device=device), torch.rand(n, device=device),
+            torch.randint(n_classes, (n,), device=device), torch.rand(n, device=device))
 
 
 def count_flops(cfg):
@@ -55,8 +56,9 @@ def count_flops(cfg):
     return fwd.get_total_flops() / 2, step.get_total_flops() / 2, n_params
 
 
-def activation_bytes(cfg, bf16):
-    """Bytes autograd keeps for the backward pass of one image's training step (CPU, measured)."""
+def activation_bytes(cfg, precision):
+    """Bytes autograd keeps for the backward pass of one image's training step (CPU, measured),
+    with precision fp32 or bf16 through the training scripts' own autocast."""
     net = from_config(cfg, w_cond=True)
     seen = {}
 
@@ -66,7 +68,7 @@ def activation_bytes(cfg, bf16):
 
     z, t, y, w = batch(cfg, 1, "cpu")
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x), \
-            torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            infra.autocast(cfg | {"precision": precision}, torch.device("cpu")):
         net(z, t, y, w)
     return sum(seen.values())
 
@@ -74,7 +76,7 @@ def activation_bytes(cfg, bf16):
 def plan(name, mfu):
     cfg = get_config(name)
     fwd, step, n_params = count_flops(cfg)
-    act = {p: activation_bytes(cfg, p == "bf16") for p in ("fp32", "bf16")}
+    act = {p: activation_bytes(cfg, p) for p in ("fp32", "bf16")}
     # Per image of a training iteration: the student's step, plus the teacher's forward calls
     # (stage 1: conditional and unconditional in one doubled batch; stage 2: k DDIM steps).
     per_image = {"teacher": step, "stage1": step + 2 * fwd, "stage2": step + cfg["stage2_k"] * fwd}
@@ -143,19 +145,23 @@ def markdown(plans):
     return "\n".join(lines)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=["cifar10", "imagenet64"])
+    parser.add_argument("--presets", nargs="+", default=["cifar10", "imagenet64"],
+                        choices=list(PRESETS))
     parser.add_argument("--mfu", type=float, default=0.4,
                         help="assumed fraction of the H100's bf16 peak (default 0.4)")
     parser.add_argument("--out", default="docs/gpu_plan.md")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if not 0 < args.mfu <= 1:  # also refuses nan
+        raise UserError(f"--mfu {args.mfu}: a fraction of the peak, in (0, 1]")
+    out = infra.writable_dir(Path(args.out).parent, "--out's folder") / Path(args.out).name
     plans = [plan(name, args.mfu) for name in args.presets]
-    Path(args.out).write_text(markdown(plans))
-    Path(args.out).with_suffix(".json").write_text(json.dumps(plans, indent=1))
+    out.write_text(markdown(plans))
+    out.with_suffix(".json").write_text(json.dumps(plans, indent=1))
     print(markdown(plans))
 
 
 if __name__ == "__main__":
-    main()
+    infra.run_cli(main)
