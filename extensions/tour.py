@@ -23,7 +23,7 @@ import ddpm
 import guidance
 import infra
 import stage2
-from config import get_config
+from config import UserError, get_config
 from data import GaussianMixture, load_dataset
 from sample import generate, image_noise
 from stage1 import student_predictor
@@ -104,10 +104,12 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="training and noise seed")
     parser.add_argument("--smoke", action="store_true", help="test size: a few seconds")
     args = parser.parse_args(argv)
+    n = 300 if args.smoke else args.n
+    if n < 12:  # figure 4 draws the paths of the first 12 points
+        raise UserError(f"--n {n}: at least 12 points")
     t0, device = time.time(), infra.pick_device(args.device)
     out, docs = infra.writable_dir(args.out, "--out"), infra.writable_dir(args.docs, "--docs")
     cfg = get_config("toy2d", SMOKE if args.smoke else ())
-    n = 300 if args.smoke else args.n
 
     # Train: teacher (guidance.py), stage 1, and every halving round down to one step.
     stage2.train(cfg, out, device, steps=1, seed=args.seed)
@@ -132,9 +134,9 @@ def main(argv=None):
 
     # 1. The data, and what the 1024-step teacher learned of it (w = 0).
     teacher_w = {w: samples("teacher", w, 1024) for w in (0.0, 1.0, 3.0)}
-    exact = flat(mix.sample(y, torch.Generator().manual_seed(2))[:, :, None, None].float())
+    exact = mix.sample(y, torch.Generator().manual_seed(2)).float()  # (n, 2)
     nums["sw_teacher"] = per_class(sliced_w1, teacher_w[0.0], exact, y)
-    exact_2 = flat(mix.sample(y, torch.Generator().manual_seed(3))[:, :, None, None].float())
+    exact_2 = mix.sample(y, torch.Generator().manual_seed(3)).float()  # (n, 2)
     nums["sw_floor"] = per_class(sliced_w1, exact_2, exact, y)  # sampling noise alone
     figure(2, docs / "tour_data.png", lambda ax: (
         scatter(ax[0], data, data_y, "data: 3 classes"),
@@ -205,23 +207,20 @@ def main(argv=None):
     # 4. Trajectories from the same noise: the 1024-step teacher vs the N-step students.
     wk = torch.full((k,), W, device=device)
     ref = teacher_w[W][:k]  # (k, 2) the 1024-step teacher's endpoints: the same seeds
-    nums["endpoint"] = {}
+    nums["endpoint"], student_paths = {}, {}
     for N in STUDENTS:
-        student = (ddim_path(student_predictor(nets[f"stage2_N{N}"], y_k, wk), z_1, N)[-1]
-                   - ref).norm(dim=1).mean().item()
-        own = (ddim_path(guidance.guided_predictor(teacher, y_k, wk), z_1, N)[-1]
-               - ref).norm(dim=1).mean().item()
-        nums["endpoint"][N] = dict(student=student, teacher_ddim=own)
+        student_paths[N] = ddim_path(student_predictor(nets[f"stage2_N{N}"], y_k, wk), z_1, N)
+        own = ddim_path(guidance.guided_predictor(teacher, y_k, wk), z_1, N)[-1]  # (k, 2)
+        nums["endpoint"][N] = dict(student=(student_paths[N][-1] - ref).norm(dim=1).mean().item(),
+                                   teacher_ddim=(own - ref).norm(dim=1).mean().item())
 
     paths = ddim_path(guidance.guided_predictor(teacher, y_k[:12], wk[:12]), z_1[:12], 1024)
 
     def draw_paths(ax):
         for j, N in enumerate(STUDENTS):
-            path = ddim_path(student_predictor(nets[f"stage2_N{N}"], y_k[:12], wk[:12]),
-                             z_1[:12], N)  # (N + 1, 12, 2)
-            for i in range(12):
+            for i in range(12):  # the first 12 points' paths: (N + 1, 2) each
                 ax[j].plot(*paths[:, i].T, c="0.7", lw=0.8)
-                ax[j].plot(*path[:, i].T, "-o", c=COLORS[int(y[i])], ms=2.5, lw=1)
+                ax[j].plot(*student_paths[N][:, i].T, "-o", c=COLORS[int(y[i])], ms=2.5, lw=1)
             ax[j].set(title=f"{N}-step student (colour) vs teacher", aspect="equal",
                       xlim=(-2.6, 2.6), ylim=(-2.6, 2.6))
     figure(4, docs / "tour_trajectories.png", draw_paths)
