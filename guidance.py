@@ -157,7 +157,7 @@ def main(argv=None):
                        ("p_uncond", args.p_uncond), ("loss_weight", args.loss_weight)]:
         if value is not None:
             cfg[key] = value
-    infra.check_batch_size(cfg)
+    infra.check_training(cfg)
     if cfg["teacher_iters"] < 0:
         raise UserError("--iters must be >= 0")
     if not 0 <= cfg["p_uncond"] <= 1:  # also refuses nan

@@ -4,8 +4,8 @@
     torchrun      init_distributed, is_main, shard, wrap, mean, my_rows, gather (DDP): every rank
                   draws the whole batch and keeps its slice, so K processes train what one does
     checkpoints   atomic_write, save_checkpoint, load_checkpoint, checkpoint_dict, resume
-    training      make_optimizer, micro_batches, autocast, check_finite, optimizer_step,
-                  ema_update, log_metrics
+    training      check_training, make_optimizer, micro_batches, autocast, check_finite,
+                  optimizer_step, ema_update, log_metrics
     pictures      save_images, save_grid
 """
 import argparse
@@ -66,17 +66,21 @@ def setup(args):
         if getattr(args, key, None) is not None:
             cfg[key] = getattr(args, key)
     device = init_distributed(pick_device(args.device))
-    check_batch_size(cfg)
+    check_training(cfg)
     data = getattr(args, "data", None)
     default = Path(data).parent if data else Path("runs") / args.preset
     return cfg, writable_dir(default if args.out is None else args.out, "--out"), device
 
 
-def check_batch_size(cfg):  # >= 1, split evenly over the processes and their micro-batches
+def check_training(cfg):
+    """Before any work: the batch (>= 1) splits evenly over the processes and their micro-batches,
+    and the precision is one autocast knows."""
     B, K = cfg["batch_size"], cfg["grad_accum"]
     if B < 1 or K < 1 or B % (world() * K):
         raise UserError(f"--batch-size {B} must be divisible by the {world()} process(es) x "
                         f"{K} micro-batch(es) (--grad-accum), both >= 1")
+    if cfg["precision"] not in ("auto", "bf16", "fp32"):
+        raise UserError(f"--set precision={cfg['precision']}: choose auto, bf16 or fp32")
 
 
 def writable_dir(path, flag):
@@ -271,9 +275,8 @@ def micro_batches(net, n, *tensors):
 def autocast(cfg, device):
     """bf16 autocast around network calls on CUDA (precision auto) or wherever it is bf16. Only
     the network's matmuls and convolutions run in bf16; weights, gradients, Adam and the ddpm.py
-    math around the calls (log-SNR at +-20, sigma_t ~ 5e-5, z_t, x_tilde) stay fp32."""
-    if cfg["precision"] not in ("auto", "bf16", "fp32"):
-        raise UserError(f"--set precision={cfg['precision']}: choose auto, bf16 or fp32")
+    math around the calls (log-SNR at +-20, sigma_t ~ 5e-5, z_t, x_tilde) stay fp32. cfg passed
+    check_training."""
     on = cfg["precision"] == "bf16" or (cfg["precision"] == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
 

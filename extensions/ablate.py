@@ -90,7 +90,9 @@ def check_variant(stage, base, overrides):
                                           for f in FROZEN[stage]):
             raise UserError(f"{item}: {key} belongs to the reused {' and '.join(UPSTREAM[stage])};"
                             f" ablate it in an earlier stage or a new run")
-    return base | {k: parsed[k] for k in keys}
+    variant = base | {k: parsed[k] for k in keys}
+    infra.check_training(variant)  # e.g. a batch that grad_accum does not split
+    return variant
 
 
 def name_of(overrides):

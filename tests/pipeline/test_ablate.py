@@ -29,6 +29,9 @@ def test_grid_and_variants_make_the_rows():
                         ("stage1", "teacher_iters=10")):
         with pytest.raises(UserError, match="belongs to the reused"):
             ablate.check_variant(stage, get_config("smoke"), [item])
+    # So is a variant that would train with unequal micro-batches (64 / 3), before any training.
+    with pytest.raises(UserError, match="divisible by the 1 process"):
+        ablate.check_variant("stage2", get_config("smoke"), ["grad_accum=3"])
     # A variant is the run's own config (here trained with --set stage2_lr=1e-3) + its overrides.
     base = get_config("smoke", ["stage2_lr=1e-3"])
     cfg = ablate.check_variant("stage1", base, ["stage1_iters=10"])

@@ -25,7 +25,7 @@ def _pipeline(out, overrides, monkeypatch=None, upstream=()):
     if monkeypatch:
         monkeypatch.setattr(infra, "optimizer_step", lambda model, *a: grads.append(
             torch.cat([p.grad.flatten() for p in model.parameters()])) or STEP(model, *a))
-    infra.check_batch_size(cfg)
+    infra.check_training(cfg)
     stage2.train(cfg, out, torch.device("cpu"), steps=512, start_steps=1024, progress=False)
     ckpts = {f: load_checkpoint(out / f) for f in ("teacher.pt", "stage1.pt", "stage2_N512.pt")}
     return ckpts, grads
@@ -54,9 +54,9 @@ def test_four_micro_batches_give_the_one_batch_gradient(tmp_path, monkeypatch):
 
 def test_a_batch_that_the_micro_batches_do_not_split_is_a_clear_error():
     with pytest.raises(UserError, match="divisible by the 1 process"):
-        infra.check_batch_size(get_config("smoke", ["grad_accum=3"]))  # 64 / 3
+        infra.check_training(get_config("smoke", ["grad_accum=3"]))  # 64 / 3
     with pytest.raises(UserError, match="choose auto, bf16 or fp32"):
-        infra.autocast(get_config("smoke", ["precision=fp16"]), torch.device("cpu"))
+        infra.check_training(get_config("smoke", ["precision=fp16"]))
 
 
 def test_the_bf16_autocast_path_trains_fp32_weights(tmp_path):
