@@ -1,13 +1,7 @@
 """Datasets as in-memory uint8 tensors, and random batches scaled to [-1, 1].
 
-    fashion     Fashion-MNIST (70k, 28x28 grey, 10 classes). Read from Debian's
-                `dataset-fashion-mnist` (/usr/share/datasets/fashion-mnist/*-ubyte.gz) when
-                installed, else from --data-dir/fashion-mnist/, else torchvision downloads it there.
-    cifar10     CIFAR-10 in its official python format: --data-dir/cifar-10-batches-py/
-                data_batch_1..5, test_batch (pickled dicts: b'data' (N, 3072) uint8, b'labels').
-    imagenet64  Downsampled ImageNet 64x64 (Chrabaszcz et al. 2017) npz batches anywhere under
-                --data-dir/imagenet64/: train_data_batch_*.npz, val_data.npz, each with
-                'data' (N, 12288) uint8 CHW-flattened and 'labels' 1-based.
+    fashion, cifar10, imagenet64    read from --data-dir by readers.py (where each is looked for,
+                                    in what formats, what is checked, the decode cache)
     mixture2d   2-D points of a 3-class Gaussian mixture with an exact denoiser (GaussianMixture),
                 for the toy2d preset and extensions/tour.py: nothing to download.
 
@@ -16,14 +10,14 @@ resolution; `random_batch` indexes it (no DataLoader workers: on 2 cores they on
 training down).
 
     python data.py --dataset fashion --resolution 16     # load, print shapes, save a grid
+    python data.py --dataset cifar10 --resolution 32 --data-dir DIR   # DIR/train/<class>/*.jpg
 """
 import argparse
 import functools
-import gzip
 import hashlib
 import io
 import math
-import pickle
+import os
 from pathlib import Path
 
 import numpy as np
@@ -31,86 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from config import UserError
+from readers import DATASETS, DEBIAN_FASHION, READERS  # noqa: F401 (DATASETS: for importers)
 
-DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
-DATASETS = {  # native size, channels, classes, where to get it
-    "fashion": dict(size=28, channels=1, n_classes=10,
-                    get="apt install dataset-fashion-mnist "
-                        "(or run once online: torchvision downloads it)"),
-    "cifar10": dict(size=32, channels=3, n_classes=10,
-                    get="download cifar-10-python.tar.gz from "
-                        "https://www.cs.toronto.edu/~kriz/cifar.html "
-                        "and untar it in --data-dir"),
-    "imagenet64": dict(size=64, channels=3, n_classes=1000,
-                       get="download Imagenet64_train_part1/2_npz.zip and "
-                           "Imagenet64_val_npz.zip from "
-                           "https://image-net.org/download-images (Downsampled ImageNet 64x64) "
-                           "and unzip them into --data-dir/imagenet64/"),
-    "mixture2d": dict(size=1, channels=2, n_classes=3,  # points, not images: the toy2d preset
-                      get="nothing to get: drawn from GaussianMixture.default()"),
-}
 FASHION_CLASSES = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-
-
-# ---------------------------------------------------------------- readers of the official formats
-def _read_idx(path):
-    """An MNIST-style idx file (gzip): magic, dims, then uint8 data."""
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def _load_fashion(data_dir, train):
-    prefix = "train" if train else "t10k"
-    for folder in (DEBIAN_FASHION, Path(data_dir) / "fashion-mnist",
-                   Path(data_dir) / "FashionMNIST" / "raw"):
-        images = folder / f"{prefix}-images-idx3-ubyte.gz"
-        labels = folder / f"{prefix}-labels-idx1-ubyte.gz"
-        if images.is_file() and labels.is_file():
-            return _read_idx(images)[:, None], _read_idx(labels)  # (N, 1, 28, 28), (N,)
-    try:  # last resort: torchvision's downloader (needs the internet)
-        from torchvision.datasets import FashionMNIST
-
-        FashionMNIST(data_dir, train=train, download=True)
-    except Exception as e:
-        raise UserError(f"Fashion-MNIST not found in {DEBIAN_FASHION} or {data_dir} "
-                        "and the download "
-                        f"failed ({type(e).__name__}); {DATASETS['fashion']['get']}") from None
-    return _load_fashion(data_dir, train)
-
-
-def _load_cifar10(data_dir, train):
-    folder = Path(data_dir) / "cifar-10-batches-py"
-    names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
-    missing = [n for n in names if not (folder / n).is_file()]
-    if missing:
-        raise UserError(f"CIFAR-10 not found: {folder / missing[0]} is missing; "
-                        f"{DATASETS['cifar10']['get']}")
-    xs, ys = [], []
-    for name in names:
-        with open(folder / name, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-        xs.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32))  # rows are CHW
-        ys.append(np.asarray(batch[b"labels"], np.int64))
-    return np.concatenate(xs), np.concatenate(ys)
-
-
-def _load_imagenet64(data_dir, train):
-    folder = Path(data_dir) / "imagenet64"
-    files = sorted(folder.rglob("train_data_batch_*.npz" if train else "val_data.npz"))
-    if not files:
-        raise UserError("ImageNet 64x64 not found: no "
-                        f"{'train_data_batch_*' if train else 'val_data'}"
-                        f".npz under {folder}; {DATASETS['imagenet64']['get']}")
-    xs, ys = [], []
-    for path in files:
-        with np.load(path) as batch:
-            xs.append(batch["data"].reshape(-1, 3, 64, 64))  # (N, 12288) CHW-flattened
-            ys.append(batch["labels"].astype(np.int64) - 1)  # 1-based -> 0-based
-    return np.concatenate(xs), np.concatenate(ys)
 
 
 # ---------------------------------------------------------------- 2-D points with an exact denoiser
@@ -193,11 +111,11 @@ def _load_mixture2d(data_dir, train):
     mix, n = GaussianMixture.default(), 20_000 if train else 10_000
     g = torch.Generator().manual_seed(0 if train else 1)
     y = torch.randint(mix.n_classes, (n,), generator=g)  # (N,)
-    return mix.sample(y, g).float()[:, :, None, None].numpy(), y.numpy()  # (N, 2, 1, 1), (N,)
+    x = mix.sample(y, g).float()[:, :, None, None].numpy()  # (N, 2, 1, 1)
+    return x, y.numpy(), f"GaussianMixture.default(), seed {0 if train else 1}"
 
 
-_LOADERS = {"fashion": _load_fashion, "cifar10": _load_cifar10, "imagenet64": _load_imagenet64,
-            "mixture2d": _load_mixture2d}
+_LOADERS = {**READERS, "mixture2d": _load_mixture2d}
 
 
 # ---------------------------------------------------------------- the dataset as one tensor
@@ -207,7 +125,10 @@ def load_dataset(name, resolution, data_dir="data", train=True):
     labels (N,) int64, both on the CPU. The tensors are shared: never modify them in place."""
     if name not in _LOADERS:
         raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(_LOADERS)}")
-    images, labels = _LOADERS[name](data_dir, train)
+    images, labels, where = _LOADERS[name](data_dir, train)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from rank 0
+        print(f"{name} {'train' if train else 'test'}: {len(labels):,} "
+              f"{'points' if name == 'mixture2d' else 'images'} from {where}")
     x = torch.from_numpy(np.array(images))  # (N, C, H, W) uint8, a writable copy
     if x.is_floating_point() and resolution != 1:
         raise UserError(f"{name} holds 2-D points, not images: use --preset toy2d (resolution 1)")

@@ -1,7 +1,12 @@
-"""Small files in the official formats of datasets no package ships; the loaders' tests use them."""
+"""Small files in the formats users keep datasets in (no package ships them); the loaders' tests
+use them."""
 import pickle
 
 import numpy as np
+from PIL import Image
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                   "truck"]
 
 
 def cifar_batch(rng, n):
@@ -34,3 +39,23 @@ def write_imagenet64(data_dir, rng, n):
         data = rng.integers(0, 256, (n, 12288), dtype=np.uint8)
         np.savez(data_dir / "imagenet64" / folder / name, data=data,
                  labels=rng.integers(1, 1001, n).tolist(), mean=data.mean(0))
+
+
+def write_image_folders(root, rng, n, classes=CIFAR10_CLASSES, size=32):
+    """A class-folder tree as CIFAR-10 mirrors ship it: root/{train,test}/<class>/, n images per
+    class and split, in turn a PNG of random pixels and a JPEG of one random colour (lossy, but
+    within a few levels) -> {split: [(path, (3, size, size) uint8 written)]}."""
+    written = {}
+    for split in ("train", "test"):
+        written[split] = []
+        for name in classes:
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                png = i % 2 == 0
+                pixels = rng.integers(0, 256, (size, size, 3) if png else (1, 1, 3),
+                                      dtype=np.uint8).repeat(1 if png else size, 0).repeat(
+                                          1 if png else size, 1)  # (H, W, 3)
+                path = root / split / name / f"{i:04d}.{'png' if png else 'jpg'}"
+                Image.fromarray(pixels).save(path)
+                written[split].append((path, pixels.transpose(2, 0, 1)))
+    return written

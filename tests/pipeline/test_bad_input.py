@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.formats import write_cifar10
+from tests.formats import write_cifar10, write_image_folders
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,6 +106,16 @@ def test_checkpoint_of_another_dataset(run, tmp_path):
     _fails_cleanly(["guidance.py", "--preset", "smoke", "--set", "dataset='cifar10'", "--data-dir",
                     str(tmp_path),
                     "--out", str(run)], "was trained with other dataset", run)
+
+
+def test_truncated_image_in_cifar10_class_folders(tmp_path):
+    # No file written: no decode cache beside the data, no checkpoint.
+    write_image_folders(tmp_path, np.random.default_rng(0), 2)
+    jpeg = tmp_path / "train" / "horse" / "0001.jpg"
+    jpeg.write_bytes(jpeg.read_bytes()[:200])
+    _fails_cleanly(["guidance.py", "--preset", "smoke", "--set", "dataset='cifar10'", "--data-dir",
+                    str(tmp_path), "--out", str(tmp_path / "out")],
+                   f"{jpeg}: unreadable image", tmp_path)
 
 
 def test_missing_dataset(tmp_path):

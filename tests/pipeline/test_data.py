@@ -1,4 +1,6 @@
-"""Datasets: the official CIFAR-10 and ImageNet 64x64 formats, Fashion-MNIST, clear errors."""
+"""Datasets: CIFAR-10 as official batches and as class folders (PNG, JPEG, the cache), ImageNet
+64x64, Fashion-MNIST, clear errors naming the file."""
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -6,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+import readers
 from config import UserError
-from tests.formats import write_cifar10
+from tests.formats import write_cifar10, write_image_folders
 from data import DEBIAN_FASHION, load_dataset, random_batch, to_float, to_uint8
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,3 +82,73 @@ def test_missing_dataset_is_a_one_line_error(tmp_path):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "CIFAR-10 not found" in lines[0] and "cifar.html" in lines[0]
+
+
+def test_cifar10_class_folders_png_and_jpeg_decoded_once(tmp_path, monkeypatch, capsys):
+    written = write_image_folders(tmp_path, np.random.default_rng(2), 2)
+    x, y, where = readers.read_cifar10(tmp_path, True)
+    assert x.shape == (20, 3, 32, 32) and x.dtype == np.uint8
+    assert y.tolist() == [c for c in range(10) for _ in range(2)]  # sorted class names = labels
+    for (path, pixels), xi in zip(written["train"], x):
+        tolerance = 0 if path.suffix == ".png" else 3  # JPEG: a flat colour, within 3 levels
+        assert np.abs(xi.astype(int) - pixels).max() <= tolerance, path
+    assert "cache written to train.cache.npz" in where and (tmp_path / "train.cache.npz").is_file()
+    # Read again: from the cache, without decoding a file.
+    monkeypatch.setattr(readers, "_decode", lambda path, size: 1 / 0)
+    x2, y2, where2 = readers.read_cifar10(tmp_path, True)
+    assert np.array_equal(x, x2) and np.array_equal(y, y2) and "cache train.cache.npz" in where2
+    monkeypatch.undo()
+    # A changed file is noticed: decoded again.
+    path = written["train"][0][0]
+    new = np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(new).save(path)
+    x3, _, _ = readers.read_cifar10(tmp_path, True)
+    assert np.array_equal(x3[0], new.transpose(2, 0, 1)) and np.array_equal(x3[1:], x[1:])
+    # The test split, through load_dataset, resized, with its one line of where from.
+    x_test, y_test = load_dataset("cifar10", 16, tmp_path, train=False)
+    assert x_test.shape == (20, 3, 16, 16) and y_test.tolist() == y.tolist()
+    assert f"cifar10 test: 20 images from class folders {tmp_path / 'test'} (10 classes; " \
+           "decoded" in capsys.readouterr().out
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+
+
+BAD_TREES = {  # what is wrong -> (how to make it, the path the error names, words in it)
+    "missing split": (lambda r: shutil.rmtree(r / "test"), "test", "missing"),
+    "class only in train": (lambda r: shutil.copytree(r / "train" / "cat", r / "train" / "cow"),
+                            "train/cow", "lacks"),
+    "empty class": (lambda r: [p.unlink() for p in (r / "train" / "dog").iterdir()],
+                    "train/dog", "empty class"),
+    "nine classes": (lambda r: [shutil.rmtree(r / s / "ship") for s in ("train", "test")],
+                     "train", "9 class folders, expected 10"),
+    "truncated JPEG": (lambda r: _truncate(r / "train" / "frog" / "0001.jpg"),
+                       "train/frog/0001.jpg", "unreadable image"),
+    "truncated PNG": (lambda r: _truncate(r / "train" / "frog" / "0000.png"),
+                      "train/frog/0000.png", "unreadable image"),
+    "not an image": (lambda r: (r / "train" / "bird" / "0000.png").write_text("hello"),
+                     "train/bird/0000.png", "unreadable image"),
+    "not 32x32": (lambda r: Image.new("RGB", (28, 28)).save(r / "train" / "deer" / "0000.png"),
+                  "train/deer/0000.png", "28x28 pixels, expected 32x32"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_TREES)
+def test_cifar10_bad_class_folders_are_one_line_errors_and_write_nothing(tmp_path, case):
+    write_image_folders(tmp_path, np.random.default_rng(4), 2)
+    make_bad, path, words = BAD_TREES[case]
+    make_bad(tmp_path)
+    with pytest.raises(UserError) as e:
+        readers.read_cifar10(tmp_path, True)
+    message = str(e.value)
+    assert message.startswith(str(tmp_path / path)) and words in message and "\n" not in message
+    assert not list(tmp_path.glob("*.npz")) and not list(tmp_path.glob("*.tmp"))
+
+
+def test_cifar10_official_batches_come_before_class_folders(tmp_path):
+    batches = write_cifar10(tmp_path, np.random.default_rng(5), 3)
+    write_image_folders(tmp_path, np.random.default_rng(6), 1)
+    x, _, where = readers.read_cifar10(tmp_path, False)
+    assert np.array_equal(x.reshape(3, -1), batches["test_batch"][b"data"])
+    assert "official python batches" in where
