@@ -108,6 +108,17 @@ PRESETS = {
                 stage2_iters_small=500, stage2_lr=2e-4, distill_ckpt_every=50,
                 # ~55 min report: 200 samples per row; features at 128 px (224 px is 3x slower here)
                 eval_n=200, eval_feature_size=128, eval_all_w_max_N=64),
+    # CIFAR-10 32x32 in colour, the whole pipeline 64 -> 1 steps in ~100 minutes on 2 CPU cores
+    # [here]; minutes per stage in docs/results.md. At 32 px the full-resolution level costs most
+    # of a step, so it is narrow (16 channels) and the width sits at 16, 8 and 4 px: 1.09M
+    # parameters train at ~160 img/s here, where ch=32 x (1, 2, 2) (1.1M) trains at ~67.
+    "cifar10_cpu": dict(dataset="cifar10", resolution=32, randflip=True, ch=16,
+                        ch_mult=(1, 2, 4, 4), num_res_blocks=1, attn_resolutions=(8,),
+                        dropout=0.1, batch_size=128, lr=1e-3, warmup=200, ema_decay=0.998,
+                        teacher_iters=3000, ckpt_every=500, grid_steps=64,
+                        stage1_iters=800, stage1_lr=3e-4, stage2_start_N=64, stage2_iters=150,
+                        stage2_iters_small=300, stage2_lr=2e-4, distill_ckpt_every=100,
+                        eval_n=200, eval_feature_size=128, eval_all_w_max_N=64),
     # 2-D points of a 3-class Gaussian mixture (data.py's mixture2d) through the whole pipeline,
     # 1024 -> 1 as in the paper, in about a minute [here]. The network is unet.py's MLP (ch: its
     # width, num_res_blocks: its residual blocks); no image grids: extensions/tour.py draws it.

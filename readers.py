@@ -7,9 +7,10 @@
                 1. the official python batches: cifar-10-batches-py/data_batch_1..5, test_batch
                    (pickled dicts: b'data' (N, 3072) uint8 CHW rows, b'labels');
                 2. class folders of image files, torchvision's ImageFolder layout:
-                   {train,test}/<class>/*.png|jpg|jpeg, sorted class names = labels 0..9.
-                   Decoded once into a uint8 cache beside them ({train,test}.cache.npz), keyed
-                   by every file's name, size and time, so a changed file is noticed;
+                   {train,test}/<class>/*.png|jpg|jpeg, sorted class names = labels 0..9, in
+                   a fixed shuffled order (seed 0) as the official batches are. Decoded once
+                   into a uint8 cache beside them ({train,test}.cache.npz), keyed by every
+                   file's name, size and time, so a changed file is noticed;
                 3. none of these: torchvision downloads the official batches (needs the internet).
     imagenet64  Downsampled ImageNet 64x64 (Chrabaszcz et al. 2017) npz batches anywhere under
                 --data-dir/imagenet64/: train_data_batch_*.npz, val_data.npz, each with
@@ -179,11 +180,16 @@ def read_image_folders(root, split, info):
                     return saved["images"], saved["labels"], f"{where}; cache {cache.name})"
         except (OSError, ValueError, KeyError, EOFError):
             pass  # an unreadable cache is decoded again and rewritten
+    # In a fixed shuffled order, as the official batches are: the first K images of a split
+    # are then a fair sample of every class (evaluate.py's eval_ref_n, KID's reference images).
+    paths = [p for class_paths in files.values() for p in class_paths]
+    labels = np.concatenate([np.full(len(class_paths), c, np.int64)
+                             for c, class_paths in enumerate(files.values())])  # (N,)
+    order = np.random.default_rng(0).permutation(n)  # (N,)
+    labels = labels[order]
     images = np.empty((n, 3, info["size"], info["size"]), np.uint8)  # (N, 3, H, W)
-    labels = np.concatenate([np.full(len(paths), c, np.int64)
-                             for c, paths in enumerate(files.values())])  # (N,)
-    for i, path in enumerate(p for paths in files.values() for p in paths):
-        images[i] = _decode(path, info["size"])
+    for i, k in enumerate(order):
+        images[i] = _decode(paths[k], info["size"])
     tmp = cache.with_suffix(".tmp")  # written whole, then renamed: a killed run leaves no cache
     try:
         with open(tmp, "wb") as f:

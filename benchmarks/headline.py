@@ -10,11 +10,12 @@ against the test split). This script scores the key rows on a larger n with both
   IS (effnet)            EfficientNet-Lite0's 1000-way softmax (the FID Inception has no logits)
 
 Rows: the data floor (n training images); the guided teacher with DDIM at its full N, at 64, 16
-and 4 steps (2 network calls per step); every stage-2 student at 8, 4, 2 and 1 steps; each at w
-in {0.3, 1} (w = 0 is unguided; diffusers' guidance_scale = 1 + w). Image k of every row has
-class k % 10 and noise seed k, so rows are paired. Finished rows are kept in
-<run>/report/headline.json (by checkpoint hash and protocol): an interrupted run resumes, and
---teacher-steps can add the expensive teacher rows later. The reference statistics are cached
+and 4 steps (2 network calls per step); every stage-2 student at 8, 4, 2 and 1 steps, and the 4-
+and 2-step students with Meng et al.'s stochastic sampler; each at w in {0.3, 1} (w = 0 is
+unguided; diffusers' guidance_scale = 1 + w). Image k of every row has class k % 10 and noise
+seed k, so rows are paired. Finished rows are kept in <run>/report/headline.json (by
+checkpoint hash and protocol): an interrupted run resumes, and --teacher-steps can add the
+expensive teacher rows later. The reference statistics are cached
 as a pytorch-fid-compatible .npz (mu, sigma) in --stats-dir (data/fid_stats/). A second table
 gives the claims as ratios in FID and KID, each against its goal (GOALS), met or missed.
 
@@ -37,22 +38,28 @@ from evaluate import (add_scoring_args, check_n, data_row, eval_config,  # noqa:
                       fingerprint, reference_stats, run_row, save_json, score)
 from features import feature_net, feature_size  # noqa: E402
 
-STUDENT_STEPS = (8, 4, 2, 1)
+STUDENT_STEPS = (8, 4, 2, 1)  # DDIM
+STOCHASTIC_STEPS = (4, 2)  # Meng et al.'s stochastic sampler (ddpm.stochastic_mean_var)
 
 
 def plan(run, teacher_N, teacher_steps, ws):
-    """-> rows dict(model, file, N, w) that this run's checkpoints allow, cheapest first."""
-    rows = [dict(model="data", file="-", N=0, w=None)]
+    """-> rows dict(model, file, N, w, sampler) that this run's checkpoints allow, cheapest
+    first."""
+    rows = [dict(model="data", file="-", N=0, w=None, sampler="-")]
+    student = lambda N, sampler: dict(model="stage2", file=f"stage2_N{N}.pt", N=N,  # noqa: E731
+                                      sampler=sampler)
     for w in ws:
-        rows += [dict(model="stage2", file=f"stage2_N{N}.pt", N=N, w=w) for N in STUDENT_STEPS
-                 if (run / f"stage2_N{N}.pt").is_file()]
-        rows += [dict(model="teacher", file="teacher.pt", N=N, w=w)
+        rows += [student(N, "ddim") | dict(w=w) for N in STUDENT_STEPS]
+        rows += [student(N, "stochastic") | dict(w=w) for N in STOCHASTIC_STEPS]
+        rows += [dict(model="teacher", file="teacher.pt", N=N, w=w, sampler="ddim")
                  for N in (teacher_N if s == "full" else int(s) for s in teacher_steps)]
+    rows = [r for r in rows if r["file"] == "-" or (run / r["file"]).is_file()]
     return sorted(rows, key=lambda r: r["N"] * (2 if r["model"] == "teacher" else 1))
 
 
 def key(r):
-    return "data" if r["model"] == "data" else f"{r['model']}_ddim{r['N']}_w{r['w']:g}"
+    return "data" if r["model"] == "data" else \
+        f"{r['model']}_{r.get('sampler', 'ddim')}{r['N']}_w{r['w']:g}"
 
 
 def table(rows, backends, teacher_N):
@@ -61,9 +68,11 @@ def table(rows, backends, teacher_N):
         f"FID {b} | KID×10³ {b}" for b in backends) + " | IS (effnet) | ms / image |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     order = {"data": 0, "teacher": 1, "stage2": 2}
-    for r in sorted(rows, key=lambda r: (r["w"] or 0, order[r["model"]], -r["N"])):
+    stochastic = lambda r: r.get("sampler") == "stochastic"  # noqa: E731
+    for r in sorted(rows, key=lambda r: (r["w"] or 0, order[r["model"]], stochastic(r), -r["N"])):
         name = {"data": "data (the floor)", "stage2": "student"}.get(r["model"], "teacher, DDIM")
         name += " (full N)" if r["model"] == "teacher" and r["N"] == teacher_N else ""
+        name += ", stochastic" if stochastic(r) else ""
         cells = " | ".join(f"{r[b]['fid']:.2f} | {1e3 * r[b]['kid']:.2f}" for b in backends)
         w = "–" if r["w"] is None else f"{r['w']:g}"
         lines.append(f"| {name} | {r['N'] or '–'} | {w} | {r['calls']} | {cells} | "
@@ -71,22 +80,25 @@ def table(rows, backends, teacher_N):
     return "\n".join(lines) + "\n"
 
 
-# The claims at this scale, as ratios of the same metric (FID or KID): (label, numerator row,
-# denominator row, goal, at most?). "teacher" is its full N if that row exists, else 64 steps.
+# The claims at this scale, as ratios of the same metric (FID or KID) of DDIM rows: (label,
+# numerator row, denominator row, goal, at most?). "teacher" is its full N if that row exists,
+# else 64 steps. The 1-step goal is the preset's (ONE_STEP_GOAL; 1.5 for the others).
 GOALS = (("student 4 / teacher {}", ("stage2", 4), "teacher", 1.10, True),
          ("student 1 / teacher {}", ("stage2", 1), "teacher", 1.50, True),
          ("teacher DDIM 16 (32 calls) / student 4", ("teacher", 16), ("stage2", 4), 1.0, False),
          ("teacher DDIM 4 (8 calls) / student 4", ("teacher", 4), ("stage2", 4), 1.0, False))
+ONE_STEP_GOAL = {"cifar10_cpu": 1.6}
 
 
-def targets(rows, backends, teacher_N):
+def targets(rows, backends, teacher_N, preset=None):
     """Markdown: each goal of GOALS per w and backend, its ratio in FID and KID, met or not."""
     lines = ["| ratio | goal | w | " + " | ".join(f"FID {b} | KID {b}" for b in backends) + " |",
              "|" + "---|" * (3 + 2 * len(backends))]
-    by = {(r["model"], r["N"], r["w"]): r for r in rows}
+    by = {(r["model"], r["N"], r["w"]): r for r in rows if r.get("sampler", "ddim") == "ddim"}
     for w in sorted({r["w"] for r in rows if r["w"] is not None}):
         ref = ("teacher", teacher_N if ("teacher", teacher_N, w) in by else 64)
         for label, a, b, goal, at_most in GOALS:
+            goal = ONE_STEP_GOAL.get(preset, goal) if a == ("stage2", 1) else goal
             a, b = (ref if x == "teacher" else x for x in (a, b))
             ra, rb = by.get((*a, w)), by.get((*b, w))
             if ra and rb:
@@ -159,7 +171,7 @@ def main(argv=None):
         if row["model"] == "data":
             x, ms = data_row(cfg, args.data_dir, args.seed), 0.0  # (n, C, H, W)
         else:
-            x, ms = run_row(row | dict(sampler="ddim"), run, cfg, args.seed, device, models)
+            x, ms = run_row(row, run, cfg, args.seed, device, models)
         scores = {b: score(x, refs[b], nets[b]) for b in nets}
         calls = row["N"] * (2 if row["model"] == "teacher" else 1)
         done[key(row)] = row | dict(calls=calls, ms_per_image=ms,
@@ -176,7 +188,7 @@ def main(argv=None):
     # earlier call may have added rows this one did not plan, e.g. the full-N teacher at one w).
     current = [r for r in done.values() if ids.get(r["file"]) == r["ckpt_id"]]
     md = (table(current, args.features, teacher["N"]) + "\n"
-          + targets(current, args.features, teacher["N"]))
+          + targets(current, args.features, teacher["N"], cfg["preset"]))
     (out.parent / "headline.md").write_text(md)
     print(md + f"wrote {out} and {out.parent / 'headline.md'}")
 

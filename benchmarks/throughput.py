@@ -6,11 +6,17 @@ counted by torch.utils.flop_counter), and (3) the training throughput in images 
 over the real loop body of guidance.py (data, noising, loss, backward, fused AdamW, EMA).
 Reports the achieved GFLOP/s and its fraction of the ceiling.
 
+--variants times the same step, interleaved and repeated (the median counts), under what could
+raise the rate without changing the math: channels_last weights and inputs, torch.compile, one
+thread instead of two. The training scripts keep a variant only if it gives >= 1.2x.
+
     python benchmarks/throughput.py                  # cpu preset, ~1 minute
+    python benchmarks/throughput.py --preset cifar10_cpu --variants   # ~10 minutes
     python benchmarks/throughput.py --preset smoke --steps 20
 """
 import argparse
 import copy
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -40,20 +46,26 @@ def matmul_gflops(device, n=2048, repeats=5):
     return 2 * n**3 / best / 1e9
 
 
-def train_step_fn(cfg, device):
-    """One teacher training step on random data, as guidance.train does it."""
+def train_step_fn(cfg, device, channels_last=False, compile=False):
+    """One teacher training step on random data, as guidance.train does it (channels_last: weights
+    and inputs in NHWC; compile: the network through torch.compile)."""
     info = DATASETS[cfg["dataset"]]
     model = from_config(cfg).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = make_optimizer(model, cfg["lr"], cfg["weight_decay"], device)
+    net = torch.compile(model) if compile else model
     B, r = cfg["batch_size"], cfg["resolution"]
     x = torch.rand(B, info["channels"], r, r, device=device) * 2 - 1  # (B, C, H, W)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(info["n_classes"] + 1, (B,), device=device)  # (B,) incl. the null class
 
     def step(k=0):
         t = torch.rand(B, device=device)  # (B,)
         z_t = ddpm.q_sample(x, t, torch.randn_like(x))  # (B, C, H, W)
-        loss = ddpm.weighted_x_loss(ddpm.x_from_v(z_t, model(z_t, t, y), t), x, t,
+        loss = ddpm.weighted_x_loss(ddpm.x_from_v(z_t, net(z_t, t, y), t), x, t,
                                     cfg["loss_weight"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -65,6 +77,45 @@ def train_step_fn(cfg, device):
     return step, model, n_params
 
 
+def time_steps(step, steps, warmup=3):
+    """Seconds for `steps` calls of step after `warmup` untimed ones."""
+    for k in range(warmup):
+        step(k)
+    t0 = time.perf_counter()
+    for k in range(steps):
+        step(k)
+    return time.perf_counter() - t0
+
+
+VARIANTS = {  # name -> (train_step_fn options, threads)
+    "baseline (2 threads, contiguous)": (dict(), 2),
+    "channels_last": (dict(channels_last=True), 2),
+    "torch.compile": (dict(compile=True), 2),
+    "1 thread": (dict(), 1),
+}
+
+
+def compare_variants(cfg, device, steps, repeats=3):
+    """Each variant's median img/s over `repeats` interleaved rounds, and its speedup."""
+    rates = {name: [] for name in VARIANTS}
+    for r in range(repeats):
+        for name, (options, threads) in VARIANTS.items():
+            torch.set_num_threads(threads)
+            torch.manual_seed(0)
+            step, _, _ = train_step_fn(cfg, device, **options)
+            t0 = time.perf_counter()
+            step()  # the first call: torch.compile compiles here
+            first = time.perf_counter() - t0
+            rates[name].append(steps * cfg["batch_size"] / time_steps(step, steps))
+            print(f"  round {r + 1}: {name:34s} {rates[name][-1]:6.1f} img/s  (first step "
+                  f"{first:.1f} s)", flush=True)
+    torch.set_num_threads(2)
+    base = statistics.median(rates["baseline (2 threads, contiguous)"])
+    print(f"\n| variant | img/s (median of {repeats}) | speedup |\n|---|---|---|")
+    for name, r in rates.items():
+        print(f"| {name} | {statistics.median(r):.1f} | {statistics.median(r) / base:.2f}x |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,23 +124,22 @@ def main():
     parser.add_argument("--batch-size", type=int, help="override the preset's batch size")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--variants", action="store_true",
+                        help="compare channels_last, torch.compile and 1 thread with the baseline")
     args = parser.parse_args()
     cfg = get_config(args.preset, args.set)
     if args.batch_size:
         cfg["batch_size"] = args.batch_size
     device = pick_device(args.device)
+    if args.variants:
+        return compare_variants(cfg, device, args.steps)
 
     ceiling = matmul_gflops(device)
     step, model, n_params = train_step_fn(cfg, device)
     with FlopCounterMode(display=False) as counter:  # forward + backward of one step
         step()
     flops_per_img = counter.get_total_flops() / cfg["batch_size"]
-    for k in range(3):  # warm-up
-        step(k)
-    t0 = time.perf_counter()
-    for k in range(args.steps):
-        step(k)
-    seconds = time.perf_counter() - t0
+    seconds = time_steps(step, args.steps)
     img_s = args.steps * cfg["batch_size"] / seconds
     achieved = img_s * flops_per_img / 1e9
     print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}")

@@ -12,7 +12,7 @@ from PIL import Image
 
 import readers
 from config import UserError
-from tests.formats import write_cifar10, write_image_folders
+from tests.formats import CIFAR10_CLASSES, write_cifar10, write_image_folders
 from data import DEBIAN_FASHION, load_dataset, random_batch, to_float, to_uint8
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,10 +88,14 @@ def test_cifar10_class_folders_png_and_jpeg_decoded_once(tmp_path, monkeypatch, 
     written = write_image_folders(tmp_path, np.random.default_rng(2), 2)
     x, y, where = readers.read_cifar10(tmp_path, True)
     assert x.shape == (20, 3, 32, 32) and x.dtype == np.uint8
-    assert y.tolist() == [c for c in range(10) for _ in range(2)]  # sorted class names = labels
-    for (path, pixels), xi in zip(written["train"], x):
+    # Each file once, with its folder's place among the sorted class names as its label ...
+    for path, pixels in written["train"]:
         tolerance = 0 if path.suffix == ".png" else 3  # JPEG: a flat colour, within 3 levels
-        assert np.abs(xi.astype(int) - pixels).max() <= tolerance, path
+        match = np.abs(x.astype(int) - pixels).reshape(20, -1).max(1) <= tolerance  # (20,)
+        assert match.sum() == 1, path
+        assert y[match][0] == CIFAR10_CLASSES.index(path.parent.name), path
+    # ... in a shuffled order, so that the first K images are a fair sample of the classes.
+    assert y.tolist() != sorted(y.tolist()) and len(set(y[:10].tolist())) > 3
     assert "cache written to train.cache.npz" in where and (tmp_path / "train.cache.npz").is_file()
     # Read again: from the cache, without decoding a file.
     monkeypatch.setattr(readers, "_decode", lambda path, size: 1 / 0)
@@ -102,11 +106,13 @@ def test_cifar10_class_folders_png_and_jpeg_decoded_once(tmp_path, monkeypatch, 
     path = written["train"][0][0]
     new = np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     Image.fromarray(new).save(path)
-    x3, _, _ = readers.read_cifar10(tmp_path, True)
-    assert np.array_equal(x3[0], new.transpose(2, 0, 1)) and np.array_equal(x3[1:], x[1:])
+    x3, y3, _ = readers.read_cifar10(tmp_path, True)
+    changed = (x3 != x).reshape(20, -1).any(1)  # (20,) the same order: one image differs
+    assert changed.sum() == 1 and np.array_equal(x3[changed][0], new.transpose(2, 0, 1))
+    assert np.array_equal(y3, y)
     # The test split, through load_dataset, resized, with its one line of where from.
     x_test, y_test = load_dataset("cifar10", 16, tmp_path, train=False)
-    assert x_test.shape == (20, 3, 16, 16) and y_test.tolist() == y.tolist()
+    assert x_test.shape == (20, 3, 16, 16) and sorted(y_test.tolist()) == sorted(y.tolist())
     assert f"cifar10 test: 20 images from class folders {tmp_path / 'test'} (10 classes; " \
            "decoded" in capsys.readouterr().out
 

@@ -194,23 +194,28 @@ def test_headline_table_scores_the_key_rows_and_resumes(smoke_run, tmp_path):
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     results = json.loads((run / "report" / "headline.json").read_text())
-    rows = {(x["model"], x["N"]): x for x in results["rows"]}
-    # the smoke run has students down to 4 steps: 8 and 4 are scored, 2 and 1 do not exist
-    assert set(rows) == {("data", 0), ("teacher", 4), ("stage2", 8), ("stage2", 4)}
-    assert rows["teacher", 4]["calls"] == 8 and rows["stage2", 4]["calls"] == 4
+    rows = {(x["model"], x["sampler"], x["N"]): x for x in results["rows"]}
+    # the smoke run has students down to 4 steps: 8 and 4 are scored (4 with both samplers), 2
+    # and 1 do not exist
+    assert set(rows) == {("data", "-", 0), ("teacher", "ddim", 4), ("stage2", "ddim", 8),
+                         ("stage2", "ddim", 4), ("stage2", "stochastic", 4)}
+    assert rows["teacher", "ddim", 4]["calls"] == 8 and rows["stage2", "ddim", 4]["calls"] == 4
+    assert rows["stage2", "stochastic", 4]["calls"] == 4
+    assert rows["stage2", "stochastic", 4]["effnet"] != rows["stage2", "ddim", 4]["effnet"]
     assert all(np.isfinite(x["effnet"]["fid"]) and x["effnet"]["fid"] > 0 for x in rows.values())
     md = (run / "report" / "headline.md").read_text()
     assert "| student | 4 | 1 | 4 |" in md and "| teacher, DDIM | 4 | 1 | 8 |" in md
-    ratio = rows["teacher", 4]["effnet"]["fid"] / rows["stage2", 4]["effnet"]["fid"]
+    assert "| student, stochastic | 4 | 1 | 4 |" in md
+    ratio = rows["teacher", "ddim", 4]["effnet"]["fid"] / rows["stage2", "ddim", 4]["effnet"]["fid"]
     met = "met" if ratio >= 1 else "missed"
     assert f"| teacher DDIM 4 (8 calls) / student 4 | ≥ 1 | 1 | {ratio:.2f} {met} |" in md
     # A second call adds the teacher's full N and keeps every finished row as it was.
     r = subprocess.run(cmd[:-3] + ["full", "--stats-dir", str(tmp_path)], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    again = {(x["model"], x["N"]): x for x in
+    again = {(x["model"], x["sampler"], x["N"]): x for x in
              json.loads((run / "report" / "headline.json").read_text())["rows"]}
-    assert set(again) == set(rows) | {("teacher", 1024)}
+    assert set(again) == set(rows) | {("teacher", "ddim", 1024)}
     assert all(again[k] == rows[k] for k in rows)
     assert "teacher, DDIM (full N) | 1024 |" in (run / "report" / "headline.md").read_text()
 
@@ -227,3 +232,9 @@ def test_headline_targets_are_ratios_against_their_goals():
     assert "DDIM 4" not in md  # no such row, no ratio
     md = headline.targets(rows + [row("teacher", 1024, 40.0, 0.020)], ["effnet"], 1024)
     assert "| student 4 / teacher 1024 | ≤ 1.1 | 1 | 1.50 missed |" in md
+    # The cifar10_cpu preset's 1-step goal; the ratios take DDIM rows, never the stochastic ones.
+    md = headline.targets(rows, ["effnet"], 1024, "cifar10_cpu")
+    assert "| student 1 / teacher 64 | ≤ 1.6 | 1 | 1.40 met | 2.00 missed |" in md
+    stochastic = row("stage2", 4, 10.0, 0.001) | dict(sampler="stochastic")
+    assert headline.targets(rows + [stochastic], ["effnet"], 1024) == \
+        headline.targets(rows, ["effnet"], 1024)
