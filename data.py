@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from config import UserError
-from readers import DATASETS, DEBIAN_FASHION, READERS  # noqa: F401 (DATASETS: for importers)
+from readers import DATASETS, READERS
 
 FASHION_CLASSES = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]

@@ -53,6 +53,7 @@ DATASETS = {  # native size, channels, classes, where to get it
                       get="nothing to get: drawn from GaussianMixture.default()"),
 }
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # in class folders; other files are ignored
+ORDER_SEED = 0  # class folders are read in this fixed shuffled order
 
 
 # ---------------------------------------------------------------- Fashion-MNIST
@@ -167,11 +168,14 @@ def read_image_folders(root, split, info):
     """root/split/<class>/* -> images, labels and where from; decoded once, then read back from
     root/<split>.cache.npz for as long as no file's name, size or time changes."""
     files = list_image_folders(root, split, info["n_classes"])
-    listing = "\n".join(f"{p.relative_to(root)} {p.stat().st_size} {p.stat().st_mtime_ns}"
-                        for paths in files.values() for p in paths)
-    key = hashlib.sha256(listing.encode()).hexdigest()
+    paths = [p for class_paths in files.values() for p in class_paths]
+    labels = np.concatenate([np.full(len(class_paths), c, np.int64)
+                             for c, class_paths in enumerate(files.values())])  # (N,)
+    stats = [p.stat() for p in paths]  # the cache's key: the order, every file's name, size, time
+    listing = "\n".join(f"{p.relative_to(root)} {st.st_size} {st.st_mtime_ns}"
+                        for p, st in zip(paths, stats))
+    key = hashlib.sha256(f"order: seed {ORDER_SEED}\n{listing}".encode()).hexdigest()
     cache = root / f"{split}.cache.npz"
-    n = sum(map(len, files.values()))
     where = f"class folders {root / split} ({len(files)} classes"
     if cache.is_file():
         try:
@@ -182,10 +186,8 @@ def read_image_folders(root, split, info):
             pass  # an unreadable cache is decoded again and rewritten
     # In a fixed shuffled order, as the official batches are: the first K images of a split
     # are then a fair sample of every class (evaluate.py's eval_ref_n, KID's reference images).
-    paths = [p for class_paths in files.values() for p in class_paths]
-    labels = np.concatenate([np.full(len(class_paths), c, np.int64)
-                             for c, class_paths in enumerate(files.values())])  # (N,)
-    order = np.random.default_rng(0).permutation(n)  # (N,)
+    n = len(paths)
+    order = np.random.default_rng(ORDER_SEED).permutation(n)  # (N,)
     labels = labels[order]
     images = np.empty((n, 3, info["size"], info["size"]), np.uint8)  # (N, 3, H, W)
     for i, k in enumerate(order):

@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 
 import readers
+from readers import DEBIAN_FASHION
 from config import UserError
 from tests.formats import CIFAR10_CLASSES, write_cifar10, write_image_folders
-from data import DEBIAN_FASHION, load_dataset, random_batch, to_float, to_uint8
+from data import load_dataset, random_batch, to_float, to_uint8
 
 ROOT = Path(__file__).resolve().parents[2]
 
