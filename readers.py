@@ -186,12 +186,11 @@ def read_image_folders(root, split, info):
             pass  # an unreadable cache is decoded again and rewritten
     # In a fixed shuffled order, as the official batches are: the first K images of a split
     # are then a fair sample of every class (evaluate.py's eval_ref_n, KID's reference images).
-    n = len(paths)
-    order = np.random.default_rng(ORDER_SEED).permutation(n)  # (N,)
-    labels = labels[order]
-    images = np.empty((n, 3, info["size"], info["size"]), np.uint8)  # (N, 3, H, W)
-    for i, k in enumerate(order):
-        images[i] = _decode(paths[k], info["size"])
+    images = np.empty((len(paths), 3, info["size"], info["size"]), np.uint8)  # (N, 3, H, W)
+    for i, path in enumerate(paths):  # in folder order: the files are read in disk order
+        images[i] = _decode(path, info["size"])
+    order = np.random.default_rng(ORDER_SEED).permutation(len(paths))  # (N,)
+    images, labels = images[order], labels[order]
     tmp = cache.with_suffix(".tmp")  # written whole, then renamed: a killed run leaves no cache
     try:
         with open(tmp, "wb") as f:
