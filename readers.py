@@ -184,11 +184,11 @@ def read_image_folders(root, split, info):
                     return saved["images"], saved["labels"], f"{where}; cache {cache.name})"
         except (OSError, ValueError, KeyError, EOFError):
             pass  # an unreadable cache is decoded again and rewritten
-    # In a fixed shuffled order, as the official batches are: the first K images of a split
-    # are then a fair sample of every class (evaluate.py's eval_ref_n, KID's reference images).
     images = np.empty((len(paths), 3, info["size"], info["size"]), np.uint8)  # (N, 3, H, W)
     for i, path in enumerate(paths):  # in folder order: the files are read in disk order
         images[i] = _decode(path, info["size"])
+    # Then a fixed shuffled order, as the official batches have: the first K images of a split
+    # are a fair sample of every class (evaluate.py's eval_ref_n, KID's reference images).
     order = np.random.default_rng(ORDER_SEED).permutation(len(paths))  # (N,)
     images, labels = images[order], labels[order]
     tmp = cache.with_suffix(".tmp")  # written whole, then renamed: a killed run leaves no cache
