@@ -39,6 +39,7 @@ import matplotlib
 import infra
 import stage2
 from config import UserError, get_config
+from data import load_dataset
 from evaluate import (add_scoring_args, check_n, fingerprint, reference_stats, run_row,
                       save_json, score)
 from features import feature_net, feature_size
@@ -219,6 +220,9 @@ def main(argv=None):
     old = json.loads(results.read_text()) if results.is_file() else {}
     done = {r["name"]: r for r in old.get("rows", []) if old.get("protocol") == protocol}
 
+    # The training set, read once from --data-dir for every variant (the run's own dataset).
+    pairs = load_dataset(base["dataset"], base["resolution"], args.data_dir) if todo else None
+
     rows = []
     for overrides, vcfg in [([], None)] + todo:
         name = name_of(overrides)
@@ -226,7 +230,7 @@ def main(argv=None):
         if vcfg is not None:  # train the variant (resumes if unfinished; a no-op if finished)
             print(f"variant {name}: training {args.stage} into {where}", flush=True)
             link_upstream(run, where, args.stage)
-            stage2.train(vcfg, where, device, min(args.eval_steps), progress=True)
+            stage2.train(vcfg, where, device, min(args.eval_steps), pairs=pairs, progress=True)
         ids = {N: fingerprint(where / f"stage2_N{N}.pt") for N in args.eval_steps}
         if done.get(name, {}).get("ckpt_ids") == {str(N): i for N, i in ids.items()}:
             rows.append(done[name])
