@@ -66,7 +66,8 @@ def test_the_pipeline_runs_the_paper_architecture_on_official_format_files(prese
     assert "FID" in r.stdout
     if preset == "cifar10_cpu":  # an ablation variant trains on the same --data-dir
         r = run("-m", "extensions.ablate", "--run", str(out), "--stage", "stage2", "--smoke",
-                "--eval-steps", "1", "--variant", "stage2_lr=1e-3 stage2_start_N=2", "--device", "cpu",
-                "--data-dir", str(data), "--stats-dir", str(tmp_path / "stats"))
+                "--eval-steps", "1", "--variant", "stage2_lr=1e-3 stage2_start_N=2",
+                "--device", "cpu", "--data-dir", str(data), "--stats-dir", str(tmp_path / "stats"))
         assert r.returncode == 0, r.stderr[-2000:]
-        assert (out / "ablations" / "stage2" / "stage2_lr=1e-3,stage2_start_N=2" / "stage2_N1.pt").is_file()
+        variant = out / "ablations" / "stage2" / "stage2_lr=1e-3,stage2_start_N=2"
+        assert (variant / "stage2_N1.pt").is_file()
