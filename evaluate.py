@@ -7,17 +7,14 @@
 
 FID is biased upwards by ~(feature dimension) / n: at a few hundred samples per row even real
 data scores far from 0 (the data row), and ratios shrink towards 1; KID is unbiased, so beside.
-
 Feature backends (features.py, both offline; each number carries its name): effnet =
 EfficientNet-Lite0 at eval_feature_size px (cheap, NOT comparable with papers); inception = the
 standard FID Inception, pool3 at 299 px (pytorch-fid's network, verified; ~10x slower here).
 Every IS is EfficientNet-Lite0's ("IS (effnet)"); the reference .npz has pytorch-fid's mu, sigma.
 
-The protocol comes from the preset's eval_* keys (config.py; override with --set) and is written
-next to every number: backend, feature size, samples per row, reference split and size, seed.
-Reference statistics (mu, S) per (dataset, split, resolution, backend, size, n) are cached as
-.npz in --stats-dir. Image k of every row uses class k % n_classes and noise seed k, so rows are
-paired: they differ only in the model, the sampler, N and w.
+The protocol (the preset's eval_* keys; --set overrides) is written next to every number. The
+reference statistics are cached as .npz in --stats-dir, keyed by the reference images (sha256, in
+order). Image k of every row has class k % n_classes and noise seed k: rows are paired.
 
 Report rows: the guided teacher with DDIM at N = 1, 2, 4, ..., 1024 (2 network calls per step),
 the stage-1 student with DDIM at the same N, every stage-2 student at its own N (deterministic
@@ -103,12 +100,15 @@ def reference_stats(cfg, extract, stats_dir, data_dir):
     name = (f"{cfg['dataset']}_{cfg['eval_ref_split']}_{cfg['resolution']}px_"
             f"{cfg['eval_features']}{size}{is_net}_n{n or 'all'}.npz")
     path = Path(stats_dir) / name
-    if path.is_file():
-        with np.load(path) as f:
-            return {k: f[k] for k in f.files} | {"file": str(path)}
     images, _ = load_dataset(cfg["dataset"], cfg["resolution"], data_dir,
                              train=cfg["eval_ref_split"] == "train")
     images = images[:n] if n else images  # (n_ref, C, H, W) uint8
+    key = hashlib.sha256(images.numpy().tobytes()).hexdigest()  # these images, in this order
+    if path.is_file():
+        with np.load(path) as f:
+            stats = {k: f[k] for k in f.files}
+        if str(stats.get("images_sha256")) == key:  # else other images (or order): compute again
+            return stats | {"file": str(path)}
     feats, probs = features(extract, to_float(images))
     mu, sigma = gaussian(feats)
     with warnings.catch_warnings():  # fewer images than feature dimensions: sigma is singular
@@ -116,7 +116,7 @@ def reference_stats(cfg, extract, stats_dir, data_dir):
         sqrt_sigma = scipy.linalg.sqrtm(sigma).real  # (d, d)
     stats = dict(mu=mu, sigma=sigma, sqrt_sigma=sqrt_sigma,
                  kid_feats=feats[:KID_REF_N].astype(np.float32),
-                 inception_score=inception_score(probs), n=len(images))
+                 inception_score=inception_score(probs), n=len(images), images_sha256=key)
     infra.atomic_write(path, lambda f: np.savez(f, **stats))
     return stats | {"file": str(path)}
 

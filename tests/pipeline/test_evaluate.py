@@ -114,7 +114,7 @@ def test_effnet_classifies_real_imagenet_photos():
 
 
 # ---------------------------------------------------------------- reference statistics
-def test_reference_stats_are_computed_once_then_reloaded(tmp_path):
+def test_reference_stats_are_computed_once_then_reloaded(tmp_path, monkeypatch):
     cfg = get_config("smoke", ["eval_ref_n=64"])
     calls = []
 
@@ -130,6 +130,14 @@ def test_reference_stats_are_computed_once_then_reloaded(tmp_path):
         assert np.array_equal(first[k], second[k])
     assert np.allclose(second["sqrt_sigma"] @ second["sqrt_sigma"], second["sigma"])
     assert [p.name for p in tmp_path.iterdir()] == ["fashion_test_8px_effnet64_n64.npz"]
+    # The same split in another order (or changed files) is not the cached one: computed again.
+    # (The KID reference is the first images: a class-ordered split once gave it two classes.)
+    load = evaluate.load_dataset
+    monkeypatch.setattr(evaluate, "load_dataset",
+                        lambda *a, **k: tuple(v.flip(0) for v in load(*a, **k)))
+    third = evaluate.reference_stats(cfg, extract, tmp_path, "data")
+    assert sum(calls) == 128, "a stale cache was used"
+    assert not np.array_equal(third["kid_feats"], first["kid_feats"])
 
 
 # ---------------------------------------------------------------- targets and the report
