@@ -117,7 +117,7 @@ PRESETS = {
                         dropout=0.1, batch_size=128, lr=1e-3, warmup=200, ema_decay=0.998,
                         teacher_iters=3000, ckpt_every=500, grid_steps=64,
                         stage1_iters=800, stage1_lr=3e-4, stage2_start_N=64, stage2_iters=150,
-                        stage2_iters_small=300, stage2_lr=2e-4, distill_ckpt_every=100,
+                        stage2_iters_small=300, stage2_lr=5e-4, distill_ckpt_every=100,
                         eval_n=200, eval_feature_size=128, eval_all_w_max_N=64),
     # 2-D points of a 3-class Gaussian mixture (data.py's mixture2d) through the whole pipeline,
     # 1024 -> 1 as in the paper, in about a minute [here]. The network is unet.py's MLP (ch: its

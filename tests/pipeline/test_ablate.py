@@ -3,16 +3,11 @@ folders from the run's upstream checkpoints, are scored under one protocol, and 
 them."""
 import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from config import UserError, get_config
 from extensions import ablate
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_grid_and_variants_make_the_rows():
@@ -38,16 +33,16 @@ def test_grid_and_variants_make_the_rows():
     assert cfg == base | {"stage1_iters": 10}
 
 
-def test_ablate_trains_scores_and_skips_finished_variants(smoke_run, tmp_path):
+def test_ablate_trains_scores_and_skips_finished_variants(smoke_run, tmp_path, cli):
     run = tmp_path / "run"
     run.mkdir()
     for p in smoke_run[0].glob("*.pt"):
         shutil.copy2(p, run / p.name)
-    cmd = [sys.executable, "-m", "extensions.ablate", "--run", str(run), "--stage", "stage2",
+    cmd = ["-m", "extensions.ablate", "--run", str(run), "--stage", "stage2",
            "--grid", "stage2_start_N=16", "--grid", "stage2_lr=1e-3,2e-3", "--eval-steps", "4",
            "--smoke",
            "--stats-dir", str(tmp_path / "stats")]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    r = cli(cmd)
     assert r.returncode == 0, r.stderr[-2000:]
     folder = run / "ablations" / "stage2"
     results = json.loads((folder / "ablations.json").read_text())
@@ -68,13 +63,12 @@ def test_ablate_trains_scores_and_skips_finished_variants(smoke_run, tmp_path):
     assert r.stdout.count("| stage2_start_N=") == 2 + 2  # each scored row, then the table
     # A rerun trains and scores nothing again.
     mtimes = {p: p.stat().st_mtime_ns for p in folder.rglob("*.pt")}
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    r = cli(cmd)
     assert r.returncode == 0 and r.stdout.count("| stage2_start_N=") == 2
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*.pt")} == mtimes
     assert json.loads((folder / "ablations.json").read_text())["rows"] == results["rows"]
     # Another call (here 16 -> 4 in one round of four teacher steps) adds its row to the table.
-    r = subprocess.run(cmd[:7] + ["--variant", "stage2_start_N=16 stage2_k=4"] + cmd[11:],
-                       cwd=ROOT, capture_output=True, text=True)
+    r = cli(cmd[:6] + ["--variant", "stage2_start_N=16 stage2_k=4"] + cmd[10:])
     assert r.returncode == 0, r.stderr[-2000:]
     rows = json.loads((folder / "ablations.json").read_text())["rows"]
     assert [row["name"] for row in rows] == ["baseline", "stage2_start_N=16,stage2_k=4"] + names[1:]

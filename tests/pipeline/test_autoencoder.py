@@ -71,11 +71,9 @@ def test_rerun_resumes_the_finished_autoencoder(smoke_ae):
     assert load_checkpoint(out / "autoencoder.pt")["step"] == get_config("smoke")["ae_iters"]
 
 
-def test_bad_iters_is_a_one_line_error(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "extensions.autoencoder", "train", "--preset",
-                        "smoke",
-                        "--out", str(tmp_path), "--iters", "0"], cwd=ROOT, capture_output=True,
-                        text=True)
+def test_bad_iters_is_a_one_line_error(tmp_path, cli):
+    r = cli(["-m", "extensions.autoencoder", "train", "--preset", "smoke", "--out", str(tmp_path),
+             "--iters", "0"])
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--iters" in r.stderr
     assert not list(tmp_path.iterdir())
 
@@ -118,14 +116,13 @@ def latent_run(latent_data):
     return latent_data.parent
 
 
-def test_latent_pipeline_samples_images_from_latents(latent_run, tmp_path):
+def test_latent_pipeline_samples_images_from_latents(latent_run, tmp_path, cli):
     ckpt = load_checkpoint(latent_run / "stage2_N4.pt", "stage2")
     assert ckpt["config"]["latent"]["channels"] == 2
     assert ckpt["model"]["conv_in.weight"].shape[1] == 2
     out = tmp_path / "grid.png"
-    r = subprocess.run([sys.executable, "sample.py", "--ckpt", str(latent_run / "stage2_N4.pt"),
-                        "--w", "0,2",
-                        "--out-file", str(out)], cwd=ROOT, capture_output=True, text=True)
+    r = cli(["sample.py", "--ckpt", str(latent_run / "stage2_N4.pt"), "--w", "0,2", "--out-file",
+             str(out)])
     assert r.returncode == 0 and "latents (" in r.stdout, r.stderr[-2000:]
     import numpy as np
 
@@ -134,22 +131,18 @@ def test_latent_pipeline_samples_images_from_latents(latent_run, tmp_path):
     assert x.shape == (20, 1, 8, 8) and x.dtype == np.uint8 and x.std() > 10
 
 
-def test_latent_checkpoints_refuse_pixel_mode(latent_run):
+def test_latent_checkpoints_refuse_pixel_mode(latent_run, cli):
     """stage1.py on a latent run folder without --data: one line, exit 2, nothing rewritten."""
     before = {p.name: p.stat().st_mtime_ns for p in latent_run.glob("*.pt")}
-    r = subprocess.run([sys.executable, "stage1.py", "--preset", "smoke", "--out", str(latent_run)],
-                       cwd=ROOT, capture_output=True, text=True)
+    r = cli(["stage1.py", "--preset", "smoke", "--out", str(latent_run)])
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
     assert "latents (" in r.stderr and "--data" in r.stderr
     assert {p.name: p.stat().st_mtime_ns for p in latent_run.glob("*.pt")} == before
-    r = subprocess.run([sys.executable, "-m", "extensions.edit", "sdedit", "--ckpt",
-                        str(latent_run / "stage2_N4.pt")],
-                       cwd=ROOT, capture_output=True, text=True)
+    r = cli(["-m", "extensions.edit", "sdedit", "--ckpt", str(latent_run / "stage2_N4.pt")])
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "latents" in r.stderr
 
 
-def test_latent_data_of_another_preset_is_refused(latent_data, tmp_path):
-    r = subprocess.run([sys.executable, "guidance.py", "--preset", "cpu", "--out", str(tmp_path),
-                        "--data", str(latent_data)], cwd=ROOT, capture_output=True, text=True)
+def test_latent_data_of_another_preset_is_refused(latent_data, tmp_path, cli):
+    r = cli(["guidance.py", "--preset", "cpu", "--out", str(tmp_path), "--data", str(latent_data)])
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "resolution" in r.stderr
     assert not list(tmp_path.iterdir())

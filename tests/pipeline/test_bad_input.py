@@ -1,9 +1,8 @@
 """The bad-input catalogue (README, "Bad input"): each case is one line on stderr, exit code 2,
 and no file written or changed in the run folder. Uses the session's smoke run (conftest.py),
-copied, so its checkpoints stay untouched."""
+copied, so its checkpoints stay untouched. The command lines run through each script's own
+__main__ in this process (conftest.py's cli), which saves ~3 s of start-up per case."""
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +10,6 @@ import pytest
 import torch
 
 from tests.formats import write_cifar10, write_image_folders
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _snapshot(folder):
@@ -31,10 +28,15 @@ def run(smoke_run, tmp_path):
     return folder
 
 
-def _fails_cleanly(argv, message, folder, after_progress=False):
+@pytest.fixture
+def fails_cleanly(cli):
+    return lambda *args, **kwargs: _check_fails_cleanly(cli, *args, **kwargs)
+
+
+def _check_fails_cleanly(cli, argv, message, folder, after_progress=False):
     """Exit 2 with one line on stderr (after_progress: a progress bar may come before that line)."""
     before = _snapshot(folder)
-    r = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True)
+    r = cli(argv)
     assert r.returncode == 2, (argv, r.returncode, r.stderr[-1500:])
     lines = r.stderr.strip().split("\n")
     assert "Traceback" not in r.stderr and (after_progress or len(lines) == 1), r.stderr[-1500:]
@@ -46,132 +48,129 @@ def _fails_cleanly(argv, message, folder, after_progress=False):
     return r.stderr
 
 
-def test_steps_not_a_power_of_two(run):
-    _fails_cleanly(["stage2.py", "--preset", "smoke", "--steps", "3", "--out", str(run)],
+def test_steps_not_a_power_of_two(run, fails_cleanly):
+    fails_cleanly(["stage2.py", "--preset", "smoke", "--steps", "3", "--out", str(run)],
                    "not a power of two", run)
 
 
-def test_start_steps_larger_than_the_teachers_N(run):
-    _fails_cleanly(["stage2.py", "--preset", "smoke", "--steps", "4", "--start-steps", "2048",
+def test_start_steps_larger_than_the_teachers_N(run, fails_cleanly):
+    fails_cleanly(["stage2.py", "--preset", "smoke", "--steps", "4", "--start-steps", "2048",
                     "--out", str(run)],
                    "larger than the teacher's N = 1024", run)
 
 
-def test_steps_not_reached_by_dividing_by_stage2_k(run):
-    _fails_cleanly(["stage2.py", "--preset", "smoke", "--steps", "2", "--set", "stage2_k=4",
+def test_steps_not_reached_by_dividing_by_stage2_k(run, fails_cleanly):
+    fails_cleanly(["stage2.py", "--preset", "smoke", "--steps", "2", "--set", "stage2_k=4",
                     "--start-steps", "64", "--out", str(run)],
                    "not reached from 64 by dividing by stage2_k = 4; use one of [16, 4, 1]", run)
 
 
-def test_w_outside_the_trained_range_is_a_warning_with_the_range(run, tmp_path):
-    r = subprocess.run([sys.executable, "sample.py", "--ckpt", str(run / "stage2_N4.pt"), "--w",
-                        "0,9",
-                        "--out-file", str(tmp_path / "g.png")], cwd=ROOT, capture_output=True,
-                        text=True)
+def test_w_outside_the_trained_range_is_a_warning_with_the_range(run, tmp_path, cli):
+    r = cli(["sample.py", "--ckpt", run / "stage2_N4.pt", "--w", "0,9",
+             "--out-file", tmp_path / "g.png"])
     assert r.returncode == 0 and "leaves the trained range [0, 4]" in r.stderr, r.stderr
     assert (tmp_path / "g.png").is_file()
 
 
-def test_checkpoint_of_the_wrong_stage(run):
-    _fails_cleanly(["-m", "extensions.edit", "encode", "--ckpt", str(run / "stage2_N4.pt")],
+def test_checkpoint_of_the_wrong_stage(run, fails_cleanly):
+    fails_cleanly(["-m", "extensions.edit", "encode", "--ckpt", str(run / "stage2_N4.pt")],
                    "holds stage 'stage2'", run)
 
 
-def test_truncated_checkpoint(run):
+def test_truncated_checkpoint(run, fails_cleanly):
     data = (run / "teacher.pt").read_bytes()
     (run / "teacher.pt").write_bytes(data[: len(data) // 2])
-    _fails_cleanly(["sample.py", "--ckpt", str(run / "teacher.pt")], "is not a readable checkpoint",
+    fails_cleanly(["sample.py", "--ckpt", str(run / "teacher.pt")], "is not a readable checkpoint",
                    run)
     # Resuming from it is refused too, and the broken file is left for the user to delete.
-    _fails_cleanly(["guidance.py", "--preset", "smoke", "--out", str(run)], "delete it and rerun",
+    fails_cleanly(["guidance.py", "--preset", "smoke", "--out", str(run)], "delete it and rerun",
                    run)
 
 
-def test_corrupted_checkpoint(run):
+def test_corrupted_checkpoint(run, fails_cleanly):
     (run / "stage1.pt").write_bytes(b"not a checkpoint at all" * 100)
-    _fails_cleanly(["sample.py", "--ckpt", str(run / "stage1.pt")], "is not a readable checkpoint",
+    fails_cleanly(["sample.py", "--ckpt", str(run / "stage1.pt")], "is not a readable checkpoint",
                    run)
 
 
-def test_checkpoint_of_another_image_size(run):
-    _fails_cleanly(["guidance.py", "--preset", "smoke", "--set", "resolution=16", "--out",
+def test_checkpoint_of_another_image_size(run, fails_cleanly):
+    fails_cleanly(["guidance.py", "--preset", "smoke", "--set", "resolution=16", "--out",
                     str(run)],
                    "was trained with other resolution", run)
 
 
-def test_checkpoint_of_another_dataset(run, tmp_path):
+def test_checkpoint_of_another_dataset(run, tmp_path, fails_cleanly):
     # A tiny CIFAR-10 in its official format, so the data load and the run folder's dataset is what
     # is wrong.
     write_cifar10(tmp_path, np.random.default_rng(0), 4)
-    _fails_cleanly(["guidance.py", "--preset", "smoke", "--set", "dataset='cifar10'", "--data-dir",
+    fails_cleanly(["guidance.py", "--preset", "smoke", "--set", "dataset='cifar10'", "--data-dir",
                     str(tmp_path),
                     "--out", str(run)], "was trained with other dataset", run)
 
 
-def test_truncated_image_in_cifar10_class_folders(tmp_path):
+def test_truncated_image_in_cifar10_class_folders(tmp_path, fails_cleanly):
     # No file written: no decode cache beside the data, no checkpoint.
     write_image_folders(tmp_path, np.random.default_rng(0), 2)
     jpeg = tmp_path / "train" / "horse" / "0001.jpg"
     jpeg.write_bytes(jpeg.read_bytes()[:200])
-    _fails_cleanly(["guidance.py", "--preset", "smoke", "--set", "dataset='cifar10'", "--data-dir",
+    fails_cleanly(["guidance.py", "--preset", "smoke", "--set", "dataset='cifar10'", "--data-dir",
                     str(tmp_path), "--out", str(tmp_path / "out")],
                    f"{jpeg}: unreadable image", tmp_path)
 
 
-def test_missing_dataset(tmp_path):
-    _fails_cleanly(["guidance.py", "--preset", "cifar10", "--data-dir", str(tmp_path / "none"),
+def test_missing_dataset(tmp_path, fails_cleanly):
+    fails_cleanly(["guidance.py", "--preset", "cifar10", "--data-dir", str(tmp_path / "none"),
                     "--out", str(tmp_path / "out")], "cifar-10-batches-py", tmp_path)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-def test_device_cuda_without_cuda(tmp_path):
-    _fails_cleanly(["stage2.py", "--preset", "smoke", "--device", "cuda", "--out",
+def test_device_cuda_without_cuda(tmp_path, fails_cleanly):
+    fails_cleanly(["stage2.py", "--preset", "smoke", "--device", "cuda", "--out",
                     str(tmp_path / "out")],
                    "no CUDA device", tmp_path)
     assert not (tmp_path / "out").exists()
 
 
-def test_empty_out(tmp_path):
-    _fails_cleanly(["guidance.py", "--preset", "smoke", "--out", ""], "--out is empty", tmp_path)
+def test_empty_out(tmp_path, fails_cleanly):
+    fails_cleanly(["guidance.py", "--preset", "smoke", "--out", ""], "--out is empty", tmp_path)
 
 
-def test_unwritable_out(tmp_path):
+def test_unwritable_out(tmp_path, fails_cleanly):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")  # a folder cannot be made below a file, whoever runs the test
-    _fails_cleanly(["stage2.py", "--preset", "smoke", "--out", str(blocker / "run")],
+    fails_cleanly(["stage2.py", "--preset", "smoke", "--out", str(blocker / "run")],
                    "cannot create the folder", tmp_path)
 
 
-def test_unwritable_out_file(run):
+def test_unwritable_out_file(run, fails_cleanly):
     (run / "a_file").write_text("x")
-    _fails_cleanly(["sample.py", "--ckpt", str(run / "stage2_N4.pt"), "--out-file",
+    fails_cleanly(["sample.py", "--ckpt", str(run / "stage2_N4.pt"), "--out-file",
                     str(run / "a_file" / "g.png")],
                    "--out-file's folder", run)
 
 
 @pytest.mark.parametrize("argv", [["guidance.py", "--preset", "smoke", "--batch-size", "0"],
                                   ["sample.py", "--batch-size", "0"]])
-def test_batch_size_zero(argv, run):
+def test_batch_size_zero(argv, run, fails_cleanly):
     if argv[0] == "sample.py":
         argv = argv + ["--ckpt", str(run / "stage2_N4.pt")]
     else:
         argv = argv + ["--out", str(run)]
-    _fails_cleanly(argv, "--batch-size", run)
+    fails_cleanly(argv, "--batch-size", run)
 
 
-def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, cli,
+                                                                            fails_cleanly):
     out = tmp_path / "run"
-    subprocess.run([sys.executable, "guidance.py", "--preset", "smoke", "--iters", "75", "--out",
-                    str(out)],
-                   cwd=ROOT, capture_output=True, check=True)
+    assert cli(["guidance.py", "--preset", "smoke", "--iters", "75", "--out", out]).returncode == 0
     good = (out / "teacher.pt").read_bytes()
     # Resume with an absurd learning rate: the weights blow up within a few steps.
-    err = _fails_cleanly(["guidance.py", "--preset", "smoke", "--iters", "150", "--set", "lr=1e30",
+    err = fails_cleanly(["guidance.py", "--preset", "smoke", "--iters", "150", "--set", "lr=1e30",
                           "--out", str(out)],
                          "keeps the last good weights", out, after_progress=True)
     assert "loss became" in err and (out / "teacher.pt").read_bytes() == good
     new = tmp_path / "new"
-    _fails_cleanly(["guidance.py", "--preset", "smoke", "--set", "lr=1e30", "--out", str(new)],
+    fails_cleanly(["guidance.py", "--preset", "smoke", "--set", "lr=1e30", "--out", str(new)],
                    "no checkpoint was written", new, after_progress=True)
 
 
@@ -180,8 +179,8 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
                                               "--set resolution=16.5: expected int"),
                                              ("randflip=1", "--set randflip=1: expected bool"),
                                              ("lr=1e999", "--set lr=inf: must be a finite number")])
-def test_set_checks_the_type_of_each_value(setting, message, tmp_path):
-    _fails_cleanly(["guidance.py", "--preset", "smoke", "--set", setting, "--out", str(tmp_path)],
+def test_set_checks_the_type_of_each_value(setting, message, tmp_path, fails_cleanly):
+    fails_cleanly(["guidance.py", "--preset", "smoke", "--set", setting, "--out", str(tmp_path)],
                    message, tmp_path)
 
 
@@ -195,27 +194,27 @@ def test_set_checks_the_type_of_each_value(setting, message, tmp_path):
     (["evaluate.py", "--n", "0"], "at least 2"), (["evaluate.py", "--n", "1"], "at least 2"),
     (["-m", "extensions.edit", "sdedit", "--w", "inf"], "finite number"),
     (["-m", "extensions.edit", "sdedit", "--steps", "0"], "must be >= 1")])
-def test_sampling_options_out_of_their_domain(argv, message, run):
-    _fails_cleanly(argv + ["--ckpt", str(run / "stage2_N4.pt")], message, run)
+def test_sampling_options_out_of_their_domain(argv, message, run, fails_cleanly):
+    fails_cleanly(argv + ["--ckpt", str(run / "stage2_N4.pt")], message, run)
 
 
-def test_p_uncond_outside_0_1(tmp_path):
+def test_p_uncond_outside_0_1(tmp_path, fails_cleanly):
     argv = ["guidance.py", "--preset", "smoke", "--p-uncond", "1.5", "--out", str(tmp_path)]
-    _fails_cleanly(argv, "a probability, in [0, 1]", tmp_path)
+    fails_cleanly(argv, "a probability, in [0, 1]", tmp_path)
 
 
 @pytest.mark.parametrize("argv", [["sample.py", "--ckpt", "RUN/stage2_N4.pt", "--out-f", "g.png"],
                                   ["evaluate.py", "--ckpt", "RUN/stage2_N4.pt", "--num", "4"],
                                   ["stage2.py", "--out", "RUN", "--step", "4"]])
-def test_abbreviated_options_are_refused(argv, run):
+def test_abbreviated_options_are_refused(argv, run, cli):
     """Without allow_abbrev=False, argparse would read --out-f as --out-file, --num as
     --num-samples and --step as --steps."""
     argv = [a.replace("RUN", str(run)) for a in argv]
-    r = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True)
+    r = cli(argv)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert f"unrecognized arguments: {argv[-2]}" in r.stderr, r.stderr
 
 
-def test_headline_teacher_steps_must_be_full_or_positive(run):
-    _fails_cleanly(["benchmarks/headline.py", "--run", str(run), "--teacher-steps", "64", "0"],
+def test_headline_teacher_steps_must_be_full_or_positive(run, fails_cleanly):
+    fails_cleanly(["benchmarks/headline.py", "--run", str(run), "--teacher-steps", "64", "0"],
                    "--teacher-steps 64 0: give 'full' or positive step counts", run)

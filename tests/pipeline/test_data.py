@@ -1,9 +1,6 @@
 """Datasets: CIFAR-10 as official batches and as class folders (PNG, JPEG, the cache), ImageNet
 64x64, Fashion-MNIST, clear errors naming the file."""
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +12,6 @@ from readers import DEBIAN_FASHION
 from config import UserError
 from tests.formats import CIFAR10_CLASSES, write_cifar10, write_image_folders
 from data import load_dataset, random_batch, to_float, to_uint8
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_cifar10_official_python_format(tmp_path):
@@ -74,12 +69,10 @@ def test_random_batch_range_flip_and_determinism():
     assert torch.equal(x, x2)
 
 
-def test_missing_dataset_is_a_one_line_error(tmp_path):
+def test_missing_dataset_is_a_one_line_error(tmp_path, cli):
     with pytest.raises(UserError, match="cifar-10-batches-py"):
         load_dataset("cifar10", 32, tmp_path)
-    r = subprocess.run([sys.executable, "data.py", "--dataset", "cifar10", "--data-dir",
-                        str(tmp_path)],
-                       cwd=ROOT, capture_output=True, text=True)
+    r = cli(["data.py", "--dataset", "cifar10", "--data-dir", str(tmp_path)])
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "CIFAR-10 not found" in lines[0] and "cifar.html" in lines[0]

@@ -66,7 +66,7 @@ def smoke_encoders(smoke_run):
     return out
 
 
-def test_train_encoder_and_the_edit_commands_on_the_smoke_run(smoke_encoders, tmp_path):
+def test_train_encoder_and_the_edit_commands_on_the_smoke_run(smoke_encoders, tmp_path, cli):
     out = smoke_encoders
     names = sorted(p.name for p in out.glob("encoder_N*.pt"))
     assert names == [f"encoder_N{n}.pt" for n in (16, 32, 4, 8)]
@@ -82,9 +82,7 @@ def test_train_encoder_and_the_edit_commands_on_the_smoke_run(smoke_encoders, tm
                            str(out / "stage2_N4.pt"),
                            "--to-class", "1"], "8 network calls per image")):
         f = tmp_path / f"{args[0]}.png"
-        r = subprocess.run([sys.executable, "-m", "extensions.edit", *args, "--out-file", str(f)],
-                           cwd=ROOT,
-                           capture_output=True, text=True)
+        r = cli(["-m", "extensions.edit", *args, "--out-file", str(f)])
         assert r.returncode == 0 and expect in r.stdout, (r.stdout, r.stderr[-2000:])
         assert f.is_file()
 
@@ -92,7 +90,7 @@ def test_train_encoder_and_the_edit_commands_on_the_smoke_run(smoke_encoders, tm
 @pytest.mark.parametrize("case",
                          ["missing image", "mask size", "mask not an image", "t0 zero",
                           "t0 above 1"])
-def test_bad_edit_input_is_a_one_line_error(case, smoke_run, tmp_path):
+def test_bad_edit_input_is_a_one_line_error(case, smoke_run, tmp_path, cli):
     ckpt = str(smoke_run[0] / "stage2_N4.pt")
     Image.fromarray(np.zeros((10, 12), np.uint8)).save(tmp_path / "mask.png")
     args = {"missing image": ["sdedit", "--ckpt", ckpt, "--image", str(tmp_path / "nope.png"),
@@ -104,19 +102,15 @@ def test_bad_edit_input_is_a_one_line_error(case, smoke_run, tmp_path):
     message = {"missing image": "no such file", "mask size": "12x10",
                "mask not an image": "not an image",
                "t0 zero": "(0, 1]", "t0 above 1": "(0, 1]"}
-    r = subprocess.run([sys.executable, "-m", "extensions.edit", *args, "--out-file",
-                        str(tmp_path / "g.png")], cwd=ROOT,
-                       capture_output=True, text=True)
+    r = cli(["-m", "extensions.edit", *args, "--out-file", str(tmp_path / "g.png")])
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
     assert message[case] in r.stderr, r.stderr
     assert not (tmp_path / "g.png").exists()
 
 
 @pytest.mark.parametrize("script", ["sample.py", "evaluate.py"])
-def test_an_encoder_checkpoint_is_not_sampled(script, smoke_encoders):
-    r = subprocess.run([sys.executable, script, "--ckpt", str(smoke_encoders / "encoder_N4.pt")],
-                       cwd=ROOT,
-                       capture_output=True, text=True)
+def test_an_encoder_checkpoint_is_not_sampled(script, smoke_encoders, cli):
+    r = cli([script, "--ckpt", str(smoke_encoders / "encoder_N4.pt")])
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
     assert "holds stage 'encoder'" in r.stderr, r.stderr
     assert not list(smoke_encoders.glob("samples_encoder*"))

@@ -2,8 +2,6 @@
 reference-statistics cache, the targets, and `evaluate.py --run` on a finished smoke run."""
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +15,6 @@ import evaluate
 import report
 from config import get_config
 from tests.dtypes import Dtypes
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _random_spd(d, rng):
@@ -158,10 +154,10 @@ def test_targets_compare_the_right_rows():
     assert got["2:"]["kid_value"] == pytest.approx(60 / 11)  # the same ratio in KID
 
 
-def test_evaluate_run_on_a_finished_smoke_run_writes_the_report(smoke_run, tmp_path):
+def test_evaluate_run_on_a_finished_smoke_run_writes_the_report(smoke_run, tmp_path, cli):
     run = smoke_run[0]
-    cmd = [sys.executable, "evaluate.py", "--run", str(run), "--stats-dir", str(tmp_path)]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    cmd = ["evaluate.py", "--run", str(run), "--stats-dir", str(tmp_path)]
+    r = cli(cmd)
     assert r.returncode == 0, r.stderr[-2000:]
     folder = run / "report"
     for name in ("report.md", "results.json", "fid_vs_calls.png", "fid_vs_is.png"):
@@ -181,7 +177,7 @@ def test_evaluate_run_on_a_finished_smoke_run_writes_the_report(smoke_run, tmp_p
     assert len(list((folder / "grids").glob("*.png"))) == len(rows) - 1
     assert "| stage2 | stochastic | 4 | 1 |" in (folder / "report.md").read_text()
     # A rerun keeps every finished row (same protocol, same checkpoint hashes).
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    r = cli(cmd)
     assert r.returncode == 0
     assert json.loads((folder / "results.json").read_text())["rows"] == results["rows"]
 
@@ -195,11 +191,11 @@ def test_feature_extraction_makes_no_float64_tensor():
     assert torch.float64 not in mode.seen and feats.shape == (2, 1280) and probs.shape == (2, 1000)
 
 
-def test_headline_table_scores_the_key_rows_and_resumes(smoke_run, tmp_path):
+def test_headline_table_scores_the_key_rows_and_resumes(smoke_run, tmp_path, cli):
     run = smoke_run[0]
-    cmd = [sys.executable, "benchmarks/headline.py", "--run", str(run), "--features", "effnet",
+    cmd = ["benchmarks/headline.py", "--run", str(run), "--features", "effnet",
            "--n", "16", "--w", "1", "--teacher-steps", "4", "--stats-dir", str(tmp_path)]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    r = cli(cmd)
     assert r.returncode == 0, r.stderr[-2000:]
     results = json.loads((run / "report" / "headline.json").read_text())
     rows = {(x["model"], x["sampler"], x["N"]): x for x in results["rows"]}
@@ -218,8 +214,7 @@ def test_headline_table_scores_the_key_rows_and_resumes(smoke_run, tmp_path):
     met = "met" if ratio >= 1 else "missed"
     assert f"| teacher DDIM 4 (8 calls) / student 4 | ≥ 1 | 1 | {ratio:.2f} {met} |" in md
     # A second call adds the teacher's full N and keeps every finished row as it was.
-    r = subprocess.run(cmd[:-3] + ["full", "--stats-dir", str(tmp_path)], cwd=ROOT,
-                       capture_output=True, text=True)
+    r = cli(cmd[:-3] + ["full", "--stats-dir", str(tmp_path)])
     assert r.returncode == 0, r.stderr[-2000:]
     again = {(x["model"], x["sampler"], x["N"]): x for x in
              json.loads((run / "report" / "headline.json").read_text())["rows"]}

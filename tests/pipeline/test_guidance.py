@@ -1,8 +1,5 @@
 """Teacher training on the smoke preset: the loss falls, checkpoints are safe and resumable."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +8,6 @@ import guidance
 from config import UserError, get_config
 from infra import load_checkpoint, save_checkpoint
 
-ROOT = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
 
 
@@ -76,10 +72,9 @@ def test_broken_checkpoints_are_clear_errors(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
-def test_cli_runs_and_bad_input_is_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "guidance.py", "--preset", "smoke", "--out", str(tmp_path),
-                        "--iters", "3", "--set", "ckpt_every=3"], cwd=ROOT, capture_output=True,
-                        text=True)
+def test_cli_runs_and_bad_input_is_one_line(tmp_path, cli):
+    r = cli(["guidance.py", "--preset", "smoke", "--out", str(tmp_path), "--iters", "3", "--set",
+             "ckpt_every=3"])
     assert r.returncode == 0, r.stderr
     assert load_checkpoint(tmp_path / "teacher.pt", "teacher")["step"] == 3
     for bad in (["--device", "cuda"] if not torch.cuda.is_available() else [],
@@ -87,8 +82,6 @@ def test_cli_runs_and_bad_input_is_one_line(tmp_path):
                 ["--set", "nope=1"]):
         if not bad:
             continue
-        r = subprocess.run([sys.executable, "guidance.py", "--preset", "smoke", "--out",
-                            str(tmp_path / "b"),
-                            *bad], cwd=ROOT, capture_output=True, text=True)
+        r = cli(["guidance.py", "--preset", "smoke", "--out", str(tmp_path / "b"), *bad])
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (bad, r.stderr)
         assert not (tmp_path / "b" / "teacher.pt").exists()

@@ -4,9 +4,6 @@ official formats: the full-width networks take one training step, and the whole 
 architectures (channel multipliers, blocks, attention resolutions, multi-head attention, 3
 channels, 32 / 64 px) at width ch = 32, so that the suite stays short. The cifar10_cpu preset
 runs the same pipeline as it is, on class folders of PNG and JPEG files."""
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +15,6 @@ from infra import load_checkpoint
 from tests.formats import write_cifar10, write_image_folders, write_imagenet64
 from unet import from_config
 
-ROOT = Path(__file__).resolve().parents[2]
 WRITERS = {"cifar10": write_cifar10, "imagenet64": write_imagenet64,
            "cifar10_cpu": write_image_folders}
 
@@ -38,7 +34,7 @@ def test_the_full_width_network_takes_a_training_step(preset):
 
 
 @pytest.mark.parametrize("preset", ["cifar10", "imagenet64", "cifar10_cpu"])
-def test_the_pipeline_runs_the_paper_architecture_on_official_format_files(preset, tmp_path):
+def test_the_pipeline_runs_the_paper_architecture_on_official_format_files(preset, tmp_path, cli):
     data, out = tmp_path / "data", tmp_path / "run"
     WRITERS[preset](data, np.random.default_rng(0), 8)
     narrow = {"cifar10": ["ch=32"], "imagenet64": ["ch=32", "attn_head_dim=32"],  # 1-4 heads
@@ -46,8 +42,7 @@ def test_the_pipeline_runs_the_paper_architecture_on_official_format_files(prese
     sets = narrow + ["batch_size=2", "teacher_iters=2", "ckpt_every=2", "stage1_iters=2",
             "stage2_iters=2", "stage2_iters_small=2", "distill_ckpt_every=2", "grid_w=()"]
     common = ["--preset", preset, "--data-dir", str(data), "--device", "cpu"]
-    run = lambda *argv: subprocess.run([sys.executable, *argv], cwd=ROOT,  # noqa: E731
-                                       capture_output=True, text=True)
+    run = lambda *argv: cli(list(argv))  # noqa: E731
     r = run("stage2.py", *common, "--out", str(out), "--steps", "1", "--start-steps", "2",
             "--grad-accum", "2", *[a for s in sets for a in ("--set", s)])
     assert r.returncode == 0, r.stderr[-2000:]

@@ -1,9 +1,6 @@
 """Stage 1, stage 2 and the samplers against the exact Gaussian-mixture teacher, and the
 whole smoke pipeline end to end (with an interruption)."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +12,6 @@ import stage1
 import stage2
 from config import get_config
 from infra import load_checkpoint
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_stage1_stop_and_resume_is_bitwise_equal_to_one_run(tmp_path, monkeypatch):
@@ -60,16 +55,13 @@ def test_smoke_pipeline_builds_every_stage_and_resumes(smoke_run):
     assert not list(out.glob("*.tmp"))
 
 
-def test_sample_per_image_seeds_do_not_depend_on_batch_size(smoke_run, tmp_path):
+def test_sample_per_image_seeds_do_not_depend_on_batch_size(smoke_run, tmp_path, cli):
     out = smoke_run[0]
     files = []
     for bs in (7, 256):
         f = tmp_path / f"b{bs}.png"
-        r = subprocess.run([sys.executable, "sample.py", "--ckpt", str(out / "stage2_N4.pt"),
-                            "--sampler",
-                            "stochastic", "--w", "0,2", "--batch-size", str(bs), "--out-file",
-                            str(f)],
-                           cwd=ROOT, capture_output=True, text=True)
+        r = cli(["sample.py", "--ckpt", str(out / "stage2_N4.pt"), "--sampler", "stochastic", "--w",
+                 "0,2", "--batch-size", str(bs), "--out-file", str(f)])
         assert r.returncode == 0 and "4 network calls per image" in r.stdout, r.stderr
         files.append(np.load(f.with_suffix(".npz")))
     assert files[0]["x"].shape == (20, 1, 8, 8)
@@ -79,18 +71,16 @@ def test_sample_per_image_seeds_do_not_depend_on_batch_size(smoke_run, tmp_path)
 
 @pytest.mark.parametrize("args,message", [(["--steps", "3"], "not a power of two"),
                                           (["--steps", "1024"], "must be smaller")])
-def test_stage2_bad_steps_is_a_one_line_error(args, message, tmp_path):
-    r = subprocess.run([sys.executable, "stage2.py", "--preset", "smoke", "--out", str(tmp_path),
-                        *args],
-                       cwd=ROOT, capture_output=True, text=True)
+def test_stage2_bad_steps_is_a_one_line_error(args, message, tmp_path, cli):
+    r = cli(["stage2.py", "--preset", "smoke", "--out", str(tmp_path), *args])
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and message in r.stderr
     assert not list(tmp_path.iterdir())
 
 
-def test_sample_out_dir_holds_the_grid_and_its_npz(smoke_run, tmp_path):
+def test_sample_out_dir_holds_the_grid_and_its_npz(smoke_run, tmp_path, cli):
     """sample.py --out DIR (the same flag as every script): the grid and its .npz go to DIR."""
-    r = subprocess.run([sys.executable, "sample.py", "--ckpt", str(smoke_run[0] / "stage2_N4.pt"),
-                        "--out", str(tmp_path / "mine")], cwd=ROOT, capture_output=True, text=True)
+    r = cli(["sample.py", "--ckpt", str(smoke_run[0] / "stage2_N4.pt"), "--out",
+             str(tmp_path / "mine")])
     assert r.returncode == 0, r.stderr
     grid = tmp_path / "mine" / "samples_stage2_N4_ddim4.png"
     assert grid.is_file() and grid.with_suffix(".npz").is_file()

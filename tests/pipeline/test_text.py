@@ -128,13 +128,11 @@ def text_run(tmp_path_factory, encoder_offline):
     return out
 
 
-def test_smoke_text_pipeline_samples_from_a_prompt(text_run, tmp_path):
+def test_smoke_text_pipeline_samples_from_a_prompt(text_run, tmp_path, cli):
     out = tmp_path / "prompts.png"
-    r = subprocess.run([sys.executable, "-m", "extensions.text", "sample", "--ckpt",
-                        str(text_run / "stage2_N4.pt"), "--steps", "4",
-                        "--w", "0,2", "--prompt", "a pair of sneakers",
-                        "--prompt", "an ankle boot, leather",
-                        "--out-file", str(out)], cwd=ROOT, capture_output=True, text=True)
+    r = cli(["-m", "extensions.text", "sample", "--ckpt", str(text_run / "stage2_N4.pt"), "--steps",
+             "4", "--w", "0,2", "--prompt", "a pair of sneakers", "--prompt",
+             "an ankle boot, leather", "--out-file", str(out)])
     assert r.returncode == 0 and "captions" in r.stdout, r.stderr[-2000:]
     f = np.load(out.with_suffix(".npz"))
     assert f["x"].shape == (4, 1, 8, 8)
@@ -142,19 +140,16 @@ def test_smoke_text_pipeline_samples_from_a_prompt(text_run, tmp_path):
     assert f["y"].tolist() == [0, 1, 0, 1] and f["w"].tolist() == [0, 0, 2, 2]
 
 
-def test_prompts_need_a_text_model_and_text_runs_refuse_class_mode(text_run, tmp_path):
-    r = subprocess.run([sys.executable, "stage1.py", "--preset", "smoke", "--out", str(text_run)],
-                       cwd=ROOT, capture_output=True, text=True)
+def test_prompts_need_a_text_model_and_text_runs_refuse_class_mode(text_run, tmp_path, cli):
+    r = cli(["stage1.py", "--preset", "smoke", "--out", str(text_run)])
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--data" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "extensions.text", "sample", "--ckpt",
-                        str(text_run / "teacher.pt"), "--prompt", " "],
-                       cwd=ROOT, capture_output=True, text=True)
+    r = cli(["-m", "extensions.text", "sample", "--ckpt", str(text_run / "teacher.pt"), "--prompt",
+             " "])
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "empty" in r.stderr
     # A class-conditioned teacher (0 steps: its initial weights) takes no prompt.
     subprocess.run([sys.executable, "guidance.py", "--preset", "smoke", "--iters", "0", "--out",
                     str(tmp_path)],
                    cwd=ROOT, capture_output=True, check=True)
-    r = subprocess.run([sys.executable, "-m", "extensions.text", "sample", "--ckpt",
-                        str(tmp_path / "teacher.pt"), "--prompt", "a bag"],
-                       cwd=ROOT, capture_output=True, text=True)
+    r = cli(["-m", "extensions.text", "sample", "--ckpt", str(tmp_path / "teacher.pt"), "--prompt",
+             "a bag"])
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "class labels" in r.stderr
