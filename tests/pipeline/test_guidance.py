@@ -37,21 +37,21 @@ def test_training_lowers_the_loss_and_writes_a_safe_checkpoint(tmp_path):
 
 
 def test_stop_and_resume_is_bitwise_equal_to_one_run(tmp_path):
-    cfg = _cfg(teacher_iters=40, ckpt_every=20)
+    cfg = _cfg(teacher_iters=8, ckpt_every=4)
     whole = guidance.train(cfg, tmp_path / "whole", CPU, seed=3, progress=False)
-    guidance.train(_cfg(teacher_iters=20, ckpt_every=20), tmp_path / "split", CPU, seed=3,
+    guidance.train(_cfg(teacher_iters=4, ckpt_every=4), tmp_path / "split", CPU, seed=3,
                    progress=False)
     resumed = guidance.train(cfg, tmp_path / "split", CPU, seed=3, progress=False)
-    assert resumed["step"] == whole["step"] == 40
+    assert resumed["step"] == whole["step"] == 8
     for part in ("model", "ema"):
         for k, v in whole[part].items():
             assert torch.equal(v, resumed[part][k]), (part, k)
     for k, v in whole["optimizer"]["state"].items():
         assert all(torch.equal(v[s], resumed["optimizer"]["state"][k][s]) for s in v)
-    # Without --resume the same folder starts over and gives another result after 20 steps.
-    fresh = guidance.train(_cfg(teacher_iters=20, ckpt_every=20), tmp_path / "split", CPU, seed=4,
+    # Without --resume the same folder starts over and gives another result after 4 steps.
+    fresh = guidance.train(_cfg(teacher_iters=4, ckpt_every=4), tmp_path / "split", CPU, seed=4,
                            resume=False, progress=False)
-    assert fresh["step"] == 20
+    assert fresh["step"] == 4
 
 
 def test_resume_refuses_another_architecture(tmp_path):

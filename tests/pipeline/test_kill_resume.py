@@ -1,41 +1,34 @@
 """Kill and resume: SIGKILL the smoke pipeline at several moments across the teacher, stage 1 and
 stage 2, rerun the same command each time, and require (1) that every checkpoint on disk is
-readable after every kill, and (2) that the final weights are bitwise equal to an uninterrupted
-run. Checkpoints are atomic (temp file, fsync, rename); resuming restores weights, optimizer and
-every random stream."""
+readable after every kill, (2) that a finished stage is not trained again, and (3) that the final
+weights are bitwise equal to the uninterrupted run of the same command (conftest.py's smoke_run).
+Checkpoints are atomic (temp file, fsync, rename); resuming restores weights, optimizer and every
+random stream."""
 import random
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import torch
 
 from infra import load_checkpoint
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _cmd(out):
-    return [sys.executable, "stage2.py", "--preset", "smoke", "--steps", "4", "--out", str(out)]
+from tests.pipeline.conftest import ROOT, smoke_command
 
 
-def _stage_files(out):
-    return sorted(p.name for p in out.glob("*.pt"))
+def _stage_files(out):  # what the pipeline writes (other tests add encoders to the smoke run)
+    return sorted(p.name for p in out.glob("*.pt")
+                  if p.name in ("teacher.pt", "stage1.pt") or p.name.startswith("stage2_N"))
 
 
-def test_sigkill_at_random_moments_then_rerun_gives_bitwise_equal_weights(tmp_path):
-    # The reference: one uninterrupted run.
-    ref = tmp_path / "ref"
-    subprocess.run(_cmd(ref), cwd=ROOT, capture_output=True, check=True)
+def test_sigkill_at_random_moments_then_rerun_gives_bitwise_equal_weights(smoke_run, tmp_path):
+    ref = smoke_run[0]  # the same command, uninterrupted
 
     # Three kills: each once a stage has written its first checkpoint, after a random delay
     # (seeded), so they fall inside the teacher, stage 1 and a late stage-2 round; the same
     # command is rerun each time.
     out, rng, seen = tmp_path / "killed", random.Random(0), []
     for marker in ("teacher.pt", "stage1.pt", "stage2_N16.pt"):
-        proc = subprocess.Popen(_cmd(out), cwd=ROOT, stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen(smoke_command(out), cwd=ROOT, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         deadline = time.time() + 900
         while not (out / marker).exists() and proc.poll() is None and time.time() < deadline:
@@ -49,9 +42,13 @@ def test_sigkill_at_random_moments_then_rerun_gives_bitwise_equal_weights(tmp_pa
         for p in out.glob("*.pt"):
             load_checkpoint(p)
         seen.append(_stage_files(out))
-    r = subprocess.run(_cmd(out), cwd=ROOT, capture_output=True, text=True)
+        if marker == "stage1.pt":  # the teacher has finished: no rerun may touch it again
+            teacher_mtime = (out / "teacher.pt").stat().st_mtime_ns
+    r = subprocess.run(smoke_command(out), cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert len({tuple(s) for s in seen}) == 3, seen  # each kill found the pipeline further on
+    assert "stage2_N4.pt" not in seen[-1] and "teacher.pt: finished at step 150/150" in r.stdout
+    assert (out / "teacher.pt").stat().st_mtime_ns == teacher_mtime, "the teacher was retrained"
 
     # Every stage's final weights equal the uninterrupted run's, bit for bit.
     assert _stage_files(out) == _stage_files(ref)

@@ -1,5 +1,5 @@
 """Stage 1, stage 2 and the samplers against the exact Gaussian-mixture teacher, and the
-whole smoke pipeline end to end (with an interruption)."""
+whole smoke pipeline end to end (test_kill_resume.py interrupts it)."""
 import json
 
 import numpy as np
@@ -41,11 +41,8 @@ def test_stage1_stop_and_resume_is_bitwise_equal_to_one_run(tmp_path, monkeypatc
 
 
 # ---------------------------------------------------------------- the whole smoke pipeline
-def test_smoke_pipeline_builds_every_stage_and_resumes(smoke_run):
-    out, interrupted, teacher_mtime, stdout = smoke_run
-    assert "stage2_N4.pt" not in interrupted and "teacher.pt" in interrupted
-    assert (out / "teacher.pt").stat().st_mtime_ns == teacher_mtime, "the teacher was retrained"
-    assert "finished at step 150/150" in stdout
+def test_smoke_pipeline_builds_every_stage(smoke_run):
+    out = smoke_run[0]
     assert load_checkpoint(out / "stage1.pt", "stage1")["N"] == 1024
     for N in [512, 256, 128, 64, 32, 16, 8, 4]:
         ckpt = load_checkpoint(out / f"stage2_N{N}.pt", "stage2")
