@@ -37,6 +37,7 @@ def cli(capsys, monkeypatch):
         monkeypatch.setattr(sys, "path", [str(ROOT)] + sys.path)
         if argv[0] == "-m":
             path, args = importlib.util.find_spec(argv[1]).origin, argv[2:]
+            monkeypatch.delitem(sys.modules, argv[1], raising=False)  # run fresh, as python -m
             main = lambda: runpy.run_module(argv[1], run_name="__main__", alter_sys=True)  # noqa
         else:
             path, args = str(ROOT / argv[0]), argv[1:]

@@ -60,7 +60,7 @@ def smoke_encoders(smoke_run):
     out = smoke_run[0]
     r = subprocess.run([sys.executable, "-m", "extensions.encoder", "--preset", "smoke", "--out",
                         str(out),
-                        "--steps", "4", "--start-steps", "64"], cwd=ROOT, capture_output=True,
+                        "--steps", "4", "--start-steps", "16"], cwd=ROOT, capture_output=True,
                         text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     return out
@@ -69,7 +69,7 @@ def smoke_encoders(smoke_run):
 def test_train_encoder_and_the_edit_commands_on_the_smoke_run(smoke_encoders, tmp_path, cli):
     out = smoke_encoders
     names = sorted(p.name for p in out.glob("encoder_N*.pt"))
-    assert names == [f"encoder_N{n}.pt" for n in (16, 32, 4, 8)]
+    assert names == [f"encoder_N{n}.pt" for n in (4, 8)]
     assert load_checkpoint(out / "encoder_N4.pt", "encoder")["N"] == 4
     for args, expect in ((["sdedit", "--ckpt", str(out / "stage2_N4.pt"), "--t0", "0.5",
                            "--to-class", "7"],

@@ -121,8 +121,8 @@ def text_run(tmp_path_factory, encoder_offline):
                         "--out", str(out)],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    r = subprocess.run([sys.executable, "stage2.py", "--preset", "smoke", "--steps", "4", "--data",
-                        str(out / "data.pt")],
+    r = subprocess.run([sys.executable, "stage2.py", "--preset", "smoke", "--steps", "4",
+                        "--start-steps", "64", "--data", str(out / "data.pt")],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     return out
