@@ -38,10 +38,14 @@ def cli(capsys, monkeypatch):
         if argv[0] == "-m":
             path, args = importlib.util.find_spec(argv[1]).origin, argv[2:]
             monkeypatch.delitem(sys.modules, argv[1], raising=False)  # run fresh, as python -m
-            main = lambda: runpy.run_module(argv[1], run_name="__main__", alter_sys=True)  # noqa
+
+            def main():
+                runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
         else:
             path, args = str(ROOT / argv[0]), argv[1:]
-            main = lambda: runpy.run_path(path, run_name="__main__")  # noqa: E731
+
+            def main():
+                runpy.run_path(path, run_name="__main__")
         monkeypatch.setattr(sys, "argv", [path, *args])
         capsys.readouterr()
         try:

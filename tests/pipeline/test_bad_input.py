@@ -30,39 +30,38 @@ def run(smoke_run, tmp_path):
 
 @pytest.fixture
 def fails_cleanly(cli):
-    return lambda *args, **kwargs: _check_fails_cleanly(cli, *args, **kwargs)
-
-
-def _check_fails_cleanly(cli, argv, message, folder, after_progress=False):
-    """Exit 2 with one line on stderr (after_progress: a progress bar may come before that line)."""
-    before = _snapshot(folder)
-    r = cli(argv)
-    assert r.returncode == 2, (argv, r.returncode, r.stderr[-1500:])
-    lines = r.stderr.strip().split("\n")
-    assert "Traceback" not in r.stderr and (after_progress or len(lines) == 1), r.stderr[-1500:]
-    # -m extensions.edit -> edit.py; benchmarks/headline.py -> headline.py
-    script = argv[1].split(".")[-1] + ".py" if argv[0] == "-m" else Path(argv[0]).name
-    assert lines[-1].startswith(f"{script}: error: "), lines[-1]
-    assert message in r.stderr, (message, r.stderr)
-    assert _snapshot(folder) == before, "a file was written or changed"
-    return r.stderr
+    """fails_cleanly(argv, message, folder): exit 2 with one line on stderr holding message, and
+    nothing in folder written or changed (after_progress: a progress bar may come first)."""
+    def check(argv, message, folder, after_progress=False):
+        before = _snapshot(folder)
+        r = cli(argv)
+        assert r.returncode == 2, (argv, r.returncode, r.stderr[-1500:])
+        lines = r.stderr.strip().split("\n")
+        assert "Traceback" not in r.stderr and (after_progress or len(lines) == 1), r.stderr[-1500:]
+        # -m extensions.edit -> edit.py; benchmarks/headline.py -> headline.py
+        script = argv[1].split(".")[-1] + ".py" if argv[0] == "-m" else Path(argv[0]).name
+        assert lines[-1].startswith(f"{script}: error: "), lines[-1]
+        assert message in r.stderr, (message, r.stderr)
+        assert _snapshot(folder) == before, "a file was written or changed"
+        return r.stderr
+    return check
 
 
 def test_steps_not_a_power_of_two(run, fails_cleanly):
     fails_cleanly(["stage2.py", "--preset", "smoke", "--steps", "3", "--out", str(run)],
-                   "not a power of two", run)
+                  "not a power of two", run)
 
 
 def test_start_steps_larger_than_the_teachers_N(run, fails_cleanly):
     fails_cleanly(["stage2.py", "--preset", "smoke", "--steps", "4", "--start-steps", "2048",
-                    "--out", str(run)],
-                   "larger than the teacher's N = 1024", run)
+                   "--out", str(run)],
+                  "larger than the teacher's N = 1024", run)
 
 
 def test_steps_not_reached_by_dividing_by_stage2_k(run, fails_cleanly):
     fails_cleanly(["stage2.py", "--preset", "smoke", "--steps", "2", "--set", "stage2_k=4",
-                    "--start-steps", "64", "--out", str(run)],
-                   "not reached from 64 by dividing by stage2_k = 4; use one of [16, 4, 1]", run)
+                   "--start-steps", "64", "--out", str(run)],
+                  "not reached from 64 by dividing by stage2_k = 4; use one of [16, 4, 1]", run)
 
 
 def test_w_outside_the_trained_range_is_a_warning_with_the_range(run, tmp_path, cli):
@@ -74,29 +73,29 @@ def test_w_outside_the_trained_range_is_a_warning_with_the_range(run, tmp_path, 
 
 def test_checkpoint_of_the_wrong_stage(run, fails_cleanly):
     fails_cleanly(["-m", "extensions.edit", "encode", "--ckpt", str(run / "stage2_N4.pt")],
-                   "holds stage 'stage2'", run)
+                  "holds stage 'stage2'", run)
 
 
 def test_truncated_checkpoint(run, fails_cleanly):
     data = (run / "teacher.pt").read_bytes()
     (run / "teacher.pt").write_bytes(data[: len(data) // 2])
     fails_cleanly(["sample.py", "--ckpt", str(run / "teacher.pt")], "is not a readable checkpoint",
-                   run)
+                  run)
     # Resuming from it is refused too, and the broken file is left for the user to delete.
     fails_cleanly(["guidance.py", "--preset", "smoke", "--out", str(run)], "delete it and rerun",
-                   run)
+                  run)
 
 
 def test_corrupted_checkpoint(run, fails_cleanly):
     (run / "stage1.pt").write_bytes(b"not a checkpoint at all" * 100)
     fails_cleanly(["sample.py", "--ckpt", str(run / "stage1.pt")], "is not a readable checkpoint",
-                   run)
+                  run)
 
 
 def test_checkpoint_of_another_image_size(run, fails_cleanly):
     fails_cleanly(["guidance.py", "--preset", "smoke", "--set", "resolution=16", "--out",
-                    str(run)],
-                   "was trained with other resolution", run)
+                   str(run)],
+                  "was trained with other resolution", run)
 
 
 def test_checkpoint_of_another_dataset(run, tmp_path, fails_cleanly):
@@ -104,8 +103,8 @@ def test_checkpoint_of_another_dataset(run, tmp_path, fails_cleanly):
     # is wrong.
     write_cifar10(tmp_path, np.random.default_rng(0), 4)
     fails_cleanly(["guidance.py", "--preset", "smoke", "--set", "dataset='cifar10'", "--data-dir",
-                    str(tmp_path),
-                    "--out", str(run)], "was trained with other dataset", run)
+                   str(tmp_path),
+                   "--out", str(run)], "was trained with other dataset", run)
 
 
 def test_truncated_image_in_cifar10_class_folders(tmp_path, fails_cleanly):
@@ -114,20 +113,20 @@ def test_truncated_image_in_cifar10_class_folders(tmp_path, fails_cleanly):
     jpeg = tmp_path / "train" / "horse" / "0001.jpg"
     jpeg.write_bytes(jpeg.read_bytes()[:200])
     fails_cleanly(["guidance.py", "--preset", "smoke", "--set", "dataset='cifar10'", "--data-dir",
-                    str(tmp_path), "--out", str(tmp_path / "out")],
-                   f"{jpeg}: unreadable image", tmp_path)
+                   str(tmp_path), "--out", str(tmp_path / "out")],
+                  f"{jpeg}: unreadable image", tmp_path)
 
 
 def test_missing_dataset(tmp_path, fails_cleanly):
     fails_cleanly(["guidance.py", "--preset", "cifar10", "--data-dir", str(tmp_path / "none"),
-                    "--out", str(tmp_path / "out")], "cifar-10-batches-py", tmp_path)
+                   "--out", str(tmp_path / "out")], "cifar-10-batches-py", tmp_path)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_device_cuda_without_cuda(tmp_path, fails_cleanly):
     fails_cleanly(["stage2.py", "--preset", "smoke", "--device", "cuda", "--out",
-                    str(tmp_path / "out")],
-                   "no CUDA device", tmp_path)
+                   str(tmp_path / "out")],
+                  "no CUDA device", tmp_path)
     assert not (tmp_path / "out").exists()
 
 
@@ -139,14 +138,14 @@ def test_unwritable_out(tmp_path, fails_cleanly):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")  # a folder cannot be made below a file, whoever runs the test
     fails_cleanly(["stage2.py", "--preset", "smoke", "--out", str(blocker / "run")],
-                   "cannot create the folder", tmp_path)
+                  "cannot create the folder", tmp_path)
 
 
 def test_unwritable_out_file(run, fails_cleanly):
     (run / "a_file").write_text("x")
     fails_cleanly(["sample.py", "--ckpt", str(run / "stage2_N4.pt"), "--out-file",
-                    str(run / "a_file" / "g.png")],
-                   "--out-file's folder", run)
+                   str(run / "a_file" / "g.png")],
+                  "--out-file's folder", run)
 
 
 @pytest.mark.parametrize("argv", [["guidance.py", "--preset", "smoke", "--batch-size", "0"],
@@ -166,12 +165,12 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     good = (out / "teacher.pt").read_bytes()
     # Resume with an absurd learning rate: the weights blow up within a few steps.
     err = fails_cleanly(["guidance.py", "--preset", "smoke", "--iters", "150", "--set", "lr=1e30",
-                          "--out", str(out)],
-                         "keeps the last good weights", out, after_progress=True)
+                         "--out", str(out)],
+                        "keeps the last good weights", out, after_progress=True)
     assert "loss became" in err and (out / "teacher.pt").read_bytes() == good
     new = tmp_path / "new"
     fails_cleanly(["guidance.py", "--preset", "smoke", "--set", "lr=1e30", "--out", str(new)],
-                   "no checkpoint was written", new, after_progress=True)
+                  "no checkpoint was written", new, after_progress=True)
 
 
 @pytest.mark.parametrize("setting,message", [("lr=abc", "--set lr='abc': expected float"),
@@ -181,7 +180,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
                                              ("lr=1e999", "--set lr=inf: must be a finite number")])
 def test_set_checks_the_type_of_each_value(setting, message, tmp_path, fails_cleanly):
     fails_cleanly(["guidance.py", "--preset", "smoke", "--set", setting, "--out", str(tmp_path)],
-                   message, tmp_path)
+                  message, tmp_path)
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -217,4 +216,4 @@ def test_abbreviated_options_are_refused(argv, run, cli):
 
 def test_headline_teacher_steps_must_be_full_or_positive(run, fails_cleanly):
     fails_cleanly(["benchmarks/headline.py", "--run", str(run), "--teacher-steps", "64", "0"],
-                   "--teacher-steps 64 0: give 'full' or positive step counts", run)
+                  "--teacher-steps 64 0: give 'full' or positive step counts", run)
