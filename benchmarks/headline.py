@@ -107,7 +107,8 @@ def targets(rows, backends, teacher_N, preset=None):
                     for m in ("fid", "kid"):
                         v = ra[k][m] / rb[k][m] if rb[k][m] > 0 else float("nan")
                         met = v <= goal if at_most else v >= goal
-                        cells.append(f"{v:.2f} {'met' if met else 'missed'}")
+                        digits = 3 if f"{v:.2f}" == f"{goal:.2f}" else 2  # 1.103 missed, not 1.10
+                        cells.append(f"{v:.{digits}f} {'met' if met else 'missed'}")
                 sign = "≤" if at_most else "≥"
                 lines.append(f"| {label.format(ref[1])} | {sign} {goal:g} | {w:g} | "
                              + " | ".join(cells) + " |")

@@ -238,6 +238,10 @@ def test_headline_targets_are_ratios_against_their_goals():
     # The cifar10_cpu preset's 1-step goal; the ratios take DDIM rows, never the stochastic ones.
     md = headline.targets(rows, ["effnet"], 1024, "cifar10_cpu")
     assert "| student 1 / teacher 64 | ≤ 1.6 | 1 | 1.40 met | 2.00 missed |" in md
+    # A ratio that rounds to its goal shows a third digit, so "missed" never reads 1.10 <= 1.1.
+    md = headline.targets([row("teacher", 64, 100.0, 0.1), row("stage2", 4, 110.3, 0.1)],
+                          ["effnet"], 1024)
+    assert "| student 4 / teacher 64 | ≤ 1.1 | 1 | 1.103 missed | 1.00 met |" in md
     stochastic = row("stage2", 4, 10.0, 0.001) | dict(sampler="stochastic")
     assert headline.targets(rows + [stochastic], ["effnet"], 1024) == \
         headline.targets(rows, ["effnet"], 1024)
