@@ -108,7 +108,7 @@ PRESETS = {
                 stage2_iters_small=500, stage2_lr=2e-4, distill_ckpt_every=50,
                 # ~55 min report: 200 samples per row; features at 128 px (224 px is 3x slower here)
                 eval_n=200, eval_feature_size=128, eval_all_w_max_N=64),
-    # CIFAR-10 32x32 in colour, the whole pipeline 64 -> 1 steps in ~100 minutes on 2 CPU cores
+    # CIFAR-10 32x32 in colour, the whole pipeline 64 -> 1 steps in ~90 minutes on 2 CPU cores
     # [here]; minutes per stage in docs/results.md. At 32 px the full-resolution level costs most
     # of a step, so it is narrow (16 channels) and the width sits at 16, 8 and 4 px: 1.09M
     # parameters train at ~160 img/s here, where ch=32 x (1, 2, 2) (1.1M) trains at ~67.
