@@ -72,6 +72,7 @@ _BASE = dict(
     ae_ema_decay=0.999,
     latent=None,                  # set by a --data file of latents (extensions/autoencoder.py)
     text=None,                    # set by a --data file of captions (extensions/text.py)
+    condition=None,               # ... with the network for its y vectors (data.condition_network)
     # evaluation (evaluate.py): the FID / IS protocol, written next to every number
     eval_features="effnet",       # effnet (EfficientNet-Lite0) | inception (the standard FID's)
     eval_feature_size=224,        # images are resized to this for the feature network

@@ -146,7 +146,8 @@ def training_set(cfg, data_dir="data", data_file=None):
     Without data_file: the dataset's images (N, C, H, W) uint8 and class labels (N,).
     With data_file (written by an extension: latents, captions): its tensors x and y, stored as
     they are fed to the model, and cfg updated with the file's config entries (e.g. 'latent': how
-    to decode samples; 'text': the captions), which every checkpoint then carries. This is the one
+    to decode samples; 'text': the captions; 'condition': a network for vector y, see
+    condition_network), which every checkpoint then carries. This is the one
     seam through which extensions reach the training scripts; nothing here knows what x or y mean.
     """
     if data_file is None:
@@ -180,6 +181,17 @@ def _program(raw, device):
     return _PROGRAMS[key]
 
 
+def condition_network(cfg):
+    """A data file's network for vector conditions y (B, d) -> (B, width), with its initial
+    weights (an exported program: extensions/text.py's caption MLP), which the U-Net trains in
+    place of its class table; None for class labels. Its null input is the zero vector."""
+    if not cfg.get("condition"):
+        return None
+    raw = cfg["condition"]["program"].numpy().tobytes()
+    program = torch.export.load(io.BytesIO(raw)).module()  # a fresh, trainable copy each call
+    return torch.fx.GraphModule(program, program.graph)  # a plain module: train() / eval() work
+
+
 def decode(x, cfg):
     """The seam's other end: what a model sampled -> images in [-1, 1]. Pixels pass through; a
     latent model's config carries its decoder as an exported program (torch.export, written by
@@ -191,7 +203,8 @@ def encode(x, cfg):  # images in [-1, 1] -> a latent model's scaled latents (its
     return _program(cfg["latent"]["encoder"], x.device)(x.float())
 
 
-def space(cfg):  # what a config's model works on, in words: pixels or latents; labels or captions
+def describe_space(cfg):
+    """In words, what a config's model works on: pixels or latents; class labels or captions."""
     lat, txt = cfg.get("latent"), cfg.get("text")
     where = "pixels" if not lat else f"latents ({lat['channels']} x {lat['size']}^2)"
     return where + (f", captions ({txt['encoder']})" if txt else ", class labels")

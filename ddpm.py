@@ -34,8 +34,8 @@ from tqdm import tqdm
 LOGSNR_MIN, LOGSNR_MAX = -20.0, 20.0
 
 
-def _bcast(a, x):
-    """Reshape a per-example tensor (B,) so it broadcasts against x (B, ...)."""
+def unsqueeze_like(a, x):
+    """A per-example tensor a (B,) with trailing 1s added so it broadcasts against x (B, ...)."""
     return a.reshape(a.shape + (1,) * (x.ndim - a.ndim))  # (B, 1, 1, 1) for images
 
 
@@ -60,7 +60,7 @@ def alpha_sigma(logsnr):
 def alpha_sigma_at(t, like):
     """alpha_t, sigma_t at time t, shaped to broadcast against the tensor `like`."""
     alpha, sigma = alpha_sigma(logsnr_schedule(t))
-    return _bcast(alpha, like), _bcast(sigma, like)  # (B, 1, 1, 1) each
+    return unsqueeze_like(alpha, like), unsqueeze_like(sigma, like)  # (B, 1, 1, 1) each
 
 
 # ---------------------------------------------------------------- forward process and conversions
@@ -95,19 +95,23 @@ def eps_from_x(z_t, x, t):
 
 
 def v_from_x(z_t, x, t):
-    """v implied by z_t and x: the student's x-space target, moved to v space."""
+    """The v for which x_from_v(z_t, v, t) returns x: an x-predicting denoiser as a v-network
+    (the tests' exact Gaussian-mixture model)."""
     return v_from_x_eps(x, eps_from_x(z_t, x, t), t)
 
 
 # ---------------------------------------------------------- one sampler step (S&H Sec. 2; DDIM)
-def ddim_step(z_t, x_hat, t, s):
+def ddim_step(z_t, x_hat, t, s, eps_hat=None):
     """Deterministic DDIM step t -> s: z_s = alpha_s x_hat + sigma_s eps_hat.
 
     Notation map to diffusers' DDIMScheduler.step: alpha_prod_t = alpha_t^2,
     pred_original_sample = x_hat, pred_epsilon = eps_hat, eta = 0.
+    eps_hat: pass it when the network gives it (eps_from_v is exact at t = 0, where eps_from_x
+    divides by sigma_0 = 4.5e-5 and float32 loses ~3e-3 of it: the encoder of extensions/).
     """
-    # 1. The noise that x_hat implies at time t.
-    eps_hat = eps_from_x(z_t, x_hat, t)  # (B, C, H, W)
+    # 1. The noise that x_hat implies at time t (unless given).
+    if eps_hat is None:
+        eps_hat = eps_from_x(z_t, x_hat, t)  # (B, C, H, W)
     # 2. Re-noise x_hat to time s with that same noise.
     alpha_s, sigma_s = alpha_sigma_at(s, z_t)
     return alpha_s * x_hat + sigma_s * eps_hat  # (B, C, H, W)
@@ -121,9 +125,9 @@ def ancestral_mean_var(z_t, x_hat, t, s, variance="large"):
     var  = (1 - r) sigma_s^2 ('small', the true posterior) or (1 - r) sigma_t^2 ('large').
     """
     logsnr_t, logsnr_s = logsnr_schedule(t), logsnr_schedule(s)
-    r = _bcast(torch.exp(logsnr_t - logsnr_s), z_t)  # (B, 1, 1, 1)
-    alpha_t, sigma_t = (_bcast(u, z_t) for u in alpha_sigma(logsnr_t))
-    alpha_s, sigma_s = (_bcast(u, z_t) for u in alpha_sigma(logsnr_s))
+    r = unsqueeze_like(torch.exp(logsnr_t - logsnr_s), z_t)  # (B, 1, 1, 1)
+    alpha_t, sigma_t = (unsqueeze_like(u, z_t) for u in alpha_sigma(logsnr_t))
+    alpha_s, sigma_s = (unsqueeze_like(u, z_t) for u in alpha_sigma(logsnr_s))
     mean = r * (alpha_s / alpha_t) * z_t + (1 - r) * alpha_s * x_hat  # (B, C, H, W)
     var = (1 - r) * (sigma_s**2 if variance == "small" else sigma_t**2)  # (B, 1, 1, 1)
     return mean, var
@@ -143,7 +147,7 @@ def forward_mean_var(z_s, s, t):
     alpha_s, _ = alpha_sigma(logsnr_s)
     alpha_t, sigma_t = alpha_sigma(logsnr_t)
     var = (1 - torch.exp(logsnr_t - logsnr_s)) * sigma_t**2  # (B,)
-    return _bcast(alpha_t / alpha_s, z_s) * z_s, _bcast(var, z_s)
+    return unsqueeze_like(alpha_t / alpha_s, z_s) * z_s, unsqueeze_like(var, z_s)
 
 
 def renoise(z_s, s, t, eps):
@@ -154,16 +158,16 @@ def renoise(z_s, s, t, eps):
 
 def stochastic_mean_var(z_t, x_hat, t, s):
     """Meng et al.'s N-step stochastic sampler, one step t -> s = t - 1/N, as a
-    Gaussian (mean, var): a DDIM step of twice the length, to k = t - 2/N (>= 0), then noise
-    added back to s with q(z_s | z_k).
+    Gaussian (mean, var): a DDIM step of twice the length, to t_past = t - 2/N (>= 0), then
+    noise added back to s with q(z_s | z_t_past).
 
     What it assumes: an N-step student was distilled for DDIM steps of 1/N, but here each of its
     x_hat drives a jump of 2/N, including the jump 2/N -> 0 before the last step (which then
     returns x_hat). The students here are trained for DDIM steps only, with no special case for
     these longer jumps; the report's stochastic rows measure what they cost.
     """
-    k = (2 * s - t).clamp(min=0)  # (B,)
-    return forward_mean_var(ddim_step(z_t, x_hat, t, k), k, s)
+    t_past = (2 * s - t).clamp(min=0)  # (B,) one step past s
+    return forward_mean_var(ddim_step(z_t, x_hat, t, t_past), t_past, s)
 
 
 def stochastic_step(z_t, x_hat, t, s, noise):

@@ -46,8 +46,8 @@ from config import PRESETS, UserError, get_config
 from data import DATASETS, decode, encode, load_dataset, to_float
 from features import feature_net, feature_size, features
 from report import check_targets, plot, write_report
-from sample import SAMPLERS, generate, sampling_stage, warn_w_range
-from unet import load
+from sample import SAMPLERS, check_sampler, generate, image_seeds, sampling_stage, warn_w_range
+from unet import from_checkpoint
 
 KID_REF_N = 2000  # reference images kept (as features) for KID
 
@@ -183,7 +183,7 @@ def run_row(row, run, cfg, seed, device, models):
     """Sample one row's eval_n images and time it -> x (n, C, H, W) in [-1, 1], ms per image."""
     if row["file"] not in models:
         ckpt = infra.load_checkpoint(run / row["file"])
-        model = load(ckpt, device).to(memory_format=torch.channels_last)
+        model = from_checkpoint(ckpt, device).to(memory_format=torch.channels_last)
         generate(ckpt, model, torch.zeros(2, dtype=torch.long), torch.zeros(2), 1, "ddim", [0, 1],
                  device)  # warm up
         models[row["file"]] = ckpt, model
@@ -191,7 +191,7 @@ def run_row(row, run, cfg, seed, device, models):
     n = cfg["eval_n"]
     y = torch.arange(n) % DATASETS[cfg["dataset"]]["n_classes"]  # (n,) balanced classes
     w = torch.full((n,), row["w"])  # (n,)
-    seeds = seed * 1_000_003 + torch.arange(n)  # (n,) the same noise in every row
+    seeds = image_seeds(seed, n)  # (n,) the same noise in every row
     t0 = time.perf_counter()
     x = generate(ckpt, model, y, w, row["N"], row["sampler"], seeds, device, cfg["eval_batch"])
     return x, 1000 * (time.perf_counter() - t0) / n
@@ -327,9 +327,7 @@ def main(argv=None):
               "fid_vs_is.png, grids/")
         return
     warn_w_range([args.w], ckpt)
-    if args.sampler not in SAMPLERS[stage]:
-        raise UserError(f"--sampler {args.sampler} does not apply to a {stage} checkpoint; "
-                        f"use one of {', '.join(SAMPLERS[stage])}")
+    check_sampler(args.sampler, stage)
     extract = feature_net(cfg["eval_features"], cfg["eval_feature_size"], device)
     ref = reference_stats(cfg, extract, args.stats_dir, args.data_dir)
     row = dict(model=stage, file=Path(args.ckpt).name, sampler=args.sampler,

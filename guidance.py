@@ -25,14 +25,14 @@ from tqdm import tqdm
 import ddpm
 import infra
 from config import UserError
-from data import load_dataset, random_batch, space, training_set
+from data import load_dataset, random_batch, describe_space, training_set
 from unet import from_config
 
 
 # ---------------------------------------------------------------- the guided prediction
 def null_condition(model, y):
-    """The null condition, shaped like y: the null class for labels (B,), zeros for captions
-    (B, text_dim), which the text U-Net swaps for its learned null embedding."""
+    """The null condition, shaped like y: the null class for labels (B,); for vectors (B, d) the
+    zero vector, which a data file's condition network maps to its learned null."""
     return torch.zeros_like(y) if y.is_floating_point() else torch.full_like(y, model.null_class)
 
 
@@ -45,18 +45,46 @@ def guided_x_hat(model, z_t, t, y, w):
     (1 + w) and -w sum to 1, so the affine map passes through the combination unchanged.
     """
     B = z_t.shape[0]
-    null = null_condition(model, y)  # (B,) null class or (B, text_dim) zeros
+    null = null_condition(model, y)  # like y
     v_hat = model(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([y, null]))  # (2B, C, H, W)
     x_hat = ddpm.x_from_v(torch.cat([z_t, z_t]), v_hat, torch.cat([t, t]))  # (2B, C, H, W)
     x_hat_c, x_hat_u = x_hat[:B], x_hat[B:]  # (B, C, H, W) each
     w = torch.as_tensor(w, dtype=z_t.dtype, device=z_t.device).expand(B)  # (B,)
-    w = ddpm._bcast(w, z_t)  # (B, 1, 1, 1)
+    w = ddpm.unsqueeze_like(w, z_t)  # (B, 1, 1, 1)
     return (1 + w) * x_hat_c - w * x_hat_u
 
 
+# ---------------------------------------------------------------- predictors for the samplers
+# A predictor is x_hat = predict(z_t, t) (ddpm.py's sampling loops and stage2.teacher_target).
 def guided_predictor(model, y, w):
-    """A predictor x_hat = predict(z_t, t) for the sampling loops of ddpm.py: 2 calls per step."""
+    """The guided teacher: x_hat_w of guided_x_hat, 2 network calls per step."""
     return lambda z_t, t: guided_x_hat(model, z_t, t, y, w)
+
+
+def student_predictor(model, y, w):
+    """A w-conditioned student (stage 1 or 2): x_hat(z_t, w) in 1 network call per step.
+    With a network that has no w input and w = None: its conditional prediction, in one call."""
+    return lambda z_t, t: ddpm.x_from_v(z_t, model(z_t, t, y, w), t)
+
+
+def predictor_for(stage, model, y, w):
+    """The predictor of a checkpoint's stage: the guided teacher, else a w-student. An encoder's
+    U-Net (extensions/encoder.py) has no w input and ignores w."""
+    return guided_predictor(model, y, w) if stage == "teacher" else student_predictor(model, y, w)
+
+
+# ---------------------------------------------------------------- the teacher's loss
+def teacher_loss(net, x, y, t, eps, weighting):
+    """S&H Algorithm 1 with CFG's label dropout (y already holds the null class where dropped):
+
+        z_t = alpha_t x + sigma_t eps,   loss = omega(lambda_t) ||x - x_hat(z_t, y)||^2
+
+    with x_hat from the network's v_hat (x_hat = alpha_t z_t - sigma_t v_hat) -> a scalar.
+    x, eps (B, C, H, W), y (B,) with nulls, t (B,); weighting names omega (ddpm.LOSS_WEIGHTS)."""
+    z_t = ddpm.q_sample(x, t, eps)  # (B, C, H, W)
+    v_hat = net(z_t, t, y)  # (B, C, H, W), bf16 under autocast
+    x_hat = ddpm.x_from_v(z_t, v_hat.float(), t)  # (B, C, H, W)
+    return ddpm.weighted_x_loss(x_hat, x, t, weighting)
 
 
 # ---------------------------------------------------------------- the teacher's training loop
@@ -71,11 +99,11 @@ def train(cfg, out, device, pairs=None, seed=0, resume=True, progress=True):
     net = infra.wrap(model)  # DDP under torchrun: call it forward; gradients averaged over ranks
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = infra.make_optimizer(model, cfg["lr"], cfg["weight_decay"], device)
-    gens = {"data": torch.Generator().manual_seed(seed),  # batch indices, flips
+    rngs = {"data": torch.Generator().manual_seed(seed),  # batch indices, flips
             "noise": torch.Generator(device).manual_seed(seed + 1)}  # t, eps, label dropout
     iters, start, ckpt = cfg["teacher_iters"], 0, None
     if resume:  # same architecture and data, or a clear error
-        start, ckpt = infra.resume(ckpt_path, "teacher", cfg, model, ema, opt, gens)
+        start, ckpt = infra.resume(ckpt_path, "teacher", cfg, model, ema, opt, rngs)
         if ckpt:
             print(f"{ckpt_path}: {'finished' if start >= iters else 'resuming'} at step "
                   f"{start}/{iters}")
@@ -86,34 +114,31 @@ def train(cfg, out, device, pairs=None, seed=0, resume=True, progress=True):
     losses, running, t0 = [], 0.0, time.time()
     for step in bar:
         # Data: a batch; each label (or caption) becomes null with probability p_uncond.
-        # x (B, C, H, W), y (B,) labels or (B, text_dim) captions
-        x, y = random_batch(images, labels, B, gens["data"], cfg["randflip"], device)
-        drop = torch.rand(B, generator=gens["noise"], device=device) < cfg["p_uncond"]  # (B,)
-        y = torch.where(ddpm._bcast(drop, y), null_condition(model, y), y)  # (B,) or (B, text_dim)
+        # x (B, C, H, W), y (B,) labels (or (B, d) vectors of a data file)
+        x, y = random_batch(images, labels, B, rngs["data"], cfg["randflip"], device)
+        drop = torch.rand(B, generator=rngs["noise"], device=device) < cfg["p_uncond"]  # (B,)
+        y = torch.where(ddpm.unsqueeze_like(drop, y), null_condition(model, y), y)  # like y
 
-        # Forward process at t ~ U[0, 1]: z_t = alpha_t x + sigma_t eps.
-        t = torch.rand(B, generator=gens["noise"], device=device)  # (B,)
-        eps = torch.randn(x.shape, generator=gens["noise"], device=device)  # (B, C, H, W)
+        # Noise: t ~ U[0, 1] and eps ~ N(0, I), for z_t = alpha_t x + sigma_t eps.
+        t = torch.rand(B, generator=rngs["noise"], device=device)  # (B,)
+        eps = torch.randn(x.shape, generator=rngs["noise"], device=device)  # (B, C, H, W)
         x, y, t, eps = infra.shard(x, y, t, eps)  # this process's B / K examples (torchrun)
 
-        # Predict v, convert to x_hat, weight the x-space error by omega(lambda_t); backward.
-        # In grad_accum micro-batches of b = B / grad_accum (1 by default): the same gradient.
+        # Loss: omega(lambda_t) ||x - x_hat(z_t, y)||^2 (teacher_loss); backward. In grad_accum
+        # micro-batches of b = B / grad_accum examples (1 by default): the same gradient.
         loss = 0.0
         for x, y, t, eps in infra.micro_batches(net, cfg["grad_accum"], x, y, t, eps):
-            z_t = ddpm.q_sample(x, t, eps)  # (b, C, H, W)
             with infra.autocast(cfg, device):  # bf16 network on CUDA; the rest stays fp32
-                v_hat = net(z_t, t, y)  # (b, C, H, W)
-            x_hat = ddpm.x_from_v(z_t, v_hat.float(), t)  # (b, C, H, W)
-            part = ddpm.weighted_x_loss(x_hat, x, t, cfg["loss_weight"]) / cfg["grad_accum"]
-            part.backward()
-            loss += part.detach()
+                micro_loss = teacher_loss(net, x, y, t, eps, cfg["loss_weight"]) / cfg["grad_accum"]
+            micro_loss.backward()
+            loss += micro_loss.detach()
         infra.check_finite(loss, step, ckpt_path)
 
         # Update: linear warm-up, clip the gradient norm, AdamW, EMA.
         lr = cfg["lr"] * min(1.0, (step + 1) / max(1, cfg["warmup"]))
         grad_norm = infra.optimizer_step(model, opt, lr, cfg["grad_clip"])
         infra.ema_update(ema, model, cfg["ema_decay"], step)
-        losses.append(infra.mean(loss).item())  # the global batch's loss
+        losses.append(infra.mean_over_ranks(loss).item())  # the global batch's loss
         running = 0.99 * running + 0.01 * losses[-1] if step > start else losses[-1]
         bar.set_postfix(loss=f"{running:.4f}")
 
@@ -122,7 +147,7 @@ def train(cfg, out, device, pairs=None, seed=0, resume=True, progress=True):
         if done % cfg["ckpt_every"] == 0 or done == iters:
             elapsed = time.time() - t0
             ckpt = infra.checkpoint_dict("teacher", cfg["teacher_N"], cfg, model, ema, opt, done,
-                                         gens)
+                                         rngs)
             infra.save_checkpoint(ckpt, ckpt_path)
             infra.log_metrics(out, dict(stage="teacher", step=done, loss=sum(losses) / len(losses),
                                         lr=lr, grad_norm=grad_norm, seconds=elapsed,
@@ -133,7 +158,7 @@ def train(cfg, out, device, pairs=None, seed=0, resume=True, progress=True):
             losses, t0 = [], time.time()
     bar.close()
     if ckpt is None:  # zero iterations: save the initial weights
-        ckpt = infra.checkpoint_dict("teacher", cfg["teacher_N"], cfg, model, ema, opt, 0, gens)
+        ckpt = infra.checkpoint_dict("teacher", cfg["teacher_N"], cfg, model, ema, opt, 0, rngs)
         infra.save_checkpoint(ckpt, ckpt_path)
     return ckpt
 
@@ -164,7 +189,7 @@ def main(argv=None):
         raise UserError(f"--p-uncond {cfg['p_uncond']}: a probability, in [0, 1]")
     x, y, cfg = training_set(cfg, args.data_dir, args.data)  # images, or an extension's latents
     print(f"teacher: preset {cfg['preset']}, {cfg['dataset']} {cfg['resolution']}px on "
-          f"{space(cfg)}, device {device}, run folder {out}")
+          f"{describe_space(cfg)}, device {device}, run folder {out}")
     train(cfg, out, device, (x, y), args.seed, args.resume)
     print(f"wrote {out / 'teacher.pt'}" + (f"; grids in {out / 'grids'}" if cfg["grid_w"] else ""))
 

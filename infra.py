@@ -22,7 +22,7 @@ from torchvision.utils import save_image
 
 import ddpm
 from config import DEFAULT_PRESET, PRESETS, UserError, get_config
-from data import DATASETS, conditions, data_shape, decode, space
+from data import DATASETS, conditions, data_shape, decode, describe_space
 
 
 # ---------------------------------------------------------------- command line
@@ -155,7 +155,7 @@ def wrap(model):
     return model if world() == 1 else nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-def mean(x):  # the mean of a scalar over the ranks (the global batch's loss, for logging)
+def mean_over_ranks(x):  # all-reduce: a scalar's mean over the ranks (the global batch's loss)
     if world() > 1:
         x = x.detach().clone()
         dist.all_reduce(x)
@@ -212,26 +212,26 @@ def load_checkpoint(path, stage=None):
     return ckpt
 
 
-def rng_state(gens):
+def rng_state(rngs):
     """Every random stream as tensors (generators, torch's global one, CUDA's): bitwise resume."""
-    state = {name: g.get_state() for name, g in gens.items()} | {"torch": torch.get_rng_state()}
+    state = {name: g.get_state() for name, g in rngs.items()} | {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
-def checkpoint_dict(stage, N, cfg, model, ema, opt, step, gens):
+def checkpoint_dict(stage, N, cfg, model, ema, opt, step, rngs):
     """Everything a stage needs to resume or to be sampled: primitives and state_dicts."""
     return dict(stage=stage, N=N, w_range=[cfg["w_min"], cfg["w_max"]], config=cfg, step=step,
                 model=model.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(),
-                rng=rng_state(gens))
+                rng=rng_state(rngs))
 
 
 MODEL_KEYS = ("dataset", "resolution", "ch", "ch_mult", "num_res_blocks", "attn_resolutions",
               "attn_head_dim")  # a checkpoint resumes only under the same architecture and data
 
 
-def resume(path, stage, cfg, model, ema, opt, gens):
+def resume(path, stage, cfg, model, ema, opt, rngs):
     """Load weights, optimizer and random streams from `path` if it exists -> (step, ckpt)."""
     if not path.exists():
         return 0, None
@@ -239,8 +239,9 @@ def resume(path, stage, cfg, model, ema, opt, gens):
     kind = lambda c: ((c.get("latent") or {}).get("scale_factor"),
                       bool(c.get("text")))  # noqa: E731
     if kind(ckpt["config"]) != kind(cfg):
-        raise UserError(f"{path} holds a model of {space(ckpt['config'])}, this run is on "
-                        f"{space(cfg)}; pass the same --data (or none), or use another --out")
+        raise UserError(f"{path} holds a model of {describe_space(ckpt['config'])}, this run is "
+                        f"on {describe_space(cfg)}; pass the same --data (or none), or use "
+                        "another --out")
     changed = [k for k in MODEL_KEYS if ckpt["config"][k] != cfg[k]]
     if changed:
         raise UserError(f"{path} was trained with other {', '.join(changed)}; "
@@ -248,7 +249,7 @@ def resume(path, stage, cfg, model, ema, opt, gens):
     model.load_state_dict(ckpt["model"])
     ema.load_state_dict(ckpt["ema"])
     opt.load_state_dict(ckpt["optimizer"])
-    for name, g in gens.items():
+    for name, g in rngs.items():
         g.set_state(ckpt["rng"][name])
     torch.set_rng_state(ckpt["rng"]["torch"])
     if torch.cuda.is_available() and "cuda" in ckpt["rng"]:

@@ -29,10 +29,9 @@ import torch
 import ddpm
 import infra
 from config import UserError
-from data import DATASETS, conditions, data_shape, decode, space, to_uint8
-from guidance import guided_predictor
-from stage1 import student_predictor
-from unet import load
+from data import DATASETS, conditions, data_shape, decode, describe_space, to_uint8
+from guidance import predictor_for
+from unet import from_checkpoint
 
 SAMPLERS = {"teacher": ("ddim", "ancestral"), "stage1": ("ddim", "ancestral"),
             "stage2": ("ddim", "stochastic")}
@@ -61,20 +60,25 @@ def warn_w_range(ws, ckpt):
               file=sys.stderr)
 
 
+def image_seeds(seed, n):
+    """The noise seeds of images 0..n-1 for a run's --seed: image k's noise depends on (seed, k)
+    only, never on the batch it is sampled in."""
+    return seed * 1_000_003 + torch.arange(n)  # (n,) a prime stride: runs' seeds never overlap
+
+
+def check_sampler(sampler, stage):
+    """--sampler must apply to the checkpoint's stage (SAMPLERS), or a one-line error."""
+    if sampler not in SAMPLERS[stage]:
+        raise UserError(f"--sampler {sampler} does not apply to a {stage} checkpoint; "
+                        f"use one of {', '.join(SAMPLERS[stage])}")
+
+
 def image_noise(seeds, shape, device):
     """Per-image generators -> (z_1 (n, C, H, W), noise(i) for the later steps)."""
-    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    rngs = [torch.Generator().manual_seed(int(s)) for s in seeds]
     draw = lambda: torch.stack([torch.randn(shape,
-                                            generator=g) for g in gens]).to(device)  # noqa: E731
+                                            generator=g) for g in rngs]).to(device)  # noqa: E731
     return draw(), lambda i: draw()
-
-
-def predictor(ckpt, model, y, w):
-    """predict(z_t, t) -> x_hat for a checkpoint's model: the guided teacher (2 network calls
-    per step) or a w-student (1 call). An encoder's U-Net has no w input and ignores w."""
-    if ckpt["stage"] == "teacher":
-        return guided_predictor(model, y, w)
-    return student_predictor(model, y, w)
 
 
 @torch.no_grad()
@@ -93,7 +97,7 @@ def generate(ckpt, model, y, w, steps, sampler, seeds, device, batch_size=256, c
         z_1, noise = image_noise(seeds[lo:lo + batch_size], shape, device)
         z_1 = z_1.contiguous(memory_format=torch.channels_last)  # +20-45 % on CPU
         yb, wb = y[lo:lo + batch_size].to(device), w[lo:lo + batch_size].to(device)
-        predict = predictor(ckpt, model, yb, wb)
+        predict = predictor_for(ckpt["stage"], model, yb, wb)
         x = ddpm.sample_loop(predict, z_1, steps, ddpm.make_step(sampler, noise), clip)
         out.append(decode(x, cfg).float().cpu())  # (b, C, H, W) pixels
     return infra.gather(torch.cat(out))  # every process's images, in order
@@ -135,9 +139,7 @@ def run(args, columns=None, prompts=()):
         raise UserError(f"--w {args.w}: every guidance weight must be a finite number")
     if steps < 1 or args.rows < 1 or args.batch_size < 1:
         raise UserError("--steps, --rows and --batch-size must be >= 1")
-    if args.sampler not in SAMPLERS[stage]:
-        raise UserError(f"--sampler {args.sampler} does not apply to a {stage} checkpoint; "
-                        f"use one of {', '.join(SAMPLERS[stage])}")
+    check_sampler(args.sampler, stage)
     warn_w_range(ws, ckpt)
     if stage == "stage2" and steps != ckpt["N"]:
         print(f"warning: this student was distilled for N = {ckpt['N']} steps; {steps} steps "
@@ -150,8 +152,8 @@ def run(args, columns=None, prompts=()):
     col = torch.arange(n_cols).repeat(len(ws) * args.rows)  # (n,)
     y = columns[col]  # (n,) classes or (n, d) caption embeddings
     w = torch.tensor(ws).repeat_interleave(args.rows * n_cols)  # (n,)
-    seeds = args.seed * 1_000_003 + torch.arange(args.rows * n_cols).repeat(len(ws))  # (n,)
-    model = load(ckpt, device, args.weights).to(memory_format=torch.channels_last)
+    seeds = image_seeds(args.seed, args.rows * n_cols).repeat(len(ws))  # (n,) the same per row
+    model = from_checkpoint(ckpt, device, args.weights).to(memory_format=torch.channels_last)
     name = f"samples_{Path(args.ckpt).stem}_{args.sampler}{steps}.png"
     out = Path(args.out_file or Path(args.out or Path(args.ckpt).parent) / name)
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
@@ -167,7 +169,7 @@ def run(args, columns=None, prompts=()):
     infra.save_images(x, out, n_cols)
     np.savez(out.with_suffix(".npz"), x=to_uint8(x).numpy(), y=col.numpy(), w=w.numpy(),
              prompts=np.array(list(prompts), dtype=str))  # y: the class, or the prompt's index
-    print(f"{stage} ({Path(args.ckpt).name}) on {space(ckpt['config'])}, {args.sampler}, "
+    print(f"{stage} ({Path(args.ckpt).name}) on {describe_space(ckpt['config'])}, {args.sampler}, "
           f"{steps} steps, {len(y)} images: {calls} network calls per image, {seconds:.1f} s "
           f"({1000 * seconds / len(y):.1f} ms per image)")
     print(f"wrote {out} and {out.with_suffix('.npz')}")

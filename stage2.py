@@ -12,8 +12,9 @@ N halves. Per example:
               (i = 0, t'' = 0: x_tilde = the teacher's x_hat(z_t'))
     loss = max(SNR_t, 1) * ||x_hat_student(z_t, w) - x_tilde||^2
 
-A fresh optimizer each round, lr decaying linearly to 0, no EMA. Missing prerequisites build
-themselves: without teacher.pt or stage1.pt in the run folder, those stages run first. The
+A fresh optimizer each round, lr decaying linearly to 0, no EMA (as in stage1.py). One command
+runs the whole method: `pipeline` trains the teacher, stage 1 and the rounds in order, each
+skipped when its checkpoint in the run folder is finished. The
 first teacher is the stage-1 student sampled with stage2_start_N DDIM steps: 1024 in the paper;
 the cpu preset starts at 64, where its small model's sampler is already saturated.
 
@@ -33,33 +34,77 @@ import torch
 from tqdm import tqdm
 
 import ddpm
+import guidance
 import infra
 import stage1
 from config import UserError
-from data import load_dataset, random_batch, space, training_set
-from unet import load
+from data import load_dataset, random_batch, describe_space, training_set
+from unet import from_checkpoint
 
 
-def teacher_target(teacher_predict, z_t, t, N, k=2):
-    """Teacher: k DDIM steps of size 1/(kN) from t to t'' = t - 1/N -> (x_tilde, z_t'').
+def solve_x_tilde(z_t, t, z_t2, t2):
+    """The x_tilde whose one DDIM step t -> t'' lands on z_t'' (S&H Algorithm 2): solve
+    alpha_t'' x + sigma_t'' (z_t - alpha_t x) / sigma_t = z_t'' for x."""
+    alpha_t, sigma_t = ddpm.alpha_sigma_at(t, z_t)  # (B, 1, 1, 1) each
+    alpha_t2, sigma_t2 = ddpm.alpha_sigma_at(t2, z_t)  # at t''
+    ratio = sigma_t2 / sigma_t  # (B, 1, 1, 1)
+    return (z_t2 - ratio * z_t) / (alpha_t2 - ratio * alpha_t)  # (B, C, H, W)
 
-    k = 2 is S&H Algorithm 2 (t -> t' = t - 0.5/N -> t''); k = 4 distils four teacher steps into
-    one per round (64 -> 16 -> 4 -> 1), the idea of TRACT (Berthelot et al. 2023). x_tilde is the
-    x_hat whose single DDIM step t -> t'' lands exactly on z_t''. One line of algebra: solve
-    alpha_t'' x + sigma_t'' (z_t - alpha_t x) / sigma_t = z_t'' for x.
+
+def teacher_target(teacher_predict, z_t, t, N):
+    """S&H Algorithm 2: the 2N-step teacher's two DDIM steps t -> t' -> t'' -> (x_tilde, z_t'').
+
+    t (B,) is on the student's grid, t = (i + 1) / N; teacher_predict(z, s) -> x_hat (guided by
+    the same w as the student). The half step comes first: t' = t - 0.5/N, then t'' = t - 1/N.
     """
+    t1, t2 = t - 0.5 / N, t - 1.0 / N  # t', t''  (B,)
+    x_hat_t = teacher_predict(z_t, t)  # (B, C, H, W)
+    z_t1 = ddpm.ddim_step(z_t, x_hat_t, t, t1)  # z_t'
+    x_hat_t1 = teacher_predict(z_t1, t1)  # (B, C, H, W)
+    z_t2 = ddpm.ddim_step(z_t1, x_hat_t1, t1, t2)  # z_t''
+    # x_tilde = (z_t'' - (sigma_t''/sigma_t) z_t) / (alpha_t'' - (sigma_t''/sigma_t) alpha_t)
+    x_tilde = solve_x_tilde(z_t, t, z_t2, t2)  # (B, C, H, W)
+    # i = 0 (t'' = 0, sigma_t'' = 0): x_tilde would be z_t'' = the teacher's x_hat(z_t'); the
+    # sampler's last step returns x_hat itself, so the target is exactly that x_hat.
+    last = ddpm.unsqueeze_like(t2 < 0.5 / N, z_t)  # (B, 1, 1, 1)
+    return torch.where(last, x_hat_t1, x_tilde), z_t2
+
+
+def teacher_target_k(teacher_predict, z_t, t, N, k):
+    """k teacher DDIM steps of 1/(kN) from t to t'' = t - 1/N -> (x_tilde, z_t''): the same
+    target for stage2_k = k, e.g. 4 (64 -> 16 -> 4 -> 1, the idea of TRACT, Berthelot et al.
+    2023). For k = 2 it equals teacher_target bit for bit (tests/math)."""
     z = z_t
-    for j in range(k):  # t - j/(kN) -> t - (j+1)/(kN); for k = 2: t -> t' -> t''
+    for j in range(k):  # t - j/(kN) -> t - (j+1)/(kN)
         s, s_next = t - j / (k * N), t - (j + 1) / (k * N)  # (B,)
         x_hat = teacher_predict(z, s)  # (B, C, H, W)
         z = ddpm.ddim_step(z, x_hat, s, s_next)  # (B, C, H, W)
-    alpha_t, sigma_t = ddpm.alpha_sigma_at(t, z_t)
-    alpha_2, sigma_2 = ddpm.alpha_sigma_at(s_next, z_t)  # at t''
-    ratio = sigma_2 / sigma_t  # (B, 1, 1, 1)
-    x_tilde = (z - ratio * z_t) / (alpha_2 - ratio * alpha_t)  # (B, C, H, W)
-    # i = 0: the student's last step returns x_hat itself, so match the teacher's last x_hat.
-    last = ddpm._bcast(s_next < 0.5 / N, z_t)
-    return torch.where(last, x_hat, x_tilde), z
+    last = ddpm.unsqueeze_like(s_next < 0.5 / N, z_t)  # i = 0: the teacher's last x_hat
+    return torch.where(last, x_hat, solve_x_tilde(z_t, t, z, s_next)), z
+
+
+def stage2_loss(student, teacher, x, y, w, i, eps, N, weighting, k=2):
+    """One halving round's objective for one batch (S&H Algorithm 2, w as an input) -> a scalar:
+
+        t = (i + 1)/N,  z_t = alpha_t x + sigma_t eps,  x_tilde from the teacher (no grad)
+        loss = omega(lambda_t) ||x_hat_student(z_t, w) - x_tilde||^2
+
+    x, eps (B, C, H, W), y (B,), w (B,), i (B,) in {0..N-1}; k teacher steps per student step."""
+    t = (i + 1).to(x.dtype) / N  # (B,) on the N-step student's grid
+    z_t = ddpm.q_sample(x, t, eps)  # (B, C, H, W)
+
+    # Teacher: two DDIM steps t -> t' -> t'' with the same w (k if not 2), and x_tilde (no grad).
+    with torch.no_grad():
+        predict = guidance.student_predictor(teacher, y, w)
+        if k == 2:
+            x_tilde, _ = teacher_target(predict, z_t, t, N)  # (B, C, H, W)
+        else:
+            x_tilde, _ = teacher_target_k(predict, z_t, t, N, k)
+
+    # Student: one step, the same z_t and w (x_hat is never clipped inside the loss).
+    v_hat = student(z_t, t, y, w)  # (B, C, H, W)
+    x_hat = ddpm.x_from_v(z_t, v_hat.float(), t)  # (B, C, H, W)
+    return ddpm.weighted_x_loss(x_hat, x_tilde, t, weighting)
 
 
 def round_iters(cfg, N):
@@ -71,87 +116,78 @@ def train_round(cfg, out, device, ckpt, N, pairs, seed=0, resume=True, progress=
     """One halving round: the 2N-step model in `ckpt` (kN-step for stage2_k = k) teaches a copy
     of itself to take N steps, into out/stage2_N{N}.pt -> its checkpoint."""
     # Set-up: the frozen 2N-step teacher, the student (a copy of it), Adam, random streams.
-    teacher = load(ckpt, device)
-    student = load(ckpt, device).train().requires_grad_(True)
+    teacher = from_checkpoint(ckpt, device)
+    student = from_checkpoint(ckpt, device).train().requires_grad_(True)
     net = infra.wrap(student)  # DDP under torchrun
     name, iters, lr = f"stage2_N{N}", round_iters(cfg, N), cfg["stage2_lr"]
     ckpt_path, (images, labels) = out / f"{name}.pt", pairs
-    ema = copy.deepcopy(student).requires_grad_(False)  # decay 0 (S&H): a copy of the weights
+    ema = copy.deepcopy(student).requires_grad_(False)  # a copy of the weights: see stage1.py
     opt = infra.make_optimizer(student, lr, 0.0, device)  # fresh every round
-    gens = {"data": torch.Generator().manual_seed(seed + N),
+    rngs = {"data": torch.Generator().manual_seed(seed + N),
             "noise": torch.Generator(device).manual_seed(seed + N + 1)}
     start, ckpt = 0, None
     if resume:  # an unfinished run continues bitwise; another architecture is a clear error
-        start, ckpt = infra.resume(ckpt_path, "stage2", cfg, student, ema, opt, gens)
+        start, ckpt = infra.resume(ckpt_path, "stage2", cfg, student, ema, opt, rngs)
 
     B, losses, t0 = cfg["batch_size"], [], time.time()
     bar = tqdm(range(start, iters), initial=start, total=iters, desc=name,
                disable=not progress or not infra.is_main())
     for step in bar:
         # Data, w ~ U[w_min, w_max], a time on the student's grid t = (i + 1) / N, and z_t.
-        # x (B, C, H, W), y (B,) labels or (B, text_dim) captions
-        x, y = random_batch(images, labels, B, gens["data"], cfg["randflip"], device)
-        u = torch.rand(B, generator=gens["noise"], device=device)  # (B,) uniform in [0, 1)
+        # x (B, C, H, W), y (B,) labels (or (B, d) vectors of a data file)
+        x, y = random_batch(images, labels, B, rngs["data"], cfg["randflip"], device)
+        u = torch.rand(B, generator=rngs["noise"], device=device)  # (B,) uniform in [0, 1)
         w = cfg["w_min"] + (cfg["w_max"] - cfg["w_min"]) * u  # (B,)
-        i = torch.randint(N, (B,), generator=gens["noise"], device=device)  # (B,)
-        eps = torch.randn(x.shape, generator=gens["noise"], device=device)  # (B, C, H, W)
+        i = torch.randint(N, (B,), generator=rngs["noise"], device=device)  # (B,)
+        eps = torch.randn(x.shape, generator=rngs["noise"], device=device)  # (B, C, H, W)
         x, y, w, i, eps = infra.shard(x, y, w, i, eps)  # this process's B / K examples (torchrun)
+        # Loss: max(SNR_t, 1) ||x_hat(z_t, w) - x_tilde||^2, x_tilde from two teacher DDIM steps
+        # without grad (stage2_loss); backward, in grad_accum micro-batches.
         loss = 0.0
         for x, y, w, i, eps in infra.micro_batches(net, cfg["grad_accum"], x, y, w, i, eps):
-            t = (i + 1).to(x.dtype) / N  # (b,), b = B / grad_accum (default: B)
-            z_t = ddpm.q_sample(x, t, eps)  # (b, C, H, W)
-
-            # Teacher: two DDIM steps t -> t' -> t'' with the same w (no grad; stage2_k steps if
-            # not 2), and the x_tilde whose one step t -> t'' lands on the teacher's z_t''.
-            with torch.no_grad(), infra.autocast(cfg, device):
-                x_tilde, _ = teacher_target(stage1.student_predictor(teacher, y, w), z_t, t, N,
-                                            cfg["stage2_k"])  # (b, C, H, W), fp32
-
-            # Student: one step, the same z_t and w (x_hat is never clipped inside the loss).
-            with infra.autocast(cfg, device):
-                v_hat = net(z_t, t, y, w)  # (b, C, H, W)
-            x_hat = ddpm.x_from_v(z_t, v_hat.float(), t)  # (b, C, H, W)
-
-            # Loss: max(SNR_t, 1) ||x_hat - x_tilde||^2 (cfg loss_weight); backward.
-            part = ddpm.weighted_x_loss(x_hat, x_tilde, t, cfg["loss_weight"]) / cfg["grad_accum"]
-            part.backward()
-            loss += part.detach()
+            with infra.autocast(cfg, device):  # bf16 networks on CUDA; the rest stays fp32
+                micro_loss = stage2_loss(net, teacher, x, y, w, i, eps, N, cfg["loss_weight"],
+                                         cfg["stage2_k"]) / cfg["grad_accum"]
+            micro_loss.backward()
+            loss += micro_loss.detach()
         infra.check_finite(loss, step, ckpt_path)
 
         # Update: lr decays linearly to 0, clip the gradient norm, Adam.
         step_lr = lr * (1 - step / iters)
         grad_norm = infra.optimizer_step(student, opt, step_lr, cfg["grad_clip"])
         infra.ema_update(ema, student, cfg["distill_ema_decay"], step)
-        losses.append(infra.mean(loss).item())  # the global batch's loss
+        losses.append(infra.mean_over_ranks(loss).item())  # the global batch's loss
         bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
 
         # Every distill_ckpt_every steps and at the end: checkpoint, metrics line, sample grid.
         done = step + 1
         if done % cfg["distill_ckpt_every"] == 0 or done == iters:
             elapsed = time.time() - t0
-            ckpt = infra.checkpoint_dict("stage2", N, cfg, student, ema, opt, done, gens)
+            ckpt = infra.checkpoint_dict("stage2", N, cfg, student, ema, opt, done, rngs)
             infra.save_checkpoint(ckpt, ckpt_path)
             infra.log_metrics(out, dict(stage=name, N=N, step=done, loss=sum(losses) / len(losses),
                                         lr=step_lr, grad_norm=grad_norm, seconds=elapsed,
                                         img_per_s=len(losses) * B / elapsed))
-            infra.save_grid(lambda y, w: stage1.student_predictor(ema, y, w),
+            infra.save_grid(lambda y, w: guidance.student_predictor(ema, y, w),
                             out / "grids" / f"{name}_{done:07d}.png", cfg, device,
                             min(N, cfg["grid_steps"]))
             losses, t0 = [], time.time()
     bar.close()
     if ckpt is None:  # zero iterations: the initial student
-        ckpt = infra.checkpoint_dict("stage2", N, cfg, student, ema, opt, 0, gens)
+        ckpt = infra.checkpoint_dict("stage2", N, cfg, student, ema, opt, 0, rngs)
         infra.save_checkpoint(ckpt, ckpt_path)
     return ckpt
 
 
-def train(cfg, out, device, steps, start_steps=None, pairs=None, seed=0, resume=True,
-          progress=True):
-    """Every round from start_steps / 2 down to `steps` -> the last student's checkpoint.
-    Trains the teacher and stage 1 first where they are missing or unfinished."""
+def pipeline(cfg, out, device, steps, start_steps=None, pairs=None, seed=0, resume=True,
+             progress=True):
+    """The whole method, stage after stage, each skipped if its checkpoint in `out` is finished:
+    the guided teacher -> the stage-1 w-student -> halving rounds from start_steps / 2 down to
+    `steps` -> the last student's checkpoint. resume applies to the rounds."""
     start_steps = start_steps or cfg["stage2_start_N"]
     pairs = pairs or load_dataset(cfg["dataset"], cfg["resolution"])
-    ckpt = stage1.train(cfg, out, device, pairs, seed, True, progress)
+    ckpt = guidance.train(cfg, out, device, pairs, seed, True, progress)  # teacher.pt
+    ckpt = stage1.train(cfg, out, device, ckpt, pairs, seed, True, progress)  # stage1.pt
     if ckpt["N"] < start_steps:
         raise UserError(f"stage1.pt samples with N = {ckpt['N']} steps; "
                         "--start-steps must be <= that")
@@ -197,12 +233,12 @@ def main(argv=None):
     check_steps(args.steps, start_steps, cfg["teacher_N"], cfg["stage2_k"])
     x, y, cfg = training_set(cfg, args.data_dir, args.data)  # images, or an extension's latents
     print(f"stage 2: preset {cfg['preset']}, {start_steps} -> {args.steps} steps on "
-          f"{space(cfg)}, "
+          f"{describe_space(cfg)}, "
           f"device {device}, run folder {out}")
-    ckpt = train(cfg, out, device, args.steps, start_steps, (x, y), args.seed, args.resume)
+    ckpt = pipeline(cfg, out, device, args.steps, start_steps, (x, y), args.seed, args.resume)
     grid = out / f"stage2_N{args.steps}.png"
-    model = load(ckpt, device).to(memory_format=torch.channels_last)
-    infra.save_grid(lambda y, w: stage1.student_predictor(model, y, w), grid, cfg, device,
+    model = from_checkpoint(ckpt, device).to(memory_format=torch.channels_last)
+    infra.save_grid(lambda y, w: guidance.student_predictor(model, y, w), grid, cfg, device,
                     args.steps)
     rows = f" and {grid} (rows w = {', '.join(map(str, cfg['grid_w']))})" if cfg["grid_w"] else ""
     print(f"wrote {out / f'stage2_N{args.steps}.pt'}{rows}: {args.steps} network "

@@ -6,11 +6,12 @@ conv, self-attention (after the ResBlock, and always in the middle) at the featu
 `attn_resolutions`, strided-conv down,
 nearest-neighbour up. Conditioning, summed into one embedding `emb` of width 4*ch:
   - time:  sinusoidal features of 1000*t -> MLP (the official code feeds
-           arctan(exp(-lambda/2)) / (pi/2), which equals t for the cosine schedule).
+           arctan(exp(-lambda/2)) / (pi/2), which is t + O(3e-5) here: the truncation of the
+           cosine schedule to lambda in [-20, 20] shifts it by at most 2.9e-5).
   - class: an embedding table with n_classes + 1 rows; row n_classes is the *null class*
-           used for the unconditional branch of classifier-free guidance.
-  - text:  (text_dim > 0, extensions/text.py) y is a sentence embedding (B, text_dim) -> MLP, in
-           place of the class table; an all-zero y means null: a learned vector null_text.
+           used for the unconditional branch of classifier-free guidance. (A data file may
+           replace the table by its own network for vector conditions y (B, d), e.g. captions:
+           data.condition_network; the U-Net only adds its output.)
   - w:     (students only, Meng et al. stage one) sinusoidal features of 1000*w -> MLP whose
            last layer starts at zero, so a fresh w-student equals its teacher for every w.
 2-D points (the toy2d preset) get `MLP`: the same conditioning and call signature, no convs.
@@ -25,8 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from config import DEFAULT_PRESET, PRESETS, get_config
-from data import DATASETS, data_shape
+from config import DEFAULT_PRESET, PRESETS, UserError, get_config
+from data import DATASETS, condition_network, data_shape
 
 
 def timestep_embedding(t, dim, scale=1000.0, max_period=10_000.0):
@@ -92,22 +93,18 @@ class ResBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    """v_hat = UNet(z_t, t, y, w): z_t (B, C, H, W), t (B,) in [0, 1], y (B,) long labels or
-    (B, text_dim) sentence embeddings, w (B,) or None."""
+    """v_hat = UNet(z_t, t, y, w): z_t (B, C, H, W), t (B,) in [0, 1], y (B,) long labels (or
+    what `condition` takes), w (B,) or None."""
 
     def __init__(self, in_ch=1, resolution=16, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
                  attn_resolutions=(), attn_head_dim=0, dropout=0.0, n_classes=10, w_cond=False,
-                 text_dim=0):
+                 condition=None):
         super().__init__()
         self.ch, self.n_classes, self.null_class = ch, n_classes, n_classes
         emb_ch = 4 * ch
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
-        if text_dim:
-            self.text_mlp = nn.Sequential(nn.Linear(text_dim, emb_ch), nn.SiLU(),
-                                          nn.Linear(emb_ch, emb_ch))
-            # The learned null caption (classifier-free guidance's unconditional branch).
-            self.null_text = nn.Parameter(torch.randn(text_dim) / text_dim**0.5)
-        else:
+        self.condition = condition  # a module y -> (B, 4ch) in place of the class table, or None
+        if condition is None:
             self.class_emb = nn.Embedding(n_classes + 1, emb_ch)  # last row: the null class
         self.w_mlp = w_embedding(ch, emb_ch) if w_cond else None
 
@@ -139,16 +136,10 @@ class UNet(nn.Module):
                 res *= 2
         self.norm_out, self.conv_out = norm(c), nn.Conv2d(c, in_ch, 3, padding=1)
 
-    def condition(self, y):
-        """Labels (B,) or sentence embeddings (B, text_dim) -> (B, 4ch)."""
-        if not hasattr(self, "text_mlp"):
-            return self.class_emb(y)
-        null = (y == 0).all(dim=1, keepdim=True)  # (B, 1)
-        return self.text_mlp(torch.where(null, self.null_text.to(y.dtype), y))
-
     def forward(self, z_t, t, y, w=None):
-        # Conditioning: time + class or text (+ w), one vector per example.
-        emb = self.time_mlp(timestep_embedding(t, self.ch)) + self.condition(y)  # (B, 4ch)
+        # Conditioning: time + class (+ w), one vector per example.
+        cond = self.class_emb(y) if self.condition is None else self.condition(y)  # (B, 4ch)
+        emb = self.time_mlp(timestep_embedding(t, self.ch)) + cond  # (B, 4ch)
         if self.w_mlp is not None:
             if w is None:
                 raise ValueError("this U-Net is w-conditioned: pass w (B,)")
@@ -208,16 +199,21 @@ def from_config(cfg, w_cond=False):
     """The network a preset describes: a U-Net sized for images or, with cfg['latent'], for
     latents; the MLP for 2-D points (1x1 "images", the toy2d preset)."""
     (channels, resolution, _), info = data_shape(cfg), DATASETS[cfg["dataset"]]
+    condition = condition_network(cfg)  # None: class labels
+    if condition is not None and cfg["condition"]["width"] != 4 * cfg["ch"]:
+        raise UserError(f"the data file's condition network gives {cfg['condition']['width']}-d "
+                        f"vectors, this U-Net (ch = {cfg['ch']}) adds {4 * cfg['ch']}-d ones; "
+                        "write the data file with the --preset you train with")
     if resolution == 1:  # points (the mixture2d dataset), not images
         return MLP(channels, cfg["ch"], cfg["num_res_blocks"], info["n_classes"], w_cond)
     return UNet(in_ch=channels, resolution=resolution, ch=cfg["ch"],
                 ch_mult=tuple(cfg["ch_mult"]), num_res_blocks=cfg["num_res_blocks"],
                 attn_resolutions=tuple(cfg["attn_resolutions"]), attn_head_dim=cfg["attn_head_dim"],
                 dropout=cfg["dropout"], n_classes=info["n_classes"], w_cond=w_cond,
-                text_dim=cfg["text"]["dim"] if cfg.get("text") else 0)
+                condition=condition)
 
 
-def load(ckpt, device, weights="ema"):
+def from_checkpoint(ckpt, device, weights="ema"):
     """The network a checkpoint holds (w-conditioned for stage1 and stage2), in eval mode,
     built with dropout 0: students train without dropout (official distillation configs), and eval
     mode ignores it."""

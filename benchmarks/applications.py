@@ -20,13 +20,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ddpm  # noqa: E402
-from unet import load  # noqa: E402
+from unet import from_checkpoint  # noqa: E402
 from extensions import edit, encoder  # noqa: E402
 from infra import load_checkpoint, pick_device, save_images  # noqa: E402
 from data import load_dataset, to_float  # noqa: E402
 from evaluate import eval_config, reference_stats, score  # noqa: E402
 from features import feature_net  # noqa: E402
-from sample import image_noise, predictor  # noqa: E402
+from guidance import predictor_for  # noqa: E402
+from sample import image_noise, image_seeds  # noqa: E402
 
 
 def main():
@@ -43,7 +44,8 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     run, device = Path(args.run), pick_device(args.device)
-    model_of = lambda f: (lambda c: (c, load(c, device)))(load_checkpoint(run / f))  # noqa: E731
+    model_of = lambda f: (lambda c: (c, from_checkpoint(c, device)))(  # noqa: E731
+        load_checkpoint(run / f))
     teacher, student = model_of("teacher.pt"), model_of("stage2_N4.pt")
     ddim_encoder = model_of("encoder_N4.pt")
     cfg = eval_config(teacher[0])
@@ -59,20 +61,22 @@ def main():
     T, k = args.teacher_steps, round(args.t0 * 4)  # the 4-step student's grid: t0 = k / 4
 
     def noise_for():
-        return image_noise(args.seed * 1_000_003 + torch.arange(args.n), x.shape[1:], device)
+        return image_noise(image_seeds(args.seed, args.n), x.shape[1:], device)
 
     def sdedit(model, steps):
         z, noise = noise_for()
-        return edit.sdedit(predictor(*model, to, w), x, args.t0, steps, z, "ddim", noise)
+        predict = predictor_for(model[0]["stage"], model[1], to, w)
+        return edit.sdedit(predict, x, args.t0, steps, z, "ddim", noise)
 
     def inpaint(model, steps, sampler="ddim", particles=1):
         _, noise = noise_for()
-        predict = predictor(*model, y.repeat_interleave(particles), w.repeat_interleave(particles))
+        predict = predictor_for(model[0]["stage"], model[1], y.repeat_interleave(particles),
+                                w.repeat_interleave(particles))
         return edit.inpaint(predict, x, known, steps, noise, sampler, particles)
 
     def transfer(enc, enc_steps, dec, dec_steps, cls, ww):
         z_1 = encoder.ddim_encode(encoder.v_predictor(enc[1], y), x, enc_steps)
-        return ddpm.sample_ddim(predictor(*dec, cls, ww), z_1, dec_steps)
+        return ddpm.sample_ddim(predictor_for(dec[0]["stage"], dec[1], cls, ww), z_1, dec_steps)
 
     zero = torch.zeros_like(w)
     # application, model, calls, run(), faithfulness name (or, for transfers, the reconstruction

@@ -26,7 +26,7 @@ from evaluate import eval_config, reference_stats, run_row, score  # noqa: E402
 from features import feature_net  # noqa: E402
 from extensions import text  # noqa: E402
 from infra import load_checkpoint, pick_device, run_cli  # noqa: E402
-from unet import load  # noqa: E402
+from unet import from_checkpoint  # noqa: E402
 
 
 def main():
@@ -84,7 +84,7 @@ def main():
         for file in {r[1] for r in rows if not Path(r[1]).is_absolute()}:
             ckpt = load_checkpoint(run / file)
             ckpt["config"]["text"]["test"] = ckpt["config"]["text"]["train"]
-            models[file] = ckpt, load(ckpt, device).to(memory_format=torch.channels_last)
+            models[file] = ckpt, from_checkpoint(ckpt, device).to(memory_format=torch.channels_last)
     for model, file, sampler, N, w in rows:
         # Sample the row for the held-out captions, classify, score.
         x, ms = run_row(dict(model=model, file=file, sampler=sampler, N=N, w=w), run, cfg,

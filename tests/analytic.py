@@ -6,9 +6,6 @@ import torch
 import torch.nn as nn
 
 import ddpm
-import guidance
-import stage1
-import stage2
 from data import GaussianMixture
 from unet import timestep_embedding
 
@@ -59,22 +56,3 @@ class TinyStudent(nn.Module):
                  nn.functional.one_hot(y, self.n_classes + 1).float(),
                  timestep_embedding(w / 4, 16)]
         return self.net(torch.cat(feats, 1)).to(z_t.dtype)
-
-
-def stage1_loss(student, teacher, x, y, w, t, eps, weighting):
-    """The lines of stage1.train's loop for one batch: the teacher's guided x_hat as the target."""
-    z_t = ddpm.q_sample(x, t, eps)
-    with torch.no_grad():
-        target = guidance.guided_x_hat(teacher, z_t, t, y, w)
-    x_hat = ddpm.x_from_v(z_t, student(z_t, t, y, w), t)
-    return ddpm.weighted_x_loss(x_hat, target, t, weighting)
-
-
-def stage2_loss(student, teacher, x, y, w, i, N, eps, weighting="snr_trunc", k=2):
-    """The lines of stage2.train_round's loop for one batch: x_tilde of k teacher DDIM steps."""
-    t = (i + 1).to(x.dtype) / N
-    z_t = ddpm.q_sample(x, t, eps)
-    with torch.no_grad():
-        x_tilde, _ = stage2.teacher_target(stage1.student_predictor(teacher, y, w), z_t, t, N, k)
-    x_hat = ddpm.x_from_v(z_t, student(z_t, t, y, w), t)
-    return ddpm.weighted_x_loss(x_hat, x_tilde, t, weighting)

@@ -5,12 +5,15 @@ import torch
 import torch.nn as nn
 
 import ddpm
+import guidance
 import stage1
 import stage2
 from config import get_config
-from tests.analytic import (MIX, AnalyticModel, TinyStudent, check_class_moments, stage1_loss,
-                            stage2_loss)
-from unet import from_config, load
+from guidance import teacher_loss
+from stage1 import stage1_loss
+from stage2 import stage2_loss
+from tests.analytic import MIX, AnalyticModel, TinyStudent, check_class_moments
+from unet import from_config, from_checkpoint
 
 
 # ---------------------------------------------------------------- the stage-2 target
@@ -21,7 +24,7 @@ def _target_batch(N):
     y = torch.arange(B) % MIX.n_classes
     w = torch.rand(B, generator=g, dtype=torch.float64) * 4
     z_t = torch.randn(B, MIX.dim, generator=g, dtype=torch.float64)
-    return i, (i + 1).double() / N, stage1.student_predictor(AnalyticModel(MIX), y, w), z_t
+    return i, (i + 1).double() / N, guidance.student_predictor(AnalyticModel(MIX), y, w), z_t
 
 
 @pytest.mark.parametrize("N", [1, 2, 8, 64])
@@ -29,8 +32,7 @@ def test_x_tilde_makes_one_student_step_land_on_the_teachers_two(N):
     i, t, predict, z_t = _target_batch(N)
     x_tilde, z_t2 = stage2.teacher_target(predict, z_t, t, N)
 
-    # The teacher's two steps go to t' = t - 0.5/N first, then t'' = t - 1/N (not swapped),
-    # computed exactly as S&H Algorithm 2 writes them (the k-step loop changes no bit).
+    # The teacher's two steps go to t' = t - 0.5/N first, then t'' = t - 1/N (not swapped).
     t1, t2 = t - 0.5 / N, t - 1.0 / N
     z_t1 = ddpm.ddim_step(z_t, predict(z_t, t), t, t1)
     assert torch.equal(z_t2, ddpm.ddim_step(z_t1, predict(z_t1, t1), t1, t2))
@@ -50,7 +52,7 @@ def test_x_tilde_makes_one_student_step_land_on_the_teachers_two(N):
 def test_x_tilde_of_four_teacher_steps(N):
     """stage2_k = 4 (TRACT-style): four teacher steps of 1/(4N), and one student step lands."""
     i, t, predict, z_t = _target_batch(N)
-    x_tilde, z_end = stage2.teacher_target(predict, z_t, t, N, k=4)
+    x_tilde, z_end = stage2.teacher_target_k(predict, z_t, t, N, 4)
     ts = [t - j / (4 * N) for j in range(5)]  # t, t - 1/(4N), ..., t'' = t - 1/N
     zs = [z_t]
     for a, b in zip(ts, ts[1:]):
@@ -66,6 +68,72 @@ def test_x_tilde_of_four_teacher_steps(N):
     if N == 1:  # from z_1: the teacher's whole 4-step sampler ends on x_tilde
         assert torch.allclose(ddpm.sample_ddim(predict, z_t, 4, clip=False), x_tilde, atol=1e-12)
     assert not torch.allclose(x_tilde, stage2.teacher_target(predict, z_t, t, N)[0])  # k matters
+
+
+@pytest.mark.parametrize("N", [1, 2, 8, 64])
+def test_the_k_step_target_equals_the_two_step_target_for_k_2(N):
+    i, t, predict, z_t = _target_batch(N)
+    for a, b in zip(stage2.teacher_target(predict, z_t, t, N),
+                    stage2.teacher_target_k(predict, z_t, t, N, 2)):
+        assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------- the losses that train
+def _loss_batch(n=512, seed=3):
+    """Mixture data in float64, w in [0, 4], t in [0.02, 1] (omega = max(SNR, 1) <= ~1e3)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % MIX.n_classes
+    x = MIX.sample(y, g)  # (n, 2) float64
+    w = torch.rand(n, generator=g, dtype=torch.float64) * 4
+    t = 0.02 + 0.98 * torch.rand(n, generator=g, dtype=torch.float64)
+    return x, y, w, t, torch.randn(n, MIX.dim, generator=g, dtype=torch.float64)
+
+
+def test_teacher_loss_is_the_weighted_x_error_of_z_t():
+    """guidance.teacher_loss, by hand: an oracle that knows eps has loss 0, and a network that
+    predicts v_hat = 0 has x_hat = alpha_t z_t, so x - x_hat = sigma_t v with v = alpha_t eps -
+    sigma_t x, and loss = mean_b max(SNR_b, 1) sigma_b^2 mean(v_b^2)."""
+    x, y, _, t, eps = _loss_batch()
+    oracle = lambda z_t, t_, y_: ddpm.v_from_x_eps(x, eps, t)  # noqa: E731
+    assert teacher_loss(oracle, x, y, t, eps, "snr_trunc") < 1e-12
+    alpha, sigma = ddpm.alpha_sigma(ddpm.logsnr_schedule(t))  # (n,) each
+    v = alpha[:, None] * eps - sigma[:, None] * x  # (n, 2)
+    by_hand = ((alpha / sigma) ** 2).clamp(min=1) * sigma**2 * v.pow(2).mean(1)  # (n,)
+    zero = lambda z_t, t_, y_: torch.zeros_like(z_t)  # noqa: E731
+    assert torch.allclose(teacher_loss(zero, x, y, t, eps, "snr_trunc"), by_hand.mean(),
+                          rtol=1e-10)
+
+
+def test_stage1_loss_is_zero_for_the_exact_guided_student_only():
+    """stage1.stage1_loss against the mixture's exact teacher: the exactly guided student
+    (1 + w) x_c - w x_u has loss 0; the conditional one misses by w (x_c - x_u) at every z_t."""
+    x, y, w, t, eps = _loss_batch()
+    teacher = AnalyticModel(MIX)
+    assert stage1_loss(teacher, teacher, x, y, w, t, eps, "snr_trunc") < 1e-12
+    conditional = lambda z_t, t_, y_, w_: teacher(z_t, t_, y_)  # noqa: E731
+    z_t = ddpm.q_sample(x, t, eps)
+    x_c = ddpm.x_from_v(z_t, teacher(z_t, t, y), t)
+    x_u = ddpm.x_from_v(z_t, teacher(z_t, t, torch.full_like(y, MIX.n_classes)), t)
+    by_hand = ddpm.weighted_x_loss(x_c, x_c + w[:, None] * (x_c - x_u), t, "snr_trunc")
+    assert torch.allclose(stage1_loss(conditional, teacher, x, y, w, t, eps, "snr_trunc"),
+                          by_hand, rtol=1e-10)
+
+
+@pytest.mark.parametrize("k, N", [(2, 1), (2, 4), (4, 2)])
+def test_stage2_loss_is_zero_for_the_student_that_predicts_x_tilde(k, N):
+    """stage2.stage2_loss: a student whose x_hat is the target x_tilde of teacher_target (or
+    teacher_target_k) at its grid time t = (i + 1)/N has loss 0; the teacher itself does not."""
+    x, y, w, _, eps = _loss_batch()
+    i = torch.arange(len(x)) % N
+    teacher = AnalyticModel(MIX)
+    target = stage2.teacher_target if k == 2 else lambda *a: stage2.teacher_target_k(*a, k)
+
+    def ideal(z_t, t, y_, w_):
+        assert torch.equal(t, (i + 1).double() / N)  # the student's own grid, including i = 0
+        x_tilde, _ = target(guidance.student_predictor(teacher, y_, w_), z_t, t, N)
+        return ddpm.v_from_x(z_t, x_tilde, t)
+    assert stage2_loss(ideal, teacher, x, y, w, i, eps, N, "snr_trunc", k) < 1e-12
+    assert stage2_loss(teacher, teacher, x, y, w, i, eps, N, "snr_trunc", k) > 1e-3
 
 
 # ---------------------------------------------------------------- stage 1
@@ -85,7 +153,8 @@ def test_fresh_stage1_student_equals_the_conditional_teacher_for_every_w():
         assert torch.equal(student(z, t, y, torch.full((6,), w)), v_c)
     # Students train without dropout, also when a later round reloads them (stage1.load_model).
     cfg_drop = {**cfg, "dropout": 0.3}
-    reloaded = load({"config": cfg_drop, "ema": student.state_dict(), "stage": "stage1"}, "cpu")
+    reloaded = from_checkpoint({"config": cfg_drop, "ema": student.state_dict(),
+                                "stage": "stage1"}, "cpu")
     for net in (stage1.init_student({**ckpt, "config": cfg_drop}, torch.device("cpu")), reloaded):
         assert all(m.p == 0 for m in net.modules() if isinstance(m, nn.Dropout))
 
@@ -127,10 +196,10 @@ def test_one_stage2_round_brings_the_student_towards_the_kN_step_teacher(k, N):
     y_e = torch.arange(MIX.n_classes).repeat(300)
     w_e = torch.rand(len(y_e), generator=g) * 4
     z_1 = torch.randn(len(y_e), MIX.dim, generator=g)
-    target = ddpm.sample_ddim(stage1.student_predictor(teacher, y_e, w_e), z_1, k * N, clip=False)
+    target = ddpm.sample_ddim(guidance.student_predictor(teacher, y_e, w_e), z_1, k * N, clip=False)
 
     def error():
-        x = ddpm.sample_ddim(stage1.student_predictor(student, y_e, w_e), z_1, N, clip=False)
+        x = ddpm.sample_ddim(guidance.student_predictor(student, y_e, w_e), z_1, N, clip=False)
         return (x - target).pow(2).sum(1).mean().item()
 
     errors = [error()]
@@ -139,7 +208,8 @@ def test_one_stage2_round_brings_the_student_towards_the_kN_step_teacher(k, N):
         y = torch.randint(MIX.n_classes, (256,), generator=g)
         x, w = MIX.sample(y, g).float(), torch.rand(256, generator=g) * 4
         i = torch.randint(N, (256,), generator=g)
-        loss = stage2_loss(student, teacher, x, y, w, i, N, torch.randn(256, 2, generator=g), k=k)
+        eps = torch.randn(256, 2, generator=g)
+        loss = stage2_loss(student, teacher, x, y, w, i, eps, N, "snr_trunc", k)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -4,14 +4,14 @@ import pytest
 import torch
 
 import ddpm
-import stage1
+import guidance
 from extensions import edit, encoder
 from tests.analytic import MIX, AnalyticModel, TinyStudent
 from tests.dtypes import Dtypes
 
 
 def analytic_predict(y, w=None):
-    return stage1.student_predictor(AnalyticModel(MIX), y, w)
+    return guidance.student_predictor(AnalyticModel(MIX), y, w)
 
 
 def analytic_v(y):

@@ -1,6 +1,7 @@
 """The layout the README promises: imports run one way, the core never imports an extension, and
 every file stays readable (<= 350 lines, <= 100 columns)."""
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,3 +53,26 @@ def test_every_file_is_short_and_narrow():
         assert len(lines) <= 350, f"{path.relative_to(ROOT)} has {len(lines)} lines"
         wide = [k + 1 for k, line in enumerate(lines) if len(line) > 100]
         assert not wide, f"{path.relative_to(ROOT)}: lines {wide[:5]} are wider than 100 columns"
+
+
+def test_every_file_and_function_the_paper_map_names_exists():
+    """docs/paper_map.md names `file.py:function` (or `file.py:Class.method`) and `file.py`:
+    `a`, `b` (functions of that file): each must resolve to a definition in that file."""
+    text = (ROOT / "docs" / "paper_map.md").read_text()
+    names = re.findall(r"`([\w/]+\.py):([\w.]+)`", text)
+    for row in text.splitlines():  # `file.py`: `a`, `b`
+        for file, rest in re.findall(r"`([\w/]+\.py)`: ((?:`\w+`(?:, )?)+)", row):
+            names += [(file, f) for f in re.findall(r"`(\w+)`", rest)]
+    code_column = [row.rstrip(" |").rsplit("|", 1)[-1] for row in text.splitlines()
+                   if row.startswith("| ")]  # the table's file:function column
+    files = {f for cell in code_column for f in re.findall(r"`([\w/]+\.py)", cell)}
+    assert len(names) >= 30, names
+    for file in files | {f for f, _ in names}:
+        assert (ROOT / file).is_file(), f"paper_map.md names {file}, which does not exist"
+    for file, dotted in names:
+        scope = ast.parse((ROOT / file).read_text())
+        for part in dotted.split("."):
+            found = [n for n in ast.iter_child_nodes(scope) if getattr(n, "name", None) == part
+                     and isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+            assert found, f"paper_map.md names {file}:{dotted}, which is not defined there"
+            scope = found[0]

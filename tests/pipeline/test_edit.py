@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 import ddpm
-import stage1
+import guidance
 from extensions import edit
 from infra import load_checkpoint
-from unet import load
+from unet import from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_inpainting_keeps_the_known_pixels_of_a_real_student(smoke_run):
     out = smoke_run[0]
     ckpt = load_checkpoint(out / "stage2_N4.pt")
-    model = load(ckpt, "cpu")
+    model = from_checkpoint(ckpt, "cpu")
     g = torch.Generator().manual_seed(0)
     x = torch.rand(6, 1, 8, 8, generator=g) * 2 - 1
     y, w = torch.arange(6) % 10, torch.full((6,), 2.0)
@@ -29,11 +29,11 @@ def test_inpainting_keeps_the_known_pixels_of_a_real_student(smoke_run):
         known = edit.make_mask(kind, x.shape, seed=3)
         assert 0 < known.mean() < 1
         noise = lambda i=0: torch.randn(x.shape, generator=g)  # noqa: E731
-        filled = edit.inpaint(stage1.student_predictor(model, y, w), x, known, 4, noise)
+        filled = edit.inpaint(guidance.student_predictor(model, y, w), x, known, 4, noise)
         assert torch.equal(filled * known, x * known)
         assert (filled * (1 - known)).abs().sum() > 0
         K = 3  # SMC copies with the stochastic sampler: the known pixels still come back exactly
-        predict = stage1.student_predictor(model, y.repeat_interleave(K), w.repeat_interleave(K))
+        predict = guidance.student_predictor(model, y.repeat_interleave(K), w.repeat_interleave(K))
         filled = edit.inpaint(predict, x, known, 4, noise, "stochastic", K)
         assert torch.equal(filled * known, x * known)
 
@@ -43,8 +43,8 @@ def test_sdedit_at_t0_near_0_returns_the_input_and_at_1_is_plain_sampling(smoke_
     """v-prediction: x_hat = alpha_t z_t - sigma_t v_hat, so at tiny t0 any network gives back
     z_t0 ~ x. At t0 = 1, z_1 = alpha_1 x + sigma_1 eps with alpha_1 = 4.5e-5: plain sampling."""
     ckpt = load_checkpoint(smoke_run[0] / "stage2_N4.pt")
-    predict = stage1.student_predictor(load(ckpt, "cpu"), torch.arange(8) % 10,
-                                       torch.full((8,), 1.0))
+    predict = guidance.student_predictor(from_checkpoint(ckpt, "cpu"), torch.arange(8) % 10,
+                                         torch.full((8,), 1.0))
     g = torch.Generator().manual_seed(0)
     x = torch.rand(8, 1, 8, 8, generator=g) * 1.8 - 0.9
     eps = torch.randn(x.shape, generator=g)

@@ -26,7 +26,7 @@ def _pipeline(out, overrides, monkeypatch=None, upstream=()):
         monkeypatch.setattr(infra, "optimizer_step", lambda model, *a: grads.append(
             torch.cat([p.grad.flatten() for p in model.parameters()])) or STEP(model, *a))
     infra.check_training(cfg)
-    stage2.train(cfg, out, torch.device("cpu"), steps=512, start_steps=1024, progress=False)
+    stage2.pipeline(cfg, out, torch.device("cpu"), steps=512, start_steps=1024, progress=False)
     ckpts = {f: load_checkpoint(out / f) for f in ("teacher.pt", "stage1.pt", "stage2_N512.pt")}
     return ckpts, grads
 

@@ -18,7 +18,7 @@ def test_stage1_stop_and_resume_is_bitwise_equal_to_one_run(tmp_path, monkeypatc
     cfg = {**get_config("smoke"), "teacher_iters": 10, "ckpt_every": 10, "stage1_iters": 20,
            "distill_ckpt_every": 10}
     cpu = torch.device("cpu")
-    guidance.train(cfg, tmp_path, cpu, progress=False)
+    teacher = guidance.train(cfg, tmp_path, cpu, progress=False)
     # One whole run, keeping a copy of the checkpoint it writes half-way ...
     snapshots = {}
 
@@ -29,10 +29,10 @@ def test_stage1_stop_and_resume_is_bitwise_equal_to_one_run(tmp_path, monkeypatc
         snapshots.setdefault((path.name, ckpt["step"]), path.read_bytes())
 
     monkeypatch.setattr(infra, "save_checkpoint", save_and_snapshot)
-    whole = stage1.train(cfg, tmp_path, cpu, progress=False)
+    whole = stage1.train(cfg, tmp_path, cpu, teacher, progress=False)
     # ... then put the half-way checkpoint back, as if the run had been killed, and rerun.
     (tmp_path / "stage1.pt").write_bytes(snapshots["stage1.pt", 10])
-    resumed = stage1.train(cfg, tmp_path, cpu, progress=False)
+    resumed = stage1.train(cfg, tmp_path, cpu, teacher, progress=False)
     assert resumed["step"] == whole["step"] == 20
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in logged if r["stage"] == "stage1"]

@@ -64,7 +64,8 @@ def test_encoder_is_offline_and_paraphrases_of_a_class_are_closer(encoder_offlin
 
 def test_unet_replaces_an_all_zero_caption_by_its_learned_null():
     torch.manual_seed(0)
-    net = UNet(in_ch=1, resolution=8, ch=16, ch_mult=(1, 2), text_dim=text.TEXT_DIM).eval()
+    condition = data.condition_network({"condition": text.condition_config(64)})  # 4 ch wide
+    net = UNet(in_ch=1, resolution=8, ch=16, ch_mult=(1, 2), condition=condition).eval()
     for p in net.parameters():  # a fresh U-Net ignores its conditioning (zero-initialized convs)
         torch.nn.init.normal_(p, std=0.1)
     z, t = torch.randn(3, 1, 8, 8), torch.rand(3)
@@ -73,7 +74,7 @@ def test_unet_replaces_an_all_zero_caption_by_its_learned_null():
     assert torch.equal(null, torch.zeros_like(y))
     with torch.no_grad():
         out_null = net(z, t, null)
-        out_explicit = net(z, t, net.null_text.detach().expand(3, -1).clone())
+        out_explicit = net(z, t, net.condition.null_text.detach().expand(3, -1).clone())
         out_y = net(z, t, y)
     assert torch.allclose(out_null, out_explicit,
                           atol=1e-6) and not torch.allclose(out_null, out_y, atol=1e-4)
