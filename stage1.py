@@ -83,7 +83,7 @@ def train(cfg, out, device, teacher_ckpt, pairs=None, seed=0, resume=True, progr
     bar = tqdm(range(start, iters), initial=start, total=iters, desc="stage1",
                disable=not progress or not infra.is_main())
     for step in bar:
-        # Data, a guidance weight per example w ~ U[w_min, w_max], and z_t at t ~ U[0, 1].
+        # Data, a guidance weight per example w ~ U[w_min, w_max], t ~ U[0, 1] and eps.
         # x (B, C, H, W), y (B,) labels (or (B, d) vectors of a data file)
         x, y = random_batch(images, labels, B, rngs["data"], cfg["randflip"], device)
         u = torch.rand(B, generator=rngs["noise"], device=device)  # (B,) uniform in [0, 1)
@@ -91,6 +91,7 @@ def train(cfg, out, device, teacher_ckpt, pairs=None, seed=0, resume=True, progr
         t = torch.rand(B, generator=rngs["noise"], device=device)  # (B,)
         eps = torch.randn(x.shape, generator=rngs["noise"], device=device)  # (B, C, H, W)
         x, y, w, t, eps = infra.shard(x, y, w, t, eps)  # this process's B / K examples (torchrun)
+
         # Loss: omega(lambda_t) ||x_hat(z_t, w) - [(1 + w) x_hat_c - w x_hat_u]||^2, the target
         # from the teacher without grad (stage1_loss); backward, in grad_accum micro-batches.
         loss = 0.0

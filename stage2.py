@@ -133,7 +133,7 @@ def train_round(cfg, out, device, ckpt, N, pairs, seed=0, resume=True, progress=
     bar = tqdm(range(start, iters), initial=start, total=iters, desc=name,
                disable=not progress or not infra.is_main())
     for step in bar:
-        # Data, w ~ U[w_min, w_max], a time on the student's grid t = (i + 1) / N, and z_t.
+        # Data, w ~ U[w_min, w_max], a step i ~ {0..N-1} of the student's grid, and eps.
         # x (B, C, H, W), y (B,) labels (or (B, d) vectors of a data file)
         x, y = random_batch(images, labels, B, rngs["data"], cfg["randflip"], device)
         u = torch.rand(B, generator=rngs["noise"], device=device)  # (B,) uniform in [0, 1)
@@ -141,6 +141,7 @@ def train_round(cfg, out, device, ckpt, N, pairs, seed=0, resume=True, progress=
         i = torch.randint(N, (B,), generator=rngs["noise"], device=device)  # (B,)
         eps = torch.randn(x.shape, generator=rngs["noise"], device=device)  # (B, C, H, W)
         x, y, w, i, eps = infra.shard(x, y, w, i, eps)  # this process's B / K examples (torchrun)
+
         # Loss: max(SNR_t, 1) ||x_hat(z_t, w) - x_tilde||^2, x_tilde from two teacher DDIM steps
         # without grad (stage2_loss); backward, in grad_accum micro-batches.
         loss = 0.0

@@ -219,7 +219,12 @@ def from_checkpoint(ckpt, device, weights="ema"):
     mode ignores it."""
     cfg = {**ckpt["config"], "dropout": 0.0}
     model = from_config(cfg, w_cond=ckpt["stage"] in ("stage1", "stage2"))  # teacher, encoder: no w
-    model.load_state_dict(ckpt[weights])
+    missing, unexpected = model.load_state_dict(ckpt[weights], strict=False)
+    if missing or unexpected:  # another version's layout: a one-line error, not a traceback
+        raise UserError(f"a {ckpt['stage']} checkpoint whose weights do not fit the network its "
+                        f"config describes (missing {missing[:2]}, unexpected {unexpected[:2]}); "
+                        "caption checkpoints of an earlier version: python -m extensions.text "
+                        "upgrade CKPT")
     return model.to(device).eval().requires_grad_(False)
 
 

@@ -195,7 +195,7 @@ def main(argv=None):
     jump = (flat(z_2) - flat(z_1)).norm(dim=1).mean()
     nums["target_err"] = ((flat(z_2s) - flat(z_2)).norm(dim=1).mean() / jump).item()
     nums["x_tilde_err"] = (flat(x_s) - flat(x_tilde)).norm(dim=1).mean().item()
-    nums["x_tilde_max"] = flat(x_tilde).abs().max().item()  # the data stay within |x_i| < 1.2
+    nums["x_tilde_max"] = flat(x_tilde).abs().max().item()  # the data stay within |x_i| < 1.1
 
     def draw_target(ax):
         a, p = ax[0], [flat(z_1)[:4], z_mid[:4], flat(z_2)[:4]]  # 4 points: z_t, z_t', z_t''

@@ -69,7 +69,7 @@ class, not the spread: the mean distance to the class mean is {sp0:.3f}, {sp1:.3
 (black); the 2-step student takes one, t = 1 -> 0.5 (red), and lands on the same z_t''. Its
 target is x_tilde (star), not the teacher's own x_hat at t = 1 (circle): x_tilde is the clean
 point whose single DDIM step reaches the teacher's z_t''. Right: x_tilde of 1000 noise points,
-every one shown: they reach |x_i| = {x_tilde_max:.2f}, well outside the data (|x_i| < 1.2).
+every one shown: they reach |x_i| = {x_tilde_max:.2f}, outside the data (all within |x_i| < 1.1).
 Guided targets leave the data on purpose. At high noise the teacher knows little more than the
 class: x_hat_c ~ mu_c (the class mean) and x_hat_u ~ mu (the mean of all data), so
 x_hat_w ~ (1 + w) mu_c - w mu = mu_c + w (mu_c - mu), a point pushed beyond its class mean, away

@@ -94,12 +94,16 @@ def test_teacher_loss_is_the_weighted_x_error_of_z_t():
     predicts v_hat = 0 has x_hat = alpha_t z_t, so x - x_hat = sigma_t v with v = alpha_t eps -
     sigma_t x, and loss = mean_b max(SNR_b, 1) sigma_b^2 mean(v_b^2)."""
     x, y, _, t, eps = _loss_batch()
-    oracle = lambda z_t, t_, y_: ddpm.v_from_x_eps(x, eps, t)  # noqa: E731
+
+    def oracle(z_t, t_, y_):  # knows x and eps
+        return ddpm.v_from_x_eps(x, eps, t)
     assert teacher_loss(oracle, x, y, t, eps, "snr_trunc") < 1e-12
     alpha, sigma = ddpm.alpha_sigma(ddpm.logsnr_schedule(t))  # (n,) each
     v = alpha[:, None] * eps - sigma[:, None] * x  # (n, 2)
     by_hand = ((alpha / sigma) ** 2).clamp(min=1) * sigma**2 * v.pow(2).mean(1)  # (n,)
-    zero = lambda z_t, t_, y_: torch.zeros_like(z_t)  # noqa: E731
+
+    def zero(z_t, t_, y_):
+        return torch.zeros_like(z_t)
     assert torch.allclose(teacher_loss(zero, x, y, t, eps, "snr_trunc"), by_hand.mean(),
                           rtol=1e-10)
 
@@ -110,7 +114,9 @@ def test_stage1_loss_is_zero_for_the_exact_guided_student_only():
     x, y, w, t, eps = _loss_batch()
     teacher = AnalyticModel(MIX)
     assert stage1_loss(teacher, teacher, x, y, w, t, eps, "snr_trunc") < 1e-12
-    conditional = lambda z_t, t_, y_, w_: teacher(z_t, t_, y_)  # noqa: E731
+
+    def conditional(z_t, t_, y_, w_):  # ignores w
+        return teacher(z_t, t_, y_)
     z_t = ddpm.q_sample(x, t, eps)
     x_c = ddpm.x_from_v(z_t, teacher(z_t, t, y), t)
     x_u = ddpm.x_from_v(z_t, teacher(z_t, t, torch.full_like(y, MIX.n_classes)), t)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import guidance
 import data
 from extensions import text
+import unet
 from config import get_config
 from unet import UNet
 
@@ -154,3 +155,29 @@ def test_prompts_need_a_text_model_and_text_runs_refuse_class_mode(text_run, tmp
     r = cli(["-m", "extensions.text", "sample", "--ckpt", str(tmp_path / "teacher.pt"), "--prompt",
              "a bag"])
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "class labels" in r.stderr
+
+
+def test_an_earlier_caption_checkpoint_upgrades_to_the_same_network(tmp_path):
+    """Before the seam, the caption MLP lived inside unet.py (keys text_mlp.*, null_text, no
+    cfg['condition']): `upgrade` moves those weights behind the seam, and the network computes
+    the same v_hat bit for bit; the upgraded file loads with weights_only=True."""
+    torch.manual_seed(0)
+    cfg = _fake_text_cfg() | dict(condition=text.condition_config(64))  # smoke: ch = 16
+    net = unet.from_config(cfg, w_cond=True)
+    for p in net.parameters():  # every weight matters, the zero-initialized ones included
+        torch.nn.init.normal_(p, std=0.1)
+    old_cfg = {k: v for k, v in cfg.items() if k != "condition"}
+    old = {k.removeprefix("condition."): v for k, v in net.state_dict().items()}
+    assert "null_text" in old and "text_mlp.0.weight" in old
+    ckpt = dict(config=old_cfg, stage="stage2", N=4, w_range=(0.0, 4.0), model=old, ema=old)
+    path = tmp_path / "old.pt"
+    torch.save(ckpt, path)
+    r = subprocess.run([sys.executable, "-m", "extensions.text", "upgrade", str(path)], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "upgraded" in r.stdout, r.stderr[-2000:]
+    upgraded = torch.load(path, weights_only=True)
+    model = unet.from_checkpoint(upgraded, "cpu")
+    z, t, w = torch.randn(4, 1, 8, 8), torch.rand(4), torch.rand(4) * 4
+    y = torch.cat([torch.zeros(1, text.TEXT_DIM), cfg["text"]["test"]["emb"][:3]])  # null first
+    with torch.no_grad():
+        assert torch.equal(model(z, t, y, w), net.eval()(z, t, y, w))
