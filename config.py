@@ -1,4 +1,4 @@
-"""Presets (every value with its source) and `--set KEY=VALUE` parsing. Nothing else.
+"""Presets (every value with its source), what each key accepts, and `--set KEY=VALUE` parsing.
 
 A preset is a plain dict; every script takes `--preset NAME` and `--set KEY=VALUE` (repeatable,
 for quick ablations), e.g. `python guidance.py --preset smoke --set lr=3e-4`.
@@ -9,6 +9,7 @@ for quick ablations), e.g. `python guidance.py --preset smoke --set lr=3e-4`.
 import argparse
 import ast
 import math
+import re
 
 # ---------------------------------------------------------------- presets
 # Shared defaults; each preset below overrides what differs. Sources:
@@ -86,6 +87,70 @@ _BASE = dict(
     eval_batch=256,               # images per sampling batch (the same for every row's timing)
 )
 
+# ---------------------------------------------------------------- what each key accepts
+# get_config refuses any other value (from a preset or --set) with the key's name and this text.
+def _rule(test, text):
+    return test, text
+
+
+def at_least(lo):
+    return _rule(lambda v: v >= lo, f">= {lo}")
+
+
+def between(lo, hi, hi_open=False):
+    return _rule(lambda v: lo <= v < hi if hi_open else lo <= v <= hi,
+                 f"in [{lo}, {hi}{')' if hi_open else ']'}")
+
+
+def one_of(*words):
+    return _rule(lambda v: v in words, f"one of {', '.join(words)}")
+
+
+def every(rule, nonempty=False):  # a tuple whose elements all pass rule
+    return _rule(lambda v: (len(v) > 0 or not nonempty)
+                 and all(type(u) in (int, float) and rule[0](u) for u in v),
+                 ("a non-empty" if nonempty else "a") + f" tuple of numbers {rule[1]}")
+
+
+POSITIVE = _rule(lambda v: v > 0, "> 0")
+POWER_OF_TWO = _rule(lambda v: v >= 1 and not v & (v - 1), "a power of two (1, 2, 4, ...)")
+NUMBERS = _rule(lambda v: all(type(u) in (int, float) and math.isfinite(u) for u in v),
+                "a tuple of finite numbers")
+ANY = _rule(lambda v: True, "")  # the type check of --set is all (bool), or set by a data file
+
+RULES = dict(
+    dataset=one_of("fashion", "cifar10", "imagenet64", "mixture2d"), resolution=at_least(1),
+    randflip=ANY, ch=at_least(4), ch_mult=every(at_least(1), nonempty=True),
+    num_res_blocks=at_least(1), attn_resolutions=every(at_least(1)), attn_head_dim=at_least(0),
+    dropout=between(0, 1, hi_open=True), p_uncond=between(0, 1),
+    loss_weight=one_of("snr_trunc", "v_mse", "snr", "constant"),  # ddpm.LOSS_WEIGHTS
+    batch_size=at_least(1), lr=POSITIVE, warmup=at_least(0), weight_decay=at_least(0),
+    grad_clip=POSITIVE, grad_accum=at_least(1), precision=one_of("auto", "bf16", "fp32"),
+    ema_decay=between(0, 1), teacher_iters=at_least(0), ckpt_every=at_least(1),
+    teacher_N=POWER_OF_TWO, w_min=ANY, w_max=ANY, grid_w=NUMBERS, grid_steps=at_least(1),
+    stage1_iters=at_least(0), stage1_lr=POSITIVE, stage2_start_N=POWER_OF_TWO,
+    stage2_iters=at_least(0), stage2_iters_small=at_least(0), stage2_lr=POSITIVE,
+    stage2_k=_rule(lambda v: v >= 2 and not v & (v - 1), "2, 4, 8, ... (a power of two >= 2)"),
+    distill_ckpt_every=at_least(1), distill_ema_decay=between(0, 1),
+    ae_ch=at_least(4), ae_levels=at_least(0), ae_z_channels=at_least(1), ae_kl_weight=at_least(0),
+    ae_lr=POSITIVE, ae_iters=at_least(0), ae_ema_decay=between(0, 1),
+    latent=ANY, text=ANY, condition=ANY,
+    eval_features=one_of("effnet", "inception"), eval_feature_size=at_least(32),
+    eval_n=at_least(2), eval_ref_split=one_of("train", "test"), eval_ref_n=at_least(0),
+    eval_w=NUMBERS, eval_all_w_max_N=at_least(1), eval_long_w=NUMBERS, eval_teacher_w=NUMBERS,
+    eval_batch=at_least(1),
+)
+# Relations between keys: (test of the whole config, what it requires).
+RELATIONS = [
+    (lambda c: c["w_min"] <= c["w_max"], "w_min <= w_max (the range w ~ U[w_min, w_max])"),
+    (lambda c: c["stage2_start_N"] <= c["teacher_N"], "stage2_start_N <= teacher_N"),
+    (lambda c: c["dataset"] == "mixture2d" or c["resolution"] % 2 ** (len(c["ch_mult"]) - 1) == 0,
+     "resolution divisible by 2^(len(ch_mult) - 1): the U-Net halves it at every level but one"),
+    (lambda c: c["dataset"] == "mixture2d" or c["resolution"] % 2 ** c["ae_levels"] == 0,
+     "resolution divisible by 2^ae_levels: each autoencoder level halves the image"),
+]
+
+
 PRESETS = {
     # The whole pipeline in a few minutes; what the tests use. Quality is not the point.
     "smoke": dict(resolution=8, ch=16, ch_mult=(1, 2), dropout=0.0, batch_size=64, lr=1e-3,
@@ -152,7 +217,8 @@ class UserError(Exception):
 
 
 def get_config(preset, overrides=()):
-    """The preset's dict with `KEY=VALUE` overrides applied (values parsed as Python literals)."""
+    """The preset's dict with `KEY=VALUE` overrides applied (values parsed as Python literals),
+    every value checked against its key's rule (RULES) and the relations between keys."""
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     cfg = {**_BASE, **PRESETS[preset], "preset": preset}
@@ -165,6 +231,14 @@ def get_config(preset, overrides=()):
         except (ValueError, SyntaxError):
             pass  # a bare word such as v_mse
         cfg[key] = checked(key, value, cfg[key])
+    for key, (test, text) in RULES.items():
+        if not test(cfg[key]):
+            raise UserError(f"--set {key}={cfg[key]!r}: {key} must be {text}")
+    for test, text in RELATIONS:
+        if not test(cfg):
+            keys = [k for k in RULES if re.search(rf"\b{k}\b", text)]
+            raise UserError(f"{', '.join(f'{k}={cfg[k]!r}' for k in keys)}: needs {text}; "
+                            "change one with --set")
     return cfg
 
 

@@ -153,6 +153,16 @@ def training_set(cfg, data_dir="data", data_file=None):
     if data_file is None:
         x, y = load_dataset(cfg["dataset"], cfg["resolution"], data_dir)
         return x, y, cfg
+    x, y, extra = read_data_file(data_file)
+    for key in ("dataset", "resolution"):
+        if extra[key] != cfg[key]:
+            raise UserError(f"--data {data_file} holds {key} {extra[key]!r}, this run uses "
+                            f"{cfg[key]!r}; use the same --preset as the extension that wrote it")
+    return x, y, cfg | extra
+
+
+def read_data_file(data_file):
+    """An extension's data file -> (x, y, its config entries), or a one-line error."""
     path = Path(data_file)
     if not path.is_file():
         raise UserError(f"--data {path}: no such file; an extension writes it (see "
@@ -163,11 +173,7 @@ def training_set(cfg, data_dir="data", data_file=None):
     except Exception as e:  # truncated, not a torch file, missing keys
         raise UserError(f"--data {path}: not a data file of an extension ({type(e).__name__}); "
                         "write it again") from None
-    for key in ("dataset", "resolution"):
-        if extra[key] != cfg[key]:
-            raise UserError(f"--data {path} holds {key} {extra[key]!r}, this run uses "
-                            f"{cfg[key]!r}; use the same --preset as the extension that wrote it")
-    return x, y, cfg | extra
+    return x, y, extra
 
 
 _PROGRAMS = {}  # exported programs (torch.export) stored as uint8 tensors, loaded once per device

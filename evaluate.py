@@ -31,7 +31,6 @@ w = 0 is unguided; diffusers' guidance_scale = 1 + w.
 import argparse
 import hashlib
 import json
-import math
 import time
 import warnings
 from pathlib import Path
@@ -46,7 +45,8 @@ from config import PRESETS, UserError, get_config
 from data import DATASETS, decode, encode, load_dataset, to_float
 from features import feature_net, feature_size, features
 from report import check_targets, plot, write_report
-from sample import SAMPLERS, check_sampler, generate, image_seeds, sampling_stage, warn_w_range
+from sample import (SAMPLERS, check_sampler, check_weights, generate, image_seeds,
+                    sampling_stage, warn_w_range)
 from unet import from_checkpoint
 
 KID_REF_N = 2000  # reference images kept (as features) for KID
@@ -311,8 +311,10 @@ def main(argv=None):
     cfg = eval_config(ckpt, args.preset, args.set)
     if args.n is not None:
         cfg["eval_n"] = args.n
-    if not math.isfinite(args.w):
-        raise UserError(f"--w {args.w}: the guidance weight must be a finite number")
+    check_weights([args.w])
+    infra.check_seed(args.seed)
+    if args.steps is not None and args.steps < 1:  # 0 steps would score pure noise
+        raise UserError(f"--steps {args.steps}: must be >= 1 (default: the checkpoint's own N)")
     check_n(cfg["eval_n"])
 
     if args.run:
@@ -331,7 +333,7 @@ def main(argv=None):
     extract = feature_net(cfg["eval_features"], cfg["eval_feature_size"], device)
     ref = reference_stats(cfg, extract, args.stats_dir, args.data_dir)
     row = dict(model=stage, file=Path(args.ckpt).name, sampler=args.sampler,
-               N=args.steps or ckpt["N"], w=args.w)
+               N=ckpt["N"] if args.steps is None else args.steps, w=args.w)
     x, ms = run_row(row, Path(args.ckpt).parent, cfg, args.seed, device, {})
     r = score(x, ref, extract)
     if not infra.is_main():

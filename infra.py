@@ -1,8 +1,9 @@
 """Plumbing shared by every script. A student may skip this file: none of the method is here.
 
-    command line  add_common_args, add_training_args, setup, run_cli, pick_device, writable_dir
-    torchrun      init_distributed, is_main, shard, wrap, mean, my_rows, gather (DDP): every rank
-                  draws the whole batch and keeps its slice, so K processes train what one does
+    command line  add_common_args, add_training_args, setup, run_cli, pick_device, writable_dir,
+                  check_seed
+    torchrun      init_distributed, is_main, shard, wrap, mean_over_ranks, my_rows, gather: every
+                  rank draws the whole batch and keeps its slice: K processes train what one does
     checkpoints   atomic_write, save_checkpoint, load_checkpoint, checkpoint_dict, resume
     training      check_training, make_optimizer, micro_batches, autocast, check_finite,
                   optimizer_step, ema_update, log_metrics
@@ -30,12 +31,10 @@ def add_common_args(parser):
     """--preset, --out, --device, --seed, --set: the same on every training script."""
     parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
                         help="hyper-parameter preset (default: %(default)s; smoke is for tests)")
-    parser.add_argument("--out",
-                        help="run folder of every stage (default: runs/<preset> or --data's)")
+    parser.add_argument("--out", help="the run folder (default: runs/<preset> or --data's)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                         help="auto picks cuda, then mps, then cpu")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed for weights, data order and noise")
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights, data order and noise")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one preset value, e.g. --set lr=3e-4 (repeatable)")
     return parser
@@ -65,11 +64,14 @@ def setup(args):
     for key in ("grad_accum", "precision"):  # the flags of add_training_args beat --set
         if getattr(args, key, None) is not None:
             cfg[key] = getattr(args, key)
+    check_seed(args.seed)
     device = init_distributed(pick_device(args.device))
     check_training(cfg)
     data = getattr(args, "data", None)
     default = Path(data).parent if data else Path("runs") / args.preset
-    return cfg, writable_dir(default if args.out is None else args.out, "--out"), device
+    # Checked, not made: the folder appears with the first file written (infra.atomic_write), so
+    # input refused later on leaves no empty run folder behind.
+    return cfg, writable_dir(default if args.out is None else args.out, "--out", False), device
 
 
 def check_training(cfg):
@@ -79,22 +81,27 @@ def check_training(cfg):
     if B < 1 or K < 1 or B % (world() * K):
         raise UserError(f"--batch-size {B} must be divisible by the {world()} process(es) x "
                         f"{K} micro-batch(es) (--grad-accum), both >= 1")
-    if cfg["precision"] not in ("auto", "bf16", "fp32"):
-        raise UserError(f"--set precision={cfg['precision']}: choose auto, bf16 or fp32")
 
 
-def writable_dir(path, flag):
-    """The folder `path` (created if missing) if files can be written there, else an error."""
+def check_seed(seed):  # sample.image_seeds' seed * 1_000_003 + k must stay inside int64
+    if not 0 <= seed < 2**32:
+        raise UserError(f"--seed {seed}: must be in 0 .. 4294967295 (2^32 - 1)")
+
+
+def writable_dir(path, flag, create=True):
+    """The folder `path` if files can be written there (made if create), else an error. Checked on
+    the folder or, if it is missing, its nearest existing parent, which must be a folder."""
     if not str(path).strip():
         raise UserError(f"{flag} is empty; give a folder, e.g. {flag} runs/mine")
-    try:
-        Path(path).mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{flag} {path}: cannot create the folder ({e.strerror}); "
-                        "choose another") from None
-    if not os.access(path, os.W_OK | os.X_OK):
+    path = Path(path)
+    existing = next(p for p in [path, *path.parents] if p.exists())  # '.' always exists
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path}: cannot create the folder (Not a directory); use another")
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {path}: not writable; choose another folder")
-    return Path(path)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def pick_device(name="auto"):  # auto: cuda, then mps, then cpu; an unavailable one is an error
@@ -274,10 +281,9 @@ def micro_batches(net, n, *tensors):
 
 
 def autocast(cfg, device):
-    """bf16 autocast around network calls on CUDA (precision auto) or wherever it is bf16. Only
-    the network's matmuls and convolutions run in bf16; weights, gradients, Adam and the ddpm.py
-    math around the calls (log-SNR at +-20, sigma_t ~ 5e-5, z_t, x_tilde) stay fp32. cfg passed
-    check_training."""
+    """bf16 autocast around the losses on CUDA (precision auto) or wherever it is bf16: only the
+    networks' matmuls and convolutions run in bf16; weights, gradients, Adam and the ddpm.py math
+    of the losses (log-SNR at +-20, sigma_t ~ 5e-5, z_t, x_tilde) stay fp32."""
     on = cfg["precision"] == "bf16" or (cfg["precision"] == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
 
@@ -292,8 +298,7 @@ def check_finite(loss, step, ckpt_path):
 
 
 def optimizer_step(model, opt, lr, grad_clip):
-    """After the backward pass(es): set the lr, clip the gradient norm, step, clear the gradients
-    -> the norm before clipping."""
+    """Set the lr, clip the gradient norm, step, clear the gradients -> the norm before clipping."""
     for group in opt.param_groups:
         group["lr"] = lr
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)

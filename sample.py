@@ -73,6 +73,21 @@ def check_sampler(sampler, stage):
                         f"use one of {', '.join(SAMPLERS[stage])}")
 
 
+def check_weights(ws):
+    """Guidance weights: finite numbers, or a one-line error (nan would poison every image)."""
+    if not all(math.isfinite(w) for w in ws):
+        raise UserError(f"--w {' '.join(f'{w:g}' for w in ws)}: every guidance weight must be a "
+                        "finite number")
+
+
+def check_out_file(out):
+    """A grid's path -> out: a .png or .jpg in a folder that can be written (made if missing)."""
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise UserError(f"--out-file {out}: give a .png or .jpg path")
+    infra.writable_dir(out.parent, "--out or --out-file's folder")  # before the work, not after
+    return out
+
+
 def image_noise(seeds, shape, device):
     """Per-image generators -> (z_1 (n, C, H, W), noise(i) for the later steps)."""
     rngs = [torch.Generator().manual_seed(int(s)) for s in seeds]
@@ -135,8 +150,8 @@ def run(args, columns=None, prompts=()):
     except ValueError:
         raise UserError(f"--w {args.w!r}: expected numbers separated by commas, "
                         "e.g. 0,1,3") from None
-    if not all(math.isfinite(w) for w in ws):
-        raise UserError(f"--w {args.w}: every guidance weight must be a finite number")
+    check_weights(ws)
+    infra.check_seed(args.seed)
     if steps < 1 or args.rows < 1 or args.batch_size < 1:
         raise UserError("--steps, --rows and --batch-size must be >= 1")
     check_sampler(args.sampler, stage)
@@ -155,10 +170,7 @@ def run(args, columns=None, prompts=()):
     seeds = image_seeds(args.seed, args.rows * n_cols).repeat(len(ws))  # (n,) the same per row
     model = from_checkpoint(ckpt, device, args.weights).to(memory_format=torch.channels_last)
     name = f"samples_{Path(args.ckpt).stem}_{args.sampler}{steps}.png"
-    out = Path(args.out_file or Path(args.out or Path(args.ckpt).parent) / name)
-    if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
-        raise UserError(f"--out-file {out}: give a .png or .jpg path (the .npz goes beside it)")
-    infra.writable_dir(out.parent, "--out or --out-file's folder")  # before sampling, not after
+    out = check_out_file(Path(args.out_file or Path(args.out or Path(args.ckpt).parent) / name))
 
     t0 = time.time()
     x = generate(ckpt, model, y, w, steps, args.sampler, seeds, device, args.batch_size)

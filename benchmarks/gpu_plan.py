@@ -157,6 +157,9 @@ def main(argv=None):
     if not 0 < args.mfu <= 1:  # also refuses nan
         raise UserError(f"--mfu {args.mfu}: a fraction of the peak, in (0, 1]")
     out = infra.writable_dir(Path(args.out).parent, "--out's folder") / Path(args.out).name
+    if out.is_dir() or out.with_suffix(".json").is_dir():
+        raise UserError(f"--out {args.out}: a folder; give the path of a .md file (the .json goes "
+                        "beside it)")
     plans = [plan(name, args.mfu) for name in args.presets]
     out.write_text(markdown(plans))
     out.with_suffix(".json").write_text(json.dumps(plans, indent=1))

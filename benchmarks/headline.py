@@ -37,6 +37,7 @@ from config import UserError  # noqa: E402
 from evaluate import (add_scoring_args, check_n, data_row, eval_config,  # noqa: E402
                       fingerprint, reference_stats, run_row, save_json, score)
 from features import feature_net, feature_size  # noqa: E402
+from sample import check_weights  # noqa: E402
 
 STUDENT_STEPS = (8, 4, 2, 1)  # DDIM
 STOCHASTIC_STEPS = (4, 2)  # Meng et al.'s stochastic sampler (ddpm.stochastic_mean_var)
@@ -132,6 +133,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="noise seeds and the data row's images")
     args = parser.parse_args(argv)
     check_n(args.n)
+    check_weights(args.w)
+    infra.check_seed(args.seed)
     if not all(s == "full" or s.isdigit() and int(s) > 0 for s in args.teacher_steps):
         raise UserError(f"--teacher-steps {' '.join(args.teacher_steps)}: give 'full' or "
                         "positive step counts, e.g. --teacher-steps full 64 4")

