@@ -87,6 +87,7 @@ _BASE = dict(
     eval_batch=256,               # images per sampling batch (the same for every row's timing)
 )
 
+
 # ---------------------------------------------------------------- what each key accepts
 # get_config refuses any other value (from a preset or --set) with the key's name and this text.
 def _rule(test, text):

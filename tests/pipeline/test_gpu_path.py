@@ -55,7 +55,7 @@ def test_four_micro_batches_give_the_one_batch_gradient(tmp_path, monkeypatch):
 def test_a_batch_that_the_micro_batches_do_not_split_is_a_clear_error():
     with pytest.raises(UserError, match="divisible by the 1 process"):
         infra.check_training(get_config("smoke", ["grad_accum=3"]))  # 64 / 3
-    with pytest.raises(UserError, match="choose auto, bf16 or fp32"):
+    with pytest.raises(UserError, match="precision must be one of auto, bf16, fp32"):
         infra.check_training(get_config("smoke", ["precision=fp16"]))
 
 
