@@ -176,14 +176,17 @@ def read_data_file(data_file):
     return x, y, extra
 
 
+def _exported_module(raw):  # a uint8 tensor written by torch.export.save -> a fresh module
+    return torch.export.load(io.BytesIO(raw.numpy().tobytes())).module()
+
+
 _PROGRAMS = {}  # exported programs (torch.export) stored as uint8 tensors, loaded once per device
 
 
 def _program(raw, device):
-    raw = raw.numpy().tobytes()
-    key = (hashlib.sha1(raw).hexdigest(), str(device))
+    key = (hashlib.sha1(raw.numpy().tobytes()).hexdigest(), str(device))
     if key not in _PROGRAMS:
-        _PROGRAMS[key] = torch.export.load(io.BytesIO(raw)).module().to(device)
+        _PROGRAMS[key] = _exported_module(raw).to(device)
     return _PROGRAMS[key]
 
 
@@ -193,8 +196,7 @@ def condition_network(cfg):
     place of its class table; None for class labels. Its null input is the zero vector."""
     if not cfg.get("condition"):
         return None
-    raw = cfg["condition"]["program"].numpy().tobytes()
-    program = torch.export.load(io.BytesIO(raw)).module()  # a fresh, trainable copy each call
+    program = _exported_module(cfg["condition"]["program"])  # a fresh, trainable copy each call
     return torch.fx.GraphModule(program, program.graph)  # a plain module: train() / eval() work
 
 

@@ -67,10 +67,12 @@ def student_predictor(model, y, w):
     return lambda z_t, t: ddpm.x_from_v(z_t, model(z_t, t, y, w), t)
 
 
-def predictor_for(stage, model, y, w):
-    """The predictor of a checkpoint's stage: the guided teacher, else a w-student. An encoder's
+def predictor_for(ckpt, model, y, w):
+    """The predictor of a checkpoint's model: the guided teacher, else a w-student. An encoder's
     U-Net (extensions/encoder.py) has no w input and ignores w."""
-    return guided_predictor(model, y, w) if stage == "teacher" else student_predictor(model, y, w)
+    if ckpt["stage"] == "teacher":
+        return guided_predictor(model, y, w)
+    return student_predictor(model, y, w)
 
 
 # ---------------------------------------------------------------- the teacher's loss

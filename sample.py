@@ -112,7 +112,7 @@ def generate(ckpt, model, y, w, steps, sampler, seeds, device, batch_size=256, c
         z_1, noise = image_noise(seeds[lo:lo + batch_size], shape, device)
         z_1 = z_1.contiguous(memory_format=torch.channels_last)  # +20-45 % on CPU
         yb, wb = y[lo:lo + batch_size].to(device), w[lo:lo + batch_size].to(device)
-        predict = predictor_for(ckpt["stage"], model, yb, wb)
+        predict = predictor_for(ckpt, model, yb, wb)
         x = ddpm.sample_loop(predict, z_1, steps, ddpm.make_step(sampler, noise), clip)
         out.append(decode(x, cfg).float().cpu())  # (b, C, H, W) pixels
     return infra.gather(torch.cat(out))  # every process's images, in order

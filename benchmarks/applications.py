@@ -65,18 +65,17 @@ def main():
 
     def sdedit(model, steps):
         z, noise = noise_for()
-        predict = predictor_for(model[0]["stage"], model[1], to, w)
-        return edit.sdedit(predict, x, args.t0, steps, z, "ddim", noise)
+        return edit.sdedit(predictor_for(*model, to, w), x, args.t0, steps, z, "ddim", noise)
 
     def inpaint(model, steps, sampler="ddim", particles=1):
         _, noise = noise_for()
-        predict = predictor_for(model[0]["stage"], model[1], y.repeat_interleave(particles),
+        predict = predictor_for(*model, y.repeat_interleave(particles),
                                 w.repeat_interleave(particles))
         return edit.inpaint(predict, x, known, steps, noise, sampler, particles)
 
     def transfer(enc, enc_steps, dec, dec_steps, cls, ww):
         z_1 = encoder.ddim_encode(encoder.v_predictor(enc[1], y), x, enc_steps)
-        return ddpm.sample_ddim(predictor_for(dec[0]["stage"], dec[1], cls, ww), z_1, dec_steps)
+        return ddpm.sample_ddim(predictor_for(*dec, cls, ww), z_1, dec_steps)
 
     zero = torch.zeros_like(w)
     # application, model, calls, run(), faithfulness name (or, for transfers, the reconstruction

@@ -284,9 +284,6 @@ def edit(args):
     if args.command != "encode":
         check_sampler(args.sampler, stage)
     model = from_checkpoint(ckpt, device)
-
-    def predict_with(y, w):
-        return predictor_for(ckpt["stage"], model, y, w)
     # (B, C, H, W)
     z_1, noise = image_noise(image_seeds(args.seed, len(x)), x.shape[1:], device)
     rows, t_begin = [x], time.perf_counter()
@@ -297,7 +294,8 @@ def edit(args):
                             "noise)")
         steps = max(1, round(args.t0 * ckpt["N"])) if args.steps is None else args.steps
         warn_off_grid(ckpt, args.t0, steps)
-        rows.append(sdedit(predict_with(to, w), x, args.t0, steps, z_1, args.sampler, noise))
+        rows.append(sdedit(predictor_for(ckpt, model, to, w), x, args.t0, steps, z_1, args.sampler,
+                           noise))
         calls, faithful = steps, ("MSE to the input", (rows[-1] - x).pow(2).mean())
     elif args.command == "inpaint":
         known = make_mask(args.mask, x.shape, args.seed).to(device)  # (1, 1, H, W)
@@ -308,7 +306,7 @@ def edit(args):
                             "stochastic "
                             "(students) or ancestral (teacher)")
         K = args.particles
-        predict = predict_with(to.repeat_interleave(K), w.repeat_interleave(K))
+        predict = predictor_for(ckpt, model, to.repeat_interleave(K), w.repeat_interleave(K))
         rows += [known * x + (1 - known) * -1.0,
                  inpaint(predict, x, known, steps, noise, args.sampler, K)]
         calls = steps * K
@@ -320,12 +318,10 @@ def edit(args):
         dec_ckpt = infra.load_checkpoint(args.decoder or Path(args.ckpt).with_name("teacher.pt"))
         dec_model, dec_steps = from_checkpoint(dec_ckpt, device), args.dec_steps or dec_ckpt["N"]
         z_enc = ddim_encode(v_predictor(model, y), x, enc_steps)  # (B, C, H, W)
-
-        def decoder(y, w):
-            return predictor_for(dec_ckpt["stage"], dec_model, y, w)
-        transfer = ddpm.sample_ddim(decoder(to, w), z_enc, dec_steps)
+        transfer = ddpm.sample_ddim(predictor_for(dec_ckpt, dec_model, to, w), z_enc, dec_steps)
         ms_transfer = 1000 * (time.perf_counter() - t_begin) / len(x)
-        rows += [ddpm.sample_ddim(decoder(y, torch.zeros_like(w)), z_enc, dec_steps), transfer]
+        rows += [ddpm.sample_ddim(predictor_for(dec_ckpt, dec_model, y, torch.zeros_like(w)),
+                                  z_enc, dec_steps), transfer]
         calls = enc_steps + dec_steps * (2 if dec_ckpt["stage"] == "teacher" else 1)
         faithful = ("reconstruction MSE", (rows[1] - x).pow(2).mean())
     ms = 1000 * (time.perf_counter() - t_begin) / len(x)
