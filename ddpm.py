@@ -44,12 +44,13 @@ def logsnr_schedule(t, logsnr_min=LOGSNR_MIN, logsnr_max=LOGSNR_MAX):
     """Truncated cosine schedule: lambda(t) = -2 log tan(a t + b).
 
     b and a are chosen so that lambda(0) = logsnr_max and lambda(1) = logsnr_min
-    (official `schedules.py`); between the ends alpha_t ~ cos(pi t / 2).
+    (official `schedules.py`); between the ends alpha_t ~ cos(pi t / 2). The result is clamped to
+    [logsnr_min, logsnr_max]: float32 rounding overshoots the ends by ~1e-3.
     """
     b = math.atan(math.exp(-0.5 * logsnr_max))
     a = math.atan(math.exp(-0.5 * logsnr_min)) - b
     logsnr = -2.0 * torch.log(torch.tan(a * t + b))  # (B,)
-    return logsnr.clamp(logsnr_min, logsnr_max)  # float32 rounding overshoots the ends by ~1e-3
+    return logsnr.clamp(logsnr_min, logsnr_max)
 
 
 def alpha_sigma(logsnr):
@@ -106,8 +107,9 @@ def ddim_step(z_t, x_hat, t, s, eps_hat=None):
 
     Notation map to diffusers' DDIMScheduler.step: alpha_prod_t = alpha_t^2,
     pred_original_sample = x_hat, pred_epsilon = eps_hat, eta = 0.
-    eps_hat: pass it when the network gives it (eps_from_v is exact at t = 0, where eps_from_x
-    divides by sigma_0 = 4.5e-5 and float32 loses ~3e-3 of it: the encoder of extensions/).
+    eps_hat: the noise x_hat implies at time t (eps_from_x) unless given. Pass it when the network
+    gives it (eps_from_v is exact at t = 0, where eps_from_x divides by sigma_0 = 4.5e-5 and
+    float32 loses ~3e-3 of it: the encoder of extensions/).
     """
     # 1. The noise that x_hat implies at time t (unless given).
     if eps_hat is None:
@@ -159,7 +161,7 @@ def renoise(z_s, s, t, eps):
 def stochastic_mean_var(z_t, x_hat, t, s):
     """Meng et al.'s N-step stochastic sampler, one step t -> s = t - 1/N, as a
     Gaussian (mean, var): a DDIM step of twice the length, to t_past = t - 2/N (>= 0), then
-    noise added back to s with q(z_s | z_t_past).
+    noise added back to s with q(z_s | z_t_past) (forward_mean_var).
 
     What it assumes: an N-step student was distilled for DDIM steps of 1/N, but here each of its
     x_hat drives a jump of 2/N, including the jump 2/N -> 0 before the last step (which then
@@ -241,7 +243,7 @@ def loss_weight(logsnr, kind):
     snr_trunc: max(SNR, 1)   official distillation default ("truncated SNR", S&H Sec. 4)
     v_mse:     1 + SNR       identical to ||v - v_hat||^2
     snr:       SNR           identical to ||eps - eps_hat||^2
-    constant:  1             plain x-space MSE
+    constant:  1             plain x-space MSE            (any other kind: ValueError)
 
     Why these are the same losses: at fixed z_t, eps - eps_hat = -(alpha_t / sigma_t)(x - x_hat),
     so ||eps - eps_hat||^2 = SNR ||x - x_hat||^2, and v - v_hat = -(x - x_hat) / sigma_t gives

@@ -54,8 +54,8 @@ KID_REF_N = 2000  # reference images kept (as features) for KID
 
 # ---------------------------------------------------------------- the scores
 def frechet_distance(mu1, sigma1, mu2, sigma2, sqrt_sigma1=None):
-    """Frechet distance of N(mu1, sigma1) and N(mu2, sigma2) (float64 numpy).
-    Tr((S1 S2)^1/2) = Tr((S1^1/2 S2 S1^1/2)^1/2), a symmetric matrix's (eigvalsh); S1^1/2 once."""
+    """|mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2) of N(mu1, S1), N(mu2, S2) (float64 numpy), with
+    Tr((S1 S2)^1/2) = Tr((S1^1/2 S2 S1^1/2)^1/2) (eigvalsh); sqrt_sigma1: S1^1/2 if known."""
     if sqrt_sigma1 is None:
         with warnings.catch_warnings():  # a singular sigma1 (fewer samples than dimensions) is fine
             warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)

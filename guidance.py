@@ -40,6 +40,7 @@ def guided_x_hat(model, z_t, t, y, w):
     """x_hat_w = (1 + w) x_hat_c - w x_hat_u (CFG Eq. 6), both branches in one doubled batch.
 
     z_t (B, C, H, W), t (B,), y (B,) class labels, w (B,) or a float: the weight per example.
+    model(z_t, t, y) -> v_hat; ddpm.x_from_v makes it x_hat; null_condition(model, y) is the null.
     Combining in x-space is the same as combining eps or v: at fixed (z_t, t) both are affine
     in x (eps = (z_t - alpha_t x) / sigma_t, v = (alpha_t z_t - x) / sigma_t), and the weights
     (1 + w) and -w sum to 1, so the affine map passes through the combination unchanged.

@@ -44,7 +44,8 @@ def stage1_loss(student, teacher, x, y, w, t, eps, weighting):
         z_t = alpha_t x + sigma_t eps,   target = (1 + w) x_hat_c(z_t) - w x_hat_u(z_t)  (no grad)
         loss = omega(lambda_t) ||x_hat_eta1(z_t, w) - target||^2
 
-    x, eps (B, C, H, W), y (B,), w (B,), t (B,); weighting names omega (ddpm.LOSS_WEIGHTS)."""
+    x, eps (B, C, H, W), y (B,), w (B,), t (B,); weighting names omega (ddpm.LOSS_WEIGHTS).
+    The target is guidance.guided_x_hat under torch.no_grad(); student(z_t, t, y, w) -> v_hat."""
     z_t = ddpm.q_sample(x, t, eps)  # (B, C, H, W)
 
     # Teacher: the guided prediction, both branches in one doubled batch (no grad).

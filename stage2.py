@@ -56,6 +56,9 @@ def teacher_target(teacher_predict, z_t, t, N):
 
     t (B,) is on the student's grid, t = (i + 1) / N; teacher_predict(z, s) -> x_hat (guided by
     the same w as the student). The half step comes first: t' = t - 0.5/N, then t'' = t - 1/N.
+    x_tilde solves for one DDIM step t -> t'' landing on z_t'' (solve_x_tilde), except where
+    t'' = 0 (i = 0): there it is the teacher's x_hat(z_t', t') itself, because the sampler's last
+    step returns x_hat (and sigma_t'' = 0 leaves nothing to solve).
     """
     t1, t2 = t - 0.5 / N, t - 1.0 / N  # t', t''  (B,)
     x_hat_t = teacher_predict(z_t, t)  # (B, C, H, W)
@@ -64,8 +67,7 @@ def teacher_target(teacher_predict, z_t, t, N):
     z_t2 = ddpm.ddim_step(z_t1, x_hat_t1, t1, t2)  # z_t''
     # x_tilde = (z_t'' - (sigma_t''/sigma_t) z_t) / (alpha_t'' - (sigma_t''/sigma_t) alpha_t)
     x_tilde = solve_x_tilde(z_t, t, z_t2, t2)  # (B, C, H, W)
-    # i = 0 (t'' = 0, sigma_t'' = 0): x_tilde would be z_t'' = the teacher's x_hat(z_t'); the
-    # sampler's last step returns x_hat itself, so the target is exactly that x_hat.
+    # i = 0 (t'' = 0): the teacher's last x_hat itself.
     last = ddpm.unsqueeze_like(t2 < 0.5 / N, z_t)  # (B, 1, 1, 1)
     return torch.where(last, x_hat_t1, x_tilde), z_t2
 

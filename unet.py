@@ -40,8 +40,9 @@ def timestep_embedding(t, dim, scale=1000.0, max_period=10_000.0):
 
 
 def w_embedding(ch, emb_ch):
-    """The guidance-weight MLP on w's sinusoidal features; its last layer starts at zero, so a
-    fresh w-student's outputs equal its teacher's for every w."""
+    """The guidance-weight MLP on w's sinusoidal features (B, ch) -> (B, emb_ch): Linear, SiLU,
+    Linear. Its last layer starts at zero, so a fresh w-student's outputs equal its teacher's for
+    every w."""
     mlp = nn.Sequential(nn.Linear(ch, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
     nn.init.zeros_(mlp[-1].weight)
     nn.init.zeros_(mlp[-1].bias)

@@ -38,8 +38,12 @@ def check_class_moments(samples, y):
     for c in range(MIX.n_classes):
         got = samples[y == c].double()
         mean, cov = MIX.moments(c)
-        assert torch.allclose(got.mean(0), mean, atol=0.02), (c, got.mean(0), mean)
-        assert torch.allclose(torch.cov(got.T), cov, atol=0.01), (c, torch.cov(got.T), cov)
+        assert torch.allclose(got.mean(0), mean, atol=0.02), (
+            f"class {c}: the samples' mean is {got.mean(0).tolist()}, the exact mixture's "
+            f"{mean.tolist()} (tolerance 0.02)")
+        assert torch.allclose(torch.cov(got.T), cov, atol=0.01), (
+            f"class {c}: the samples' covariance is {torch.cov(got.T).tolist()}, the exact "
+            f"mixture's {cov.tolist()} (tolerance 0.01)")
 
 
 class TinyStudent(nn.Module):

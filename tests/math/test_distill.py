@@ -13,6 +13,7 @@ from guidance import teacher_loss
 from stage1 import stage1_loss
 from stage2 import stage2_loss
 from tests.analytic import MIX, AnalyticModel, TinyStudent, check_class_moments
+from tests.expect import assert_close
 from unet import from_config, from_checkpoint
 
 
@@ -35,17 +36,25 @@ def test_x_tilde_makes_one_student_step_land_on_the_teachers_two(N):
     # The teacher's two steps go to t' = t - 0.5/N first, then t'' = t - 1/N (not swapped).
     t1, t2 = t - 0.5 / N, t - 1.0 / N
     z_t1 = ddpm.ddim_step(z_t, predict(z_t, t), t, t1)
-    assert torch.equal(z_t2, ddpm.ddim_step(z_t1, predict(z_t1, t1), t1, t2))
-    # i > 0: one student DDIM step t -> t'' with x_hat = x_tilde lands on z_t''.
+    assert_close(z_t2, ddpm.ddim_step(z_t1, predict(z_t1, t1), t1, t2),
+                 "teacher_target's z_t'' against two DDIM steps t -> t - 0.5/N -> t - 1/N",
+                 atol=0, t=t)
+    # i > 0: one DDIM step t -> t'' with x_hat = x_tilde lands on z_t'' (the step by hand:
+    # alpha_t'' x_tilde + sigma_t'' (z_t - alpha_t x_tilde) / sigma_t).
     mid = i > 0
     if mid.any():
-        landed = ddpm.ddim_step(z_t[mid], x_tilde[mid], t[mid], t2[mid])
-        assert (landed - z_t2[mid]).abs().max() < 1e-5
+        alpha_t, sigma_t = ddpm.alpha_sigma_at(t, z_t)
+        alpha_t2, sigma_t2 = ddpm.alpha_sigma_at(t2, z_t)
+        landed = alpha_t2 * x_tilde + sigma_t2 * (z_t - alpha_t * x_tilde) / sigma_t  # (B, 2)
+        assert_close(landed[mid], z_t2[mid], "one DDIM step t -> t'' from z_t with x_hat = "
+                     "x_tilde, against the teacher's z_t''", atol=1e-5, t=t[mid])
     # i = 0: the student's last step returns x_hat, the teacher's returns its x_hat(z_t').
     first = i == 0
-    assert torch.equal(x_tilde[first], predict(z_t1, t1)[first])
+    assert_close(x_tilde[first], predict(z_t1, t1)[first], "x_tilde at i = 0 (t'' = 0) against "
+                 "the teacher's x_hat(z_t', t')", atol=0, t=t[first])
     if N == 1:  # from z_1: the teacher's whole 2-step sampler ends exactly on x_tilde
-        assert torch.allclose(ddpm.sample_ddim(predict, z_t, 2, clip=False), x_tilde, atol=1e-12)
+        assert_close(x_tilde, ddpm.sample_ddim(predict, z_t, 2, clip=False), "x_tilde at N = 1 "
+                     "against the teacher's 2-step DDIM sample", atol=1e-6)
 
 
 @pytest.mark.parametrize("N", [1, 4, 16])
@@ -109,20 +118,27 @@ def test_teacher_loss_is_the_weighted_x_error_of_z_t():
 
 
 def test_stage1_loss_is_zero_for_the_exact_guided_student_only():
-    """stage1.stage1_loss against the mixture's exact teacher: the exactly guided student
-    (1 + w) x_c - w x_u has loss 0; the conditional one misses by w (x_c - x_u) at every z_t."""
+    """stage1.stage1_loss against the mixture's exact teacher: a student whose x_hat is the
+    guided prediction guidance.guided_x_hat at z_t = alpha_t x + sigma_t eps has loss 0; the
+    conditional student (w ignored) has the weighted error to that guided target."""
     x, y, w, t, eps = _loss_batch()
     teacher = AnalyticModel(MIX)
-    assert stage1_loss(teacher, teacher, x, y, w, t, eps, "snr_trunc") < 1e-12
+
+    def guided(z_t, t_, y_, w_):  # the ideal stage-1 student
+        return ddpm.v_from_x(z_t, guidance.guided_x_hat(teacher, z_t, t_, y_, w_), t_)
+    loss = stage1_loss(guided, teacher, x, y, w, t, eps, "snr_trunc")
+    assert_close(loss, torch.zeros_like(loss), "stage1_loss of the student that predicts "
+                 "guided_x_hat(teacher, z_t, t, y, w)", atol=1e-12)
 
     def conditional(z_t, t_, y_, w_):  # ignores w
         return teacher(z_t, t_, y_)
     z_t = ddpm.q_sample(x, t, eps)
     x_c = ddpm.x_from_v(z_t, teacher(z_t, t, y), t)
-    x_u = ddpm.x_from_v(z_t, teacher(z_t, t, torch.full_like(y, MIX.n_classes)), t)
-    by_hand = ddpm.weighted_x_loss(x_c, x_c + w[:, None] * (x_c - x_u), t, "snr_trunc")
-    assert torch.allclose(stage1_loss(conditional, teacher, x, y, w, t, eps, "snr_trunc"),
-                          by_hand, rtol=1e-10)
+    by_hand = ddpm.weighted_x_loss(x_c, guidance.guided_x_hat(teacher, z_t, t, y, w), t,
+                                   "snr_trunc")
+    assert_close(stage1_loss(conditional, teacher, x, y, w, t, eps, "snr_trunc"), by_hand,
+                 "stage1_loss of the conditional student (w ignored) against omega ||x_c - "
+                 "guided_x_hat||^2", rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("k, N", [(2, 1), (2, 4), (4, 2)])
@@ -190,12 +206,17 @@ def test_stage1_training_approaches_the_analytic_guided_prediction():
         opt.step()
     with torch.no_grad():
         after = stage1_loss(student, teacher, x_e, y_e, w_e, t_e, eps_e, "v_mse").item()
-    assert after < 0.1 * before, (before, after)
+    assert after < 0.1 * before, (f"400 steps on stage1_loss brought the loss from {before:.4f} "
+                                  f"to {after:.4f}; expected under a tenth of the start")
 
 
 # ---------------------------------------------------------------- stage 2
-@pytest.mark.parametrize("k, N", [(2, 2), (4, 1)])
-def test_one_stage2_round_brings_the_student_towards_the_kN_step_teacher(k, N):
+@pytest.mark.parametrize("k, N, weighting", [(2, 1, "v_mse"), (2, 2, "snr_trunc"),
+                                             (4, 1, "snr_trunc")])
+def test_one_stage2_round_brings_the_student_towards_the_kN_step_teacher(k, N, weighting):
+    """300 steps of stage2_loss from the exact guided teacher of the 2-D mixture: the N-step
+    student's samples land within 0.15 (RMS) of the kN-step teacher's from the same z_1, and 5x
+    closer than untrained. At N = 1 (t = 1 only) v_mse and snr_trunc are the same weight, 1."""
     torch.manual_seed(0)
     teacher, student = AnalyticModel(MIX), TinyStudent()
     g = torch.Generator().manual_seed(2)
@@ -206,22 +227,25 @@ def test_one_stage2_round_brings_the_student_towards_the_kN_step_teacher(k, N):
 
     def error():
         x = ddpm.sample_ddim(guidance.student_predictor(student, y_e, w_e), z_1, N, clip=False)
-        return (x - target).pow(2).sum(1).mean().item()
+        return (x - target).pow(2).sum(1).mean().sqrt().item()  # RMS distance
 
     errors = [error()]
-    opt = torch.optim.Adam(student.parameters(), lr=2e-3)
-    for step in range(600):
+    opt = torch.optim.Adam(student.parameters(), lr=5e-3)
+    for step in range(300):
         y = torch.randint(MIX.n_classes, (256,), generator=g)
         x, w = MIX.sample(y, g).float(), torch.rand(256, generator=g) * 4
         i = torch.randint(N, (256,), generator=g)
         eps = torch.randn(256, 2, generator=g)
-        loss = stage2_loss(student, teacher, x, y, w, i, eps, N, "snr_trunc", k)
+        loss = stage2_loss(student, teacher, x, y, w, i, eps, N, weighting, k)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if step % 200 == 199:
+        if step % 100 == 99:
             errors.append(error())
-    assert errors[-1] < 0.1 * errors[0] and errors[-1] < 0.01, errors
+    assert errors[-1] < 0.15 and errors[-1] < errors[0] / 5, (
+        f"a {N}-step student trained on stage2_loss lands {errors[-1]:.3f} (RMS) from the exact "
+        f"{k * N}-step teacher's samples, expected under 0.15 and under a fifth of the untrained "
+        f"{errors[0]:.3f} (after 0, 100, 200, 300 steps: {', '.join(f'{e:.3f}' for e in errors)})")
 
 
 # ---------------------------------------------------------------- the stochastic sampler

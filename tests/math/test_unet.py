@@ -1,9 +1,10 @@
 """The v-prediction U-Net (and the MLP of 2-D points): shapes, the null class, the
-zero-initialized w embedding."""
+zero-initialized w embedding and its training."""
 import torch
 
 from config import get_config
-from unet import UNet, from_config
+from tests.expect import assert_close
+from unet import UNet, from_config, timestep_embedding, w_embedding
 
 
 def _randomize_output(net):
@@ -47,12 +48,13 @@ def test_fresh_w_embedding_changes_nothing_until_trained():
     net = _randomize_output(UNet(resolution=8, ch=16, ch_mult=(1, 2), w_cond=True).eval())
     z, t, y = _inputs()
     v0 = net(z, t, y, torch.zeros(4))
-    assert torch.equal(v0, net(z, t, y, torch.full((4,), 3.0)))
+    assert_close(net(z, t, y, torch.full((4,), 3.0)), v0, "a fresh w-student's v_hat at w = 3 "
+                 "against its v_hat at w = 0 (w_embedding's last layer starts at zero)", atol=0)
     # A teacher without the w embedding gives the same output: the student starts as its teacher.
     teacher = UNet(resolution=8, ch=16, ch_mult=(1, 2)).eval()
     missing, unexpected = teacher.load_state_dict(net.state_dict(), strict=False)
     assert not missing and all(k.startswith("w_mlp") for k in unexpected)
-    assert torch.equal(teacher(z, t, y), v0)
+    assert_close(v0, teacher(z, t, y), "a fresh w-student's v_hat against its teacher's", atol=0)
     # Once the last layer moves, w matters (so the check above is not vacuous).
     torch.nn.init.normal_(net.w_mlp[-1].weight, std=0.1)
     assert not torch.allclose(v0, net(z, t, y, torch.full((4,), 3.0)))
@@ -82,3 +84,27 @@ def test_points_get_the_mlp_with_the_same_interface():
     assert torch.equal(teacher(z, t, y), v0) and torch.equal(v0, student(z, t, y, 3 + 0 * t))
     torch.nn.init.normal_(student.w_mlp[-1].weight, std=0.1)
     assert not torch.allclose(v0, student(z, t, y, 3 + 0 * t))
+
+
+def test_the_w_embedding_starts_at_zero_and_learns():
+    """w_embedding(ch, emb_ch) maps w's (B, ch) features to (B, emb_ch): zero for every w at
+    first, and a few gradient steps make it depend on w (were its first layer zero too, no
+    gradient would ever reach either layer)."""
+    torch.manual_seed(0)
+    mlp = w_embedding(16, 64)
+    w = torch.linspace(0, 4, 9)  # (9,)
+    feats = timestep_embedding(w, 16)  # (9, 16)
+    out = mlp(feats)
+    assert_close(out, torch.zeros(9, 64), "w_embedding(16, 64) before training", atol=0, w=w)
+    opt = torch.optim.Adam(mlp.parameters(), lr=0.01)
+    target = w[:, None].expand(9, 64) / 4  # (9, 64): a different output for each w
+    for _ in range(100):
+        loss = (mlp(feats) - target).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    out = mlp(feats)
+    spread = (out[-1] - out[0]).abs().mean().item()
+    assert spread > 0.5, (f"after 100 Adam steps towards a target that is 1 apart between w = 0 "
+                          f"and w = 4, w_embedding's outputs there are {spread:.3g} apart on "
+                          f"average; expected over 0.5: does a gradient reach both layers?")

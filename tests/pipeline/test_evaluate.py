@@ -1,12 +1,12 @@
-"""FID and IS against closed forms, the EfficientNet-Lite0 forward on real ImageNet photos, the
-reference-statistics cache, the targets, and `evaluate.py --run` on a finished smoke run."""
+"""IS and KID against closed forms (FID's formula: tests/math/test_scores.py), the
+EfficientNet-Lite0 forward on real ImageNet photos, the reference-statistics cache, the targets,
+and `evaluate.py --run` on a finished smoke run."""
 import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.linalg
 import torch
 
 import features
@@ -17,45 +17,7 @@ from config import get_config
 from tests.dtypes import Dtypes
 
 
-def _random_spd(d, rng):
-    a = rng.standard_normal((d, d))
-    return a @ a.T / d + 0.1 * np.eye(d)
-
-
 # ---------------------------------------------------------------- the scores
-def test_frechet_distance_of_diagonal_gaussians_matches_the_closed_form():
-    # Commuting covariances: FD = |mu1 - mu2|^2 + sum_i (sqrt(a_i) - sqrt(b_i))^2.
-    rng = np.random.default_rng(0)
-    mu1, mu2 = rng.standard_normal(6), rng.standard_normal(6)
-    a, b = rng.uniform(0.1, 3, 6), rng.uniform(0.1, 3, 6)
-    expected = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
-    assert evaluate.frechet_distance(mu1, np.diag(a), mu2,
-                                     np.diag(b)) == pytest.approx(expected, rel=1e-10)
-
-
-def test_frechet_distance_matches_the_textbook_sqrtm_formula():
-    # General (non-commuting) covariances: Tr(S1 + S2 - 2 sqrtm(S1 S2)), computed directly.
-    rng = np.random.default_rng(1)
-    s1, s2 = _random_spd(20, rng), _random_spd(20, rng)
-    mu1, mu2 = rng.standard_normal(20), rng.standard_normal(20)
-    direct = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
-    fd = evaluate.frechet_distance(mu1, s1, mu2, s2)
-    assert fd == pytest.approx(direct, rel=1e-8)
-    assert evaluate.frechet_distance(mu2, s2, mu1, s1) == pytest.approx(fd, rel=1e-8)  # symmetric
-    # 1-D: (mu1 - mu2)^2 + (s1 - s2)^2 for standard deviations s1, s2.
-    assert evaluate.frechet_distance(np.array([1.0]), np.array([[4.0]]), np.array([-2.0]),
-                                     np.array([[9.0]])) == pytest.approx(9 + 1)
-
-
-@pytest.mark.parametrize("n,d", [(500, 32), (60, 128)])  # the second: fewer samples than dimensions
-def test_fid_of_a_set_against_itself_is_zero(n, d):
-    feats = np.random.default_rng(2).standard_normal((n, d)) * np.linspace(0.1, 3, d)
-    mu, sigma = evaluate.gaussian(feats)
-    assert abs(evaluate.frechet_distance(mu, sigma, mu, sigma)) < 1e-6 * np.trace(sigma)
-    other = evaluate.gaussian(feats + 0.5)[0]  # a shifted set: exactly |shift|^2 = 0.25 d
-    assert evaluate.frechet_distance(mu, sigma, other, sigma) == pytest.approx(0.25 * d, rel=1e-6)
-
-
 def test_kid_is_unbiased_where_small_sample_fid_is_not():
     # Two independent samples of one distribution: KID averages to 0 at n = 50 in 64-D; FID does
     # not.

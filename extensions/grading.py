@@ -1,0 +1,74 @@
+"""The course grader's worker: the exercises' tests on students' copies, in one process.
+
+extensions/course.py runs it as a script (never imports it), in a folder holding a copy of the
+kit's tests/:
+
+    python extensions/grading.py JOB.json
+
+JOB.json holds {"nodeids": [...], "dirs": [...], "out": "results.json"}. For each copy in turn its
+folder goes first on sys.path and every module of the copy before is forgotten, so `import ddpm`
+in a test finds that copy's ddpm.py: nothing the tests import comes from the kit's own solution.
+torch is imported once for all copies. results.json: {dir: {nodeid: [outcome, error, message]}},
+outcome "passed" or "failed"; a file that fails to import fails its tests with that error.
+"""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.pop(0)  # this script's folder (the kit's extensions/): nothing may come from the kit
+sys.dont_write_bytecode = True  # leave the students' folders as they were
+
+
+def explain(excinfo, copy):
+    """An exception as (type, one message a student reads), with the line of the student's
+    code that raised it when it is not an assertion of the tests."""
+    text = str(excinfo.value).split("\nassert ")[0].strip()  # pytest's rewritten-assert detail
+    if excinfo.errisinstance((AssertionError, NotImplementedError)):
+        return excinfo.typename, text
+    mine = [e for e in excinfo.traceback if Path(str(e.path)).resolve().is_relative_to(copy)]
+    where = f" ({Path(str(mine[-1].path)).name} line {mine[-1].lineno + 1})" if mine else ""
+    return excinfo.typename, f"{excinfo.typename}: {text}{where}"
+
+
+class Outcomes:
+    """A pytest plugin: each test's outcome and, on failure, its first exception."""
+
+    def __init__(self, copy):
+        self.copy, self.results, self.broken = copy, {}, {}
+
+    def pytest_runtest_makereport(self, item, call):
+        if call.excinfo is not None and item.nodeid not in self.results:
+            self.results[item.nodeid] = ["failed", *explain(call.excinfo, self.copy)]
+        elif call.when == "call" and item.nodeid not in self.results:
+            self.results[item.nodeid] = ["passed", "", ""]
+
+    def pytest_collectreport(self, report):  # a test file whose imports fail
+        if report.failed:
+            lines = [ln[1:].strip() for ln in str(report.longrepr).splitlines()
+                     if ln.startswith("E ")]
+            self.broken[report.nodeid] = ["failed", "ImportError", " ".join(lines[-2:])]
+
+
+def grade(copy, nodeids):
+    """Run the tests on one copy -> {nodeid: [outcome, error, message]}."""
+    copy = Path(copy).resolve()
+    own = {p.stem for p in copy.glob("*.py")} | {"tests", "extensions", "benchmarks"}
+    for name in [m for m in sys.modules if m.split(".")[0] in own]:
+        del sys.modules[name]  # the previous copy's modules
+    sys.path.insert(0, str(copy))
+    plugin = Outcomes(copy)
+    pytest.main(["-q", "-p", "no:cacheprovider", "-o", "addopts=", *nodeids], plugins=[plugin])
+    sys.path.remove(str(copy))
+    for nodeid in nodeids:  # tests that never ran: their file did not import
+        if not any(k == nodeid or k.startswith(nodeid + "[") for k in plugin.results):
+            path = nodeid.split("::")[0]
+            plugin.results[nodeid] = plugin.broken.get(path, ["failed", "Error", "did not run"])
+    return plugin.results
+
+
+if __name__ == "__main__":
+    job = json.loads(Path(sys.argv[1]).read_text())
+    results = {d: grade(d, job["nodeids"]) for d in job["dirs"]}
+    Path(job["out"]).write_text(json.dumps(results))
