@@ -219,6 +219,9 @@ def from_checkpoint(ckpt, device, weights="ema"):
     built with dropout 0: students train without dropout (official distillation configs), and eval
     mode ignores it."""
     cfg = {**ckpt["config"], "dropout": 0.0}
+    if weights not in ckpt:  # a weights-only export holds the sampling (EMA) weights
+        raise UserError(f"this {ckpt['stage']} checkpoint holds no {weights!r} weights, only "
+                        f"{[k for k in ('ema', 'model') if k in ckpt]}; use --weights ema")
     model = from_config(cfg, w_cond=ckpt["stage"] in ("stage1", "stage2"))  # teacher, encoder: no w
     missing, unexpected = model.load_state_dict(ckpt[weights], strict=False)
     if missing or unexpected:  # another version's layout: a one-line error, not a traceback

@@ -1,8 +1,10 @@
 """extensions/tour.py at its smoke size: the real pipeline on 2-D points, its five figures and
-lesson, and numbers that would change if guidance or distillation broke."""
+lesson, and numbers that would change if guidance or distillation broke; the GIFs of an image
+run."""
 import json
 
 import pytest
+from PIL import Image
 
 import evaluate
 import sample
@@ -34,3 +36,17 @@ def test_tour_students_land_where_the_teacher_does(tmp_path):
         sample.run(sample.make_parser().parse_args(["--ckpt", ckpt]))
     with pytest.raises(UserError, match="2-D points"):
         evaluate.main(["--ckpt", ckpt])
+    with pytest.raises(UserError, match="2-D points"):
+        tour.animate(run, tmp_path)
+
+
+def test_animations_of_an_image_run(smoke_run, tmp_path):
+    run, _ = smoke_run  # teacher.pt and students down to 4 steps
+    tour.main(["--animate", str(run), "--out", str(tmp_path)])
+    sweep = Image.open(tmp_path / "tour" / "course_w_sweep.gif")
+    students = Image.open(tmp_path / "tour" / "course_students.gif")
+    assert sweep.n_frames == 17 + 15 and students.n_frames == 17  # w: there and back
+    # One 48-px row per model: the teacher and the 64-, 16- and 4-step students of the run.
+    assert students.size[1] == 20 + 4 * (48 + 2) + 2
+    for name in ("course_w_sweep.gif", "course_students.gif"):
+        assert (tmp_path / "tour" / name).stat().st_size < 2e6
