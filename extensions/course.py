@@ -37,26 +37,27 @@ EXERCISES = [
      "S&H Sec. 2, App. B",
      ["test_ddpm.py::test_schedule_variance_preserving_monotone_and_truncated"]),
     ("ddpm.py", ["q_sample", "v_from_x_eps", "x_from_v", "eps_from_v", "eps_from_x"],
-     "z_t and the x / eps / v conversions", "S&H Sec. 4, App. D",
+     "z_t and the x / eps / v conversions", "S&H Sec. 2, 4",
      ["test_ddpm.py::test_conversions_match_their_formulas_and_invert_each_other"]),
-    ("ddpm.py", ["ddim_step"], "one DDIM step", "S&H Sec. 2, Eq. 5",
+    ("ddpm.py", ["ddim_step"], "one DDIM step", "S&H Sec. 2 (DDIM)",
      ["test_ddpm.py::test_ddim_step_with_true_x_follows_the_noiseless_trajectory"]),
     ("ddpm.py", ["loss_weight"], "the loss weight max(SNR, 1)", "S&H Sec. 4",
      ["test_ddpm.py::test_loss_weights_equal_v_and_eps_mse"]),
-    ("guidance.py", ["guided_x_hat"], "the guided prediction x_hat_w",
-     "CFG Eq. 6; Meng et al. Sec. 4.1",
+    ("guidance.py", ["guided_x_hat"], "the guided prediction x_hat_w", "CFG Eq. 6",
      ["test_ddpm.py::test_guided_prediction_matches_the_analytic_formula"]),
-    ("unet.py", ["w_embedding"], "the w embedding", "Meng et al. Sec. 4.1",
+    ("unet.py", ["w_embedding"], "the w embedding", "Meng et al., stage one",
      ["test_unet.py::test_fresh_w_embedding_changes_nothing_until_trained",
-      "test_unet.py::test_the_w_embedding_starts_at_zero_and_learns"]),
-    ("stage1.py", ["stage1_loss"], "the stage-1 target and loss", "Meng et al. Sec. 4.1",
+      "test_unet.py::test_the_w_embedding_starts_at_zero_and_learns",
+      "test_unet.py::test_the_shipped_4_step_student_loads_and_depends_on_w"]),
+    ("stage1.py", ["stage1_loss"], "the stage-1 target and loss", "Meng et al., stage one",
      ["test_distill.py::test_stage1_loss_is_zero_for_the_exact_guided_student_only"]),
     ("stage2.py", ["solve_x_tilde", "teacher_target"], "the stage-2 target x_tilde",
-     "S&H Algorithm 2; Meng et al. Sec. 4.1",
+     "S&H Algorithm 2; Meng et al., stage two",
      ["test_distill.py::test_x_tilde_makes_one_student_step_land_on_the_teachers_two",
       "test_distill.py::test_one_stage2_round_brings_the_student_towards_the_kN_step_teacher"
       "[2-1-v_mse]"]),  # end to end: a 1-step student trained on your target, ~3 s
-    ("ddpm.py", ["stochastic_mean_var"], "Meng et al.'s stochastic step", "Meng et al. Sec. 4.3",
+    ("ddpm.py", ["stochastic_mean_var"], "Meng et al.'s stochastic step",
+     "Meng et al., N-step stochastic sampling",
      ["test_ddpm.py::test_stochastic_step_is_a_ddim_jump_past_s_then_noise_back"]),
     ("evaluate.py", ["frechet_distance"], "the Frechet distance (FID)", "Heusel et al. 2017",
      ["test_scores.py::test_frechet_distance_of_diagonal_gaussians_matches_the_closed_form",
@@ -158,11 +159,13 @@ EXPORTS = {"teacher.pt": "teacher", "stage2_N4.pt": "student_N4", "stage2_N1.pt"
 
 
 def export(run, out):
-    """A run's teacher and 4- and 1-step students as <preset>_<name>.pt in out: the sampling
-    weights (EMA) with the config, stage, N and w range; no optimizer, no random state. The
+    """A run's teacher and 4- and 1-step students (those it has) as <preset>_<name>.pt in out: the
+    sampling weights (EMA) with the config, stage, N, w range; no optimizer or random state. The
     bytes depend only on the weights, so the same run gives the same files -> {path: sha256}."""
     written = {}
     for name, short in EXPORTS.items():
+        if name != "teacher.pt" and not (Path(run) / name).exists():
+            continue  # a run stopped at --steps 4 has no 1-step student yet
         ckpt = infra.load_checkpoint(Path(run) / name)
         keep = {k: ckpt[k] for k in ("stage", "N", "w_range", "config", "step", "ema")}
         path = Path(out) / f"{ckpt['config']['preset']}_{short}.pt"

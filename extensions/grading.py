@@ -12,6 +12,7 @@ torch is imported once for all copies. results.json: {dir: {nodeid: [outcome, er
 outcome "passed" or "failed"; a file that fails to import fails its tests with that error.
 """
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -44,11 +45,13 @@ class Outcomes:
         elif call.when == "call" and item.nodeid not in self.results:
             self.results[item.nodeid] = ["passed", "", ""]
 
-    def pytest_collectreport(self, report):  # a test file whose imports fail
+    def pytest_collectreport(self, report):  # a test file whose imports fail: say where
         if report.failed:
             lines = [ln[1:].strip() for ln in str(report.longrepr).splitlines()
                      if ln.startswith("E ")]
-            self.broken[report.nodeid] = ["failed", "ImportError", " ".join(lines[-2:])]
+            files = [m for m in map(re.compile(r'File "(.+)", line (\d+)').search, lines) if m]
+            where = f" ({Path(files[-1][1]).name} line {files[-1][2]})" if files else ""
+            self.broken[report.nodeid] = ["failed", "ImportError", lines[-1] + where]
 
 
 def grade(copy, nodeids):

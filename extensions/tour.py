@@ -124,8 +124,8 @@ def frame(rows, labels, title):
     x = torch.cat(list(rows))  # (R n, C, H, W)
     x = torch.nn.functional.interpolate(x, scale_factor=max(1, 48 // x.shape[-1]))
     grid = make_grid(to_uint8(x), nrow=len(rows[0]), padding=2, pad_value=255)  # (3, H, W) uint8
-    img = Image.new("RGB", (grid.shape[2] + 110, grid.shape[1] + 20), "white")
-    img.paste(Image.fromarray(grid.permute(1, 2, 0).numpy()), (110, 20))
+    img = Image.new("RGB", (grid.shape[2] + 125, grid.shape[1] + 20), "white")
+    img.paste(Image.fromarray(grid.permute(1, 2, 0).numpy()), (125, 20))
     draw, font = ImageDraw.Draw(img), ImageFont.load_default(size=13)
     draw.text((4, 3), title, fill="black", font=font)
     step = (grid.shape[1] - 2) / len(rows)
@@ -135,20 +135,20 @@ def frame(rows, labels, title):
 
 
 def animate(folder, out, w=1.0, n=10):
-    """The two GIFs of --animate: course_w_sweep.gif and course_students.gif in out."""
-    found = {name: find(folder, name) for name in ["teacher", "stage2_N64", "stage2_N16",
-                                                    "stage2_N4", "stage2_N1"]}
-    if found["stage2_N4"] is None or found["teacher"] is None:
+    """The GIFs of --animate in out (the cpu preset halves from stage1.pt sampled at 64 steps)."""
+    found = {N: find(folder, f"stage2_N{N}") for N in (64, 16, 4, 1)}  # N: (ckpt, net) or None
+    found[256], found[64] = find(folder, "teacher"), found[64] or find(folder, "stage1")
+    if found[4] is None or found[256] is None:
         raise UserError(f"--animate {folder}: no teacher and 4-step student (a run's teacher.pt "
                         "and stage2_N4.pt, or weights/ with cpu_teacher.pt, cpu_student_N4.pt)")
-    cfg = found["teacher"][0]["config"]
+    cfg = found[256][0]["config"]
     if data_shape(cfg)[1] == 1:
         raise UserError(f"--animate {folder}: a model of 2-D points; animations are for images")
     y = torch.arange(n) % min(n, 10)  # (n,) one class per column
     z_1, _ = image_noise(image_seeds(0, n), data_shape(cfg), "cpu")  # (n, C, H, W) fixed noise
 
     # 1. The 4-step student as w sweeps 0 -> 4, same noise.
-    (ckpt, model), ws = found["stage2_N4"], [k / 4 for k in range(17)]
+    (ckpt, model), ws = found[4], [k / 4 for k in range(17)]
     rows = [generate(ckpt, model, y, torch.full((n,), w_), 4, "ddim", image_seeds(0, n), "cpu")
             for w_ in ws]
     frames = [frame([x], [f"w = {w_:.2f}"], "4-step student") for w_, x in zip(ws, rows)]
@@ -157,8 +157,8 @@ def animate(folder, out, w=1.0, n=10):
 
     # 2. One noise through the teacher and each student: x_hat at t = 1 -> 0, same w.
     paths, labels = [], []
-    for name, (ckpt, model) in [(k, v) for k, v in found.items() if v is not None]:
-        N, log = 256 if name == "teacher" else ckpt["N"], []  # log: (t, x_hat) of every step
+    for N, (ckpt, model) in sorted([(N, v) for N, v in found.items() if v], reverse=True):
+        log = []  # (t, x_hat) of every step
         predict = predictor_for(ckpt, model, y, torch.full((n,), w))
 
         def recorded(z_t, t):  # the samplers' own loop, with every x_hat kept
@@ -166,7 +166,7 @@ def animate(folder, out, w=1.0, n=10):
             return log[-1][1]
         ddpm.sample_ddim(recorded, z_1, N)
         paths.append(log)
-        labels.append(f"teacher, {N}x2 calls" if name == "teacher" else f"{N}-step student")
+        labels.append(f"{ckpt['stage'].replace('stage2', 'student')}, {N} step{'s' * (N > 1)}")
     frames = [frame([next(x for t_, x in reversed(log) if t_ >= t - 1e-6).clamp(-1, 1)
                      for log in paths], labels, f"x_hat at t = {t:.2f} (w = {w:g})")
               for t in [1 - k / 16 for k in range(17)]]  # each row: its latest x_hat at t

@@ -1,10 +1,13 @@
 """The v-prediction U-Net (and the MLP of 2-D points): shapes, the null class, the
 zero-initialized w embedding and its training."""
+from pathlib import Path
+
 import torch
 
+import unet
 from config import get_config
 from tests.expect import assert_close
-from unet import UNet, from_config, timestep_embedding, w_embedding
+from unet import UNet, from_checkpoint, from_config, timestep_embedding, w_embedding
 
 
 def _randomize_output(net):
@@ -108,3 +111,16 @@ def test_the_w_embedding_starts_at_zero_and_learns():
     assert spread > 0.5, (f"after 100 Adam steps towards a target that is 1 apart between w = 0 "
                           f"and w = 4, w_embedding's outputs there are {spread:.3g} apart on "
                           f"average; expected over 0.5: does a gradient reach both layers?")
+
+
+def test_the_shipped_4_step_student_loads_and_depends_on_w():
+    """weights/cpu_student_N4.pt, read with weights_only=True, fits this unet.py's layers exactly
+    (the w embedding's included: from_checkpoint refuses missing or unexpected weights), and its
+    prediction changes with w."""
+    path = Path(unet.__file__).parent / "weights" / "cpu_student_N4.pt"
+    student = from_checkpoint(torch.load(path, map_location="cpu", weights_only=True), "cpu")
+    z, t, y = _inputs(C=1, r=16)
+    v0, v3 = student(z, t, y, torch.zeros(4)), student(z, t, y, torch.full((4,), 3.0))
+    change = (v3 - v0).abs().mean().item()
+    assert change > 1e-3, (f"the shipped 4-step student's v_hat changes by {change:.2g} between "
+                           f"w = 0 and w = 3; expected over 1e-3: is w added to the embedding?")

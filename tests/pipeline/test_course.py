@@ -2,8 +2,11 @@
 the solution passes every exercise, and each mistake people make fails its own exercise and no
 other; the weights exporter writes files that load and sample, and the shipped ones are those the
 docs state."""
+import hashlib
 import re
 import shutil
+
+import torch
 
 from extensions import course
 from extensions.course import ROOT
@@ -31,6 +34,7 @@ def test_fresh_copy_is_not_done_solution_passes_each_mistake_fails_its_exercise(
         copy.mkdir()
         for path in ROOT.glob("*.py"):
             shutil.copy(path, copy)
+        shutil.copytree(ROOT / "weights", copy / "weights")  # exercise 6 loads the 4-step student
         source = (copy / file).read_text()
         assert source.count(right) == 1, (file, right)
         (copy / file).write_text(source.replace(right, wrong))
@@ -56,3 +60,28 @@ def test_make_and_check_refuse_wrong_folders(cli, tmp_path):
     assert r.returncode == 2 and "holds no ddpm.py" in r.stderr
     r = cli(["-m", "extensions.course", "check", ROOT, "--exercise", "11"])
     assert r.returncode == 2 and "choose 1 to 10" in r.stderr
+
+
+def test_export_loads_and_samples_and_the_shipped_hashes_are_the_documented_ones(smoke_run, cli,
+                                                                                   tmp_path):
+    run, _ = smoke_run
+    r = cli(["-m", "extensions.course", "export", run, "--out", tmp_path])
+    assert r.returncode == 0, r.stderr
+    files = sorted(tmp_path.glob("smoke_*.pt"))
+    assert [f.name for f in files] == ["smoke_student_N4.pt", "smoke_teacher.pt"]  # no N1 run
+    for f in files:
+        ckpt = torch.load(f, map_location="cpu", weights_only=True)
+        assert "optimizer" not in ckpt and "model" not in ckpt and "ema" in ckpt
+        r = cli(["sample.py", "--ckpt", f, "--w", "0,2", "--out", tmp_path / "grids"])
+        assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "grids").glob("*.png"))) == 2
+    # Exporting again gives the same bytes.
+    again = course.export(run, tmp_path / "again")
+    assert {p.name: d for p, d in again.items()} == {
+        f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+    # The shipped files are the ones docs/course.md states.
+    documented = dict(re.findall(r"`(weights/cpu_\w+\.pt)` .*sha256 `([0-9a-f]{64})`",
+                                 (ROOT / "docs" / "course.md").read_text()))
+    assert len(documented) == 3, documented
+    for name, digest in documented.items():
+        assert hashlib.sha256((ROOT / name).read_bytes()).hexdigest() == digest, name
