@@ -75,6 +75,8 @@ def test_export_loads_and_samples_and_the_shipped_hashes_are_the_documented_ones
         r = cli(["sample.py", "--ckpt", f, "--w", "0,2", "--out", tmp_path / "grids"])
         assert r.returncode == 0, r.stderr
     assert len(list((tmp_path / "grids").glob("*.png"))) == 2
+    r = cli(["sample.py", "--ckpt", files[0], "--weights", "model", "--out", tmp_path / "grids"])
+    assert r.returncode == 2 and "holds no 'model' weights" in r.stderr, r.stderr
     # Exporting again gives the same bytes.
     again = course.export(run, tmp_path / "again")
     assert {p.name: d for p, d in again.items()} == {
