@@ -8,8 +8,9 @@ kit's tests/:
 JOB.json holds {"nodeids": [...], "dirs": [...], "out": "results.json"}. For each copy in turn its
 folder goes first on sys.path and every module of the copy before is forgotten, so `import ddpm`
 in a test finds that copy's ddpm.py: nothing the tests import comes from the kit's own solution.
-torch is imported once for all copies. results.json: {dir: {nodeid: [outcome, error, message]}},
-outcome "passed" or "failed"; a file that fails to import fails its tests with that error.
+torch is imported once for all copies. results.json: {dir: {nodeid: [[outcome, error, message],
+...]}}, one entry per run (parameter), outcome "passed" or "failed"; a file that fails to import
+fails its tests with that error.
 """
 import json
 import re
@@ -55,7 +56,8 @@ class Outcomes:
 
 
 def grade(copy, nodeids):
-    """Run the tests on one copy -> {nodeid: [outcome, error, message]}."""
+    """Run the tests on one copy -> {nodeid: [[outcome, error, message], ...]}, one entry per run
+    of the test (one per parameter)."""
     copy = Path(copy).resolve()
     own = {p.stem for p in copy.glob("*.py")} | {"tests", "extensions", "benchmarks"}
     for name in [m for m in sys.modules if m.split(".")[0] in own]:
@@ -64,11 +66,10 @@ def grade(copy, nodeids):
     plugin = Outcomes(copy)
     pytest.main(["-q", "-p", "no:cacheprovider", "-o", "addopts=", *nodeids], plugins=[plugin])
     sys.path.remove(str(copy))
-    for nodeid in nodeids:  # tests that never ran: their file did not import
-        if not any(k == nodeid or k.startswith(nodeid + "[") for k in plugin.results):
-            path = nodeid.split("::")[0]
-            plugin.results[nodeid] = plugin.broken.get(path, ["failed", "Error", "did not run"])
-    return plugin.results
+    runs = {n: [v for k, v in plugin.results.items() if k == n or k.startswith(n + "[")]
+            for n in nodeids}
+    return {n: v or [plugin.broken.get(n.split("::")[0], ["failed", "Error", "did not run"])]
+            for n, v in runs.items()}  # a test that never ran: its file did not import
 
 
 if __name__ == "__main__":
