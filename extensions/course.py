@@ -196,6 +196,7 @@ def main(argv=None):
                             f"{missing[0]} holds no ddpm.py: give a folder written by make")
         sys.exit(0 if check(args.dirs, args.exercise) else 1)
     else:
+        infra.writable_dir(args.out, "--out", create=False)  # made by the first file written
         for path, digest in export(args.run, args.out).items():
             print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) sha256 {digest}")
 

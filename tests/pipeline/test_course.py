@@ -60,6 +60,8 @@ def test_make_and_check_refuse_wrong_folders(cli, tmp_path):
     assert r.returncode == 2 and "holds no ddpm.py" in r.stderr
     r = cli(["-m", "extensions.course", "check", ROOT, "--exercise", "11"])
     assert r.returncode == 2 and "choose 1 to 10" in r.stderr
+    r = cli(["-m", "extensions.course", "export", ROOT / "runs", "--out", tmp_path / "notes.txt"])
+    assert r.returncode == 2 and "cannot create the folder" in r.stderr
 
 
 def test_export_loads_and_samples_and_the_shipped_hashes_are_the_documented_ones(smoke_run, cli,
