@@ -51,38 +51,27 @@ def solve_x_tilde(z_t, t, z_t2, t2):
     return (z_t2 - ratio * z_t) / (alpha_t2 - ratio * alpha_t)  # (B, C, H, W)
 
 
-def teacher_target(teacher_predict, z_t, t, N):
-    """S&H Algorithm 2: the 2N-step teacher's two DDIM steps t -> t' -> t'' -> (x_tilde, z_t'').
+def teacher_target(teacher_predict, z_t, t, N, k=2):
+    """S&H Algorithm 2: the kN-step teacher's k DDIM steps of 1/(kN) from t to t'' = t - 1/N
+    -> (x_tilde, z_t''). k = 2 is the halving: t -> t' = t - 0.5/N -> t'' (the half step first).
 
     t (B,) is on the student's grid, t = (i + 1) / N; teacher_predict(z, s) -> x_hat (guided by
-    the same w as the student). The half step comes first: t' = t - 0.5/N, then t'' = t - 1/N.
-    x_tilde solves for one DDIM step t -> t'' landing on z_t'' (solve_x_tilde), except where
-    t'' = 0 (i = 0): there it is the teacher's x_hat(z_t', t') itself, because the sampler's last
-    step returns x_hat (and sigma_t'' = 0 leaves nothing to solve).
+    the same w as the student). x_tilde solves for one DDIM step t -> t'' landing on z_t''
+    (solve_x_tilde), except where t'' = 0 (i = 0): there it is the teacher's last x_hat itself
+    (x_hat(z_t', t') for k = 2), because the sampler's last step returns x_hat (and sigma_t'' = 0
+    leaves nothing to solve). k = 4 gives 64 -> 16 -> 4 -> 1, the idea of TRACT (Berthelot et
+    al. 2023; stage2_k in config.py).
     """
-    t1, t2 = t - 0.5 / N, t - 1.0 / N  # t', t''  (B,)
-    x_hat_t = teacher_predict(z_t, t)  # (B, C, H, W)
-    z_t1 = ddpm.ddim_step(z_t, x_hat_t, t, t1)  # z_t'
-    x_hat_t1 = teacher_predict(z_t1, t1)  # (B, C, H, W)
-    z_t2 = ddpm.ddim_step(z_t1, x_hat_t1, t1, t2)  # z_t''
-    # x_tilde = (z_t'' - (sigma_t''/sigma_t) z_t) / (alpha_t'' - (sigma_t''/sigma_t) alpha_t)
-    x_tilde = solve_x_tilde(z_t, t, z_t2, t2)  # (B, C, H, W)
-    # i = 0 (t'' = 0): the teacher's last x_hat itself.
-    last = ddpm.unsqueeze_like(t2 < 0.5 / N, z_t)  # (B, 1, 1, 1)
-    return torch.where(last, x_hat_t1, x_tilde), z_t2
-
-
-def teacher_target_k(teacher_predict, z_t, t, N, k):
-    """k teacher DDIM steps of 1/(kN) from t to t'' = t - 1/N -> (x_tilde, z_t''): the same
-    target for stage2_k = k, e.g. 4 (64 -> 16 -> 4 -> 1, the idea of TRACT, Berthelot et al.
-    2023). For k = 2 it equals teacher_target bit for bit (tests/math)."""
-    z = z_t
-    for j in range(k):  # t - j/(kN) -> t - (j+1)/(kN)
+    z = z_t  # (B, C, H, W)
+    for j in range(k):  # t - j/(kN) -> t - (j+1)/(kN); k = 2: t -> t', then t' -> t''
         s, s_next = t - j / (k * N), t - (j + 1) / (k * N)  # (B,)
         x_hat = teacher_predict(z, s)  # (B, C, H, W)
-        z = ddpm.ddim_step(z, x_hat, s, s_next)  # (B, C, H, W)
-    last = ddpm.unsqueeze_like(s_next < 0.5 / N, z_t)  # i = 0: the teacher's last x_hat
-    return torch.where(last, x_hat, solve_x_tilde(z_t, t, z, s_next)), z
+        z = ddpm.ddim_step(z, x_hat, s, s_next)  # (B, C, H, W); z_t'' after the last step
+    # x_tilde = (z_t'' - (sigma_t''/sigma_t) z_t) / (alpha_t'' - (sigma_t''/sigma_t) alpha_t)
+    x_tilde = solve_x_tilde(z_t, t, z, s_next)  # (B, C, H, W)
+    # i = 0 (t'' = 0): the teacher's last x_hat itself.
+    last = ddpm.unsqueeze_like(s_next < 0.5 / N, z_t)  # (B, 1, 1, 1)
+    return torch.where(last, x_hat, x_tilde), z
 
 
 def stage2_loss(student, teacher, x, y, w, i, eps, N, weighting, k=2):
@@ -98,10 +87,7 @@ def stage2_loss(student, teacher, x, y, w, i, eps, N, weighting, k=2):
     # Teacher: two DDIM steps t -> t' -> t'' with the same w (k if not 2), and x_tilde (no grad).
     with torch.no_grad():
         predict = guidance.student_predictor(teacher, y, w)
-        if k == 2:
-            x_tilde, _ = teacher_target(predict, z_t, t, N)  # (B, C, H, W)
-        else:
-            x_tilde, _ = teacher_target_k(predict, z_t, t, N, k)
+        x_tilde, _ = teacher_target(predict, z_t, t, N, k)  # (B, C, H, W)
 
     # Student: one step, the same z_t and w (x_hat is never clipped inside the loss).
     v_hat = student(z_t, t, y, w)  # (B, C, H, W)

@@ -10,12 +10,20 @@ Reports the achieved GFLOP/s and its fraction of the ceiling.
 raise the rate without changing the math: channels_last weights and inputs, torch.compile, one
 thread instead of two. The training scripts keep a variant only if it gives >= 1.2x.
 
+--precisions times one training step of each stage (the teacher's loss, stage 1's with its
+guided teacher target, a halving round's with its two teacher DDIM steps) in fp32 and under
+bf16 autocast (infra.autocast, what --precision bf16 runs), interleaved and repeated in one run,
+and prints the ratio per stage and for a preset's whole pipeline (its iterations per stage).
+
     python benchmarks/throughput.py                  # cpu preset, ~1 minute
     python benchmarks/throughput.py --preset cifar10_cpu --variants   # ~10 minutes
+    python benchmarks/throughput.py --preset cifar10_cpu --precisions --steps 8   # ~12 minutes
     python benchmarks/throughput.py --preset smoke --steps 20
 """
 import argparse
 import copy
+import math
+import re
 import statistics
 import sys
 import time
@@ -26,6 +34,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ddpm  # noqa: E402
+import guidance  # noqa: E402
+import infra  # noqa: E402
+import stage1  # noqa: E402
+import stage2  # noqa: E402
 from config import PRESETS, get_config  # noqa: E402
 from data import DATASETS  # noqa: E402
 from infra import ema_update, make_optimizer, pick_device  # noqa: E402
@@ -116,6 +128,74 @@ def compare_variants(cfg, device, steps, repeats=3):
         print(f"| {name} | {statistics.median(r):.1f} | {statistics.median(r) / base:.2f}x |")
 
 
+def stage_step_fn(cfg, device, stage, precision):
+    """One training step of `stage` (teacher | stage1 | stage2) with the scripts' own loss
+    functions under infra.autocast at `precision`, on random data and weights."""
+    info, B, r = DATASETS[cfg["dataset"]], cfg["batch_size"], cfg["resolution"]
+    cfg = {**cfg, "precision": precision}
+    teacher = from_config(cfg, w_cond=stage == "stage2").to(device).eval()
+    model = from_config({**cfg, "dropout": 0.0}, w_cond=True).to(device) if stage != "teacher" \
+        else teacher.train()
+    opt = make_optimizer(model, cfg["lr"], 0.0, device)
+    x = torch.rand(B, info["channels"], r, r, device=device) * 2 - 1  # (B, C, H, W)
+    y = torch.randint(info["n_classes"], (B,), device=device)  # (B,)
+    w = torch.rand(B, device=device) * 4  # (B,)
+    i = torch.randint(4, (B,), device=device)  # (B,) a halving round to N = 4
+
+    def step(k=0):
+        t, eps = torch.rand(B, device=device), torch.randn_like(x)  # (B,), (B, C, H, W)
+        with infra.autocast(cfg, device):
+            if stage == "teacher":
+                loss = guidance.teacher_loss(model, x, y, t, eps, cfg["loss_weight"])
+            elif stage == "stage1":
+                loss = stage1.stage1_loss(model, teacher, x, y, w, t, eps, cfg["loss_weight"])
+            else:
+                loss = stage2.stage2_loss(model, teacher, x, y, w, i, eps, 4, cfg["loss_weight"])
+        loss.backward()
+        infra.optimizer_step(model, opt, cfg["lr"], cfg["grad_clip"])
+    return step
+
+
+def compare_precisions(cfg, device, steps, repeats=3):
+    """Per stage, the median seconds per step of fp32 and bf16 over `repeats` interleaved rounds;
+    the pipeline's ratio weights each stage by the preset's iterations."""
+    stages, precisions = ("teacher", "stage1", "stage2"), ("fp32", "bf16")
+    seconds = {(s, p): [] for s in stages for p in precisions}
+    for r in range(repeats):
+        for s in stages:
+            for p in precisions:
+                torch.manual_seed(0)
+                seconds[s, p].append(time_steps(stage_step_fn(cfg, device, s, p), steps) / steps)
+                print(f"  round {r + 1}: {s:8s} {p}  {seconds[s, p][-1] * 1e3:7.1f} ms per step",
+                      flush=True)
+    med = {k: statistics.median(v) for k, v in seconds.items()}
+    halvings = int(round(math.log2(cfg["stage2_start_N"])))
+    iters = dict(teacher=cfg["teacher_iters"], stage1=cfg["stage1_iters"],
+                 stage2=sum(stage2.round_iters(cfg, 2 ** n) for n in range(halvings)))
+    print(f"\n{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"batch {cfg['batch_size']}, median of {repeats} interleaved rounds of {steps} steps\n"
+          "| stage | iterations | fp32 ms / step | bf16 ms / step | speed-up | fp32 min | bf16 min |"
+          "\n|---|---|---|---|---|---|---|")
+    total = {p: 0.0 for p in precisions}
+    for s in stages:
+        mins = {p: iters[s] * med[s, p] / 60 for p in precisions}
+        total = {p: total[p] + mins[p] for p in precisions}
+        print(f"| {s} | {iters[s]} | {med[s, 'fp32'] * 1e3:.0f} | {med[s, 'bf16'] * 1e3:.0f} | "
+              f"{med[s, 'fp32'] / med[s, 'bf16']:.2f}x | {mins['fp32']:.1f} | {mins['bf16']:.1f} |")
+    print(f"| pipeline to 1 step (training only) | | | | {total['fp32'] / total['bf16']:.2f}x | "
+          f"{total['fp32']:.1f} | {total['bf16']:.1f} |")
+
+
+def cpu_name():
+    """The CPU's model name and whether it has AVX-512 BF16 (from /proc/cpuinfo on Linux)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "CPU (unknown)"
+    name = re.search(r"model name\s*:\s*(.*)", info)
+    return (name.group(1) if name else "CPU") + (", avx512_bf16" if "avx512_bf16" in info else "")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -126,6 +206,8 @@ def main():
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--variants", action="store_true",
                         help="compare channels_last, torch.compile and 1 thread with the baseline")
+    parser.add_argument("--precisions", action="store_true",
+                        help="compare fp32 with bf16 autocast on each stage's training step")
     args = parser.parse_args()
     cfg = get_config(args.preset, args.set)
     if args.batch_size:
@@ -133,6 +215,8 @@ def main():
     device = pick_device(args.device)
     if args.variants:
         return compare_variants(cfg, device, args.steps)
+    if args.precisions:
+        return compare_precisions(cfg, device, args.steps)
 
     ceiling = matmul_gflops(device)
     step, model, n_params = train_step_fn(cfg, device)

@@ -54,6 +54,7 @@ EXERCISES = [
     ("stage2.py", ["solve_x_tilde", "teacher_target"], "the stage-2 target x_tilde",
      "S&H Algorithm 2; Meng et al., stage two",
      ["test_distill.py::test_x_tilde_makes_one_student_step_land_on_the_teachers_two",
+      "test_distill.py::test_x_tilde_of_four_teacher_steps",
       "test_distill.py::test_one_stage2_round_brings_the_student_towards_the_kN_step_teacher"
       "[2-1-v_mse]"]),  # end to end: a 1-step student trained on your target, ~3 s
     ("ddpm.py", ["stochastic_mean_var"], "Meng et al.'s stochastic step",

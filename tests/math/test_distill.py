@@ -61,30 +61,29 @@ def test_x_tilde_makes_one_student_step_land_on_the_teachers_two(N):
 def test_x_tilde_of_four_teacher_steps(N):
     """stage2_k = 4 (TRACT-style): four teacher steps of 1/(4N), and one student step lands."""
     i, t, predict, z_t = _target_batch(N)
-    x_tilde, z_end = stage2.teacher_target_k(predict, z_t, t, N, 4)
+    x_tilde, z_end = stage2.teacher_target(predict, z_t, t, N, 4)
     ts = [t - j / (4 * N) for j in range(5)]  # t, t - 1/(4N), ..., t'' = t - 1/N
     zs = [z_t]
     for a, b in zip(ts, ts[1:]):
         zs.append(ddpm.ddim_step(zs[-1], predict(zs[-1], a), a, b))
-    assert torch.allclose(z_end, zs[-1], atol=1e-12)
+    assert_close(z_end, zs[-1], "teacher_target(..., k=4)'s z_t'' against four DDIM steps of "
+                 "1/(4N) from t", atol=1e-9, t=t)
     mid = i > 0
     if mid.any():
-        landed = ddpm.ddim_step(z_t[mid], x_tilde[mid], t[mid], ts[-1][mid])
-        assert (landed - z_end[mid]).abs().max() < 1e-5
+        alpha_t, sigma_t = ddpm.alpha_sigma_at(t, z_t)  # the step by hand, as above
+        alpha_t2, sigma_t2 = ddpm.alpha_sigma_at(ts[-1], z_t)
+        landed = alpha_t2 * x_tilde + sigma_t2 * (z_t - alpha_t * x_tilde) / sigma_t  # (B, 2)
+        assert_close(landed[mid], z_end[mid], "one DDIM step t -> t - 1/N with x_hat = x_tilde (k = "
+                     "4), against the teacher's z_t''", atol=1e-5, t=t[mid])
     # i = 0: the teacher's last x_hat, at t = 1/(4N) (not the 2-step target's at 1/(2N)).
     first = i == 0
-    assert torch.allclose(x_tilde[first], predict(zs[3], ts[3])[first], atol=1e-12)
+    assert_close(x_tilde[first], predict(zs[3], ts[3])[first], "x_tilde at i = 0 (k = 4) "
+                 "against the teacher's last x_hat, at t = 1/(4N)", atol=1e-9, t=t[first])
     if N == 1:  # from z_1: the teacher's whole 4-step sampler ends on x_tilde
-        assert torch.allclose(ddpm.sample_ddim(predict, z_t, 4, clip=False), x_tilde, atol=1e-12)
-    assert not torch.allclose(x_tilde, stage2.teacher_target(predict, z_t, t, N)[0])  # k matters
-
-
-@pytest.mark.parametrize("N", [1, 2, 8, 64])
-def test_the_k_step_target_equals_the_two_step_target_for_k_2(N):
-    i, t, predict, z_t = _target_batch(N)
-    for a, b in zip(stage2.teacher_target(predict, z_t, t, N),
-                    stage2.teacher_target_k(predict, z_t, t, N, 2)):
-        assert torch.equal(a, b)
+        assert_close(x_tilde, ddpm.sample_ddim(predict, z_t, 4, clip=False), "x_tilde at N = 1 "
+                     "(k = 4) against the teacher's 4-step DDIM sample", atol=1e-5)
+    assert not torch.allclose(x_tilde, stage2.teacher_target(predict, z_t, t, N)[0]), \
+        "teacher_target ignores k: k = 4 gave the k = 2 target"
 
 
 # ---------------------------------------------------------------- the losses that train
@@ -143,16 +142,16 @@ def test_stage1_loss_is_zero_for_the_exact_guided_student_only():
 
 @pytest.mark.parametrize("k, N", [(2, 1), (2, 4), (4, 2)])
 def test_stage2_loss_is_zero_for_the_student_that_predicts_x_tilde(k, N):
-    """stage2.stage2_loss: a student whose x_hat is the target x_tilde of teacher_target (or
-    teacher_target_k) at its grid time t = (i + 1)/N has loss 0; the teacher itself does not."""
+    """stage2.stage2_loss: a student whose x_hat is the target x_tilde of teacher_target (k
+    teacher steps) at its grid time t = (i + 1)/N has loss 0; the teacher itself does not."""
     x, y, w, _, eps = _loss_batch()
     i = torch.arange(len(x)) % N
     teacher = AnalyticModel(MIX)
-    target = stage2.teacher_target if k == 2 else lambda *a: stage2.teacher_target_k(*a, k)
 
     def ideal(z_t, t, y_, w_):
         assert torch.equal(t, (i + 1).double() / N)  # the student's own grid, including i = 0
-        x_tilde, _ = target(guidance.student_predictor(teacher, y_, w_), z_t, t, N)
+        x_tilde, _ = stage2.teacher_target(guidance.student_predictor(teacher, y_, w_), z_t, t, N,
+                                           k)
         return ddpm.v_from_x(z_t, x_tilde, t)
     assert stage2_loss(ideal, teacher, x, y, w, i, eps, N, "snr_trunc", k) < 1e-12
     assert stage2_loss(teacher, teacher, x, y, w, i, eps, N, "snr_trunc", k) > 1e-3

@@ -2,6 +2,7 @@
 the solution passes every exercise, and each mistake people make fails its own exercise and no
 other; the weights exporter writes files that load and sample, and the shipped ones are those the
 docs state."""
+import ast
 import hashlib
 import re
 import shutil
@@ -12,8 +13,8 @@ from extensions import course
 from extensions.course import ROOT
 
 MUTATIONS = [  # (the exercise it must fail, file, the solution's code, the mistake)
-    (8, "stage2.py", "t1, t2 = t - 0.5 / N, t - 1.0 / N",  # t' and t'' swapped
-     "t1, t2 = t - 1.0 / N, t - 0.5 / N"),
+    (8, "stage2.py", "s, s_next = t - j / (k * N), t - (j + 1) / (k * N)",  # teacher steps of
+     "s, s_next = t - j / N, t - (j + 1) / N"),                            # 1/N, not 1/(kN)
     (5, "guidance.py", "return (1 + w) * x_hat_c - w * x_hat_u",  # the guidance sign flipped
      "return (1 - w) * x_hat_c + w * x_hat_u"),
     (3, "ddpm.py", "return alpha_s * x_hat + sigma_s * eps_hat",  # sigma where alpha belongs
@@ -50,6 +51,42 @@ def test_fresh_copy_is_not_done_solution_passes_each_mistake_fails_its_exercise(
     ddim = grades[copies[4]][2][3]
     assert re.match(r"ddim_step\(z_t, x_hat = x, t, s\) against alpha_s x \+ sigma_s eps: "
                     r"expected -?[\d.]+, got -?[\d.]+ at t = [\d.]+, s = [\d.]+", ddim), ddim
+
+
+def _calls(node):  # the names a function calls: f(...) and module.f(...) alike
+    return {c.func.id if isinstance(c.func, ast.Name) else getattr(c.func, "attr", "")
+            for c in ast.walk(node) if isinstance(c, ast.Call)}
+
+
+def _formulas(node):  # its arithmetic of two or more operations, as source: "alpha * x + ..."
+    return {ast.unparse(e) for e in ast.walk(node) if isinstance(e, ast.BinOp)
+            and sum(isinstance(b, ast.BinOp) for b in ast.walk(e)) >= 2}
+
+
+def test_no_blanked_algorithm_survives_elsewhere_in_the_copy(tmp_path):
+    """What `make` blanks is not given away by code left in the copy (tests/ aside: they are the
+    specification, with the docstrings' equations): no function outside the exercises calls every
+    helper (>= 3) that an exercise function calls, or repeats one of its formulas."""
+    course.make(tmp_path / "copy")
+    blanked = {}  # (file, name) -> the solution's function
+    for k, (file, names, *_) in enumerate(course.EXERCISES, 1):
+        for node in ast.parse((ROOT / file).read_text()).body:
+            if isinstance(node, ast.FunctionDef) and node.name in names:
+                blanked[file, node.name] = node
+    found = []
+    for path in sorted((tmp_path / "copy").rglob("*.py")):
+        rel = path.relative_to(tmp_path / "copy").as_posix()
+        if rel.startswith("tests/"):
+            continue
+        for g in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(g, ast.FunctionDef) or (rel, g.name) in blanked:
+                continue
+            for (file, name), f in blanked.items():
+                calls, same = _calls(f), _formulas(f) & _formulas(g)
+                if len(calls) >= 3 and calls <= _calls(g) or same:
+                    found.append(f"{rel}:{g.name} (line {g.lineno}) holds {file}:{name}'s "
+                                 + (f"formula {sorted(same)[0]}" if same else f"calls {calls}"))
+    assert not found, "\n".join(found)
 
 
 def test_make_and_check_refuse_wrong_folders(cli, tmp_path):
