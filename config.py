@@ -41,7 +41,8 @@ _BASE = dict(
     grad_clip=1.0,                # [SH]
     grad_accum=1,                 # micro-batches per step: batch_size = grad_accum x processes x
                                   # micro-batch; the same gradient, 1/grad_accum the activations
-    precision="auto",             # auto: bf16 autocast on CUDA, fp32 elsewhere | bf16 | fp32
+    precision="auto",             # auto: bf16 autocast on CUDA and on CPUs with bf16 instructions
+                                  # (infra.precision), fp32 elsewhere | bf16 | fp32
     ema_decay=0.9999,             # [SH]; EMA warm-up min(decay, (1+k)/(10+k)) makes it usable early
     teacher_iters=100_000,
     ckpt_every=1000,              # checkpoint + sample grid every K steps

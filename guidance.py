@@ -131,7 +131,7 @@ def train(cfg, out, device, pairs=None, seed=0, resume=True, progress=True):
         # micro-batches of b = B / grad_accum examples (1 by default): the same gradient.
         loss = 0.0
         for x, y, t, eps in infra.micro_batches(net, cfg["grad_accum"], x, y, t, eps):
-            with infra.autocast(cfg, device):  # bf16 network on CUDA; the rest stays fp32
+            with infra.autocast(cfg, device):  # bf16 network (infra.precision); the rest fp32
                 micro_loss = teacher_loss(net, x, y, t, eps, cfg["loss_weight"]) / cfg["grad_accum"]
             micro_loss.backward()
             loss += micro_loss.detach()

@@ -97,7 +97,7 @@ def train(cfg, out, device, teacher_ckpt, pairs=None, seed=0, resume=True, progr
         # from the teacher without grad (stage1_loss); backward, in grad_accum micro-batches.
         loss = 0.0
         for x, y, w, t, eps in infra.micro_batches(net, cfg["grad_accum"], x, y, w, t, eps):
-            with infra.autocast(cfg, device):  # bf16 networks on CUDA; the rest stays fp32
+            with infra.autocast(cfg, device):  # bf16 networks (infra.precision); the rest fp32
                 micro_loss = stage1_loss(net, teacher, x, y, w, t, eps,
                                          cfg["loss_weight"]) / cfg["grad_accum"]
             micro_loss.backward()
