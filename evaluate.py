@@ -16,15 +16,13 @@ The protocol (the preset's eval_* keys; --set overrides) is written next to ever
 reference statistics are cached as .npz in --stats-dir, keyed by the reference images (sha256, in
 order). Image k of every row has class k % n_classes and noise seed k: rows are paired.
 
-Report rows: the guided teacher with DDIM at N = 1, 2, 4, ..., 1024 (2 network calls per step),
-the stage-1 student with DDIM at the same N, every stage-2 student at its own N (deterministic
-DDIM and the stochastic sampler), each at every w of eval_w, except that rows with
-N > eval_all_w_max_N run only at eval_long_w (and the teacher at its full N also at eval_teacher_w).
-A data row (n training images against the reference) gives the FID floor for this sample size;
-a latent run adds data_ae, the same images encoded and decoded by its autoencoder.
-w = 0 is unguided; diffusers' guidance_scale = 1 + w.
+Report rows: the guided teacher with DDIM at N = 1, 2, 4, ..., 1024 (2 calls per step), the
+stage-1 student at the same N, every stage-2 student at its own N (DDIM and stochastic), each at
+every w of eval_w; rows with N > eval_all_w_max_N only at eval_long_w (the full-N teacher also at
+eval_teacher_w). A data row (n training images) is the FID floor at this n; a latent run adds
+data_ae (the images encoded and decoded). Beside FID, obedience.py's G and R. w = 0 is unguided.
 
-    python evaluate.py --run runs/cpu           # report/ in the run: ~55 min on 2 CPU cores
+    python evaluate.py --run runs/cpu           # report/ in the run (minutes: docs/results.md)
     python evaluate.py --ckpt runs/cpu/stage2_N4.pt --w 1 --n 1000      # one number
     python evaluate.py --ckpt runs/cpu/stage2_N4.pt --set eval_features=inception --n 2000 --w 1
 """
@@ -41,6 +39,7 @@ import torch
 from tqdm import tqdm
 
 import infra
+import obedience
 from config import PRESETS, UserError, get_config
 from data import DATASETS, decode, encode, load_dataset, to_float
 from features import feature_net, feature_size, features
@@ -252,9 +251,8 @@ def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
                           min(n_classes, 10))
         save_json(dict(protocol=proto, rows=list(done.values())), results)
         if infra.is_main():
-            tqdm.write(f"{row_key(row):28s} FID {r['fid']:7.2f}  KID {r['kid']:7.4f}  "
-                       f"IS (effnet) {r['inception_score']:5.2f}  {calls:5d} calls  "
-                       f"{ms:9.2f} ms/img")
+            tqdm.write(f"{row_key(row):28s} FID {r['fid']:7.2f}  KID {r['kid']:7.4f}  IS (effnet) "
+                       f"{r['inception_score']:5.2f}  {calls:5d} calls  {ms:9.2f} ms/img")
 
     # Targets, results.json, plots and report.md (report.py), for this run's current checkpoints.
     rows = [done[f] for f in floors] + [done[row_key(r)] for r in rows]
@@ -266,6 +264,8 @@ def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
     out = dict(protocol=proto, plan=plan, reference_is=float(ref["inception_score"]),
                eval_w=[float(w) for w in cfg["eval_w"]], rows=rows,
                targets=check_targets(rows, teacher_N))
+    if obedience.applies(cfg):  # G of stage 1 and R of every student, beside FID
+        out["obedience"] = obedience.report(run, device, data_dir, seed=seed, progress=tqdm.write)
     save_json(out, results)  # creates the folder (atomic_write)
     if infra.is_main():  # rank 0 writes
         plot(rows, out["eval_w"], folder)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 import ddpm
 import infra
+import precision
 from config import UserError
 from data import load_dataset, random_batch, describe_space, training_set
 from unet import from_config
@@ -131,7 +132,7 @@ def train(cfg, out, device, pairs=None, seed=0, resume=True, progress=True):
         # micro-batches of b = B / grad_accum examples (1 by default): the same gradient.
         loss = 0.0
         for x, y, t, eps in infra.micro_batches(net, cfg["grad_accum"], x, y, t, eps):
-            with infra.autocast(cfg, device):  # bf16 network (infra.precision); the rest fp32
+            with precision.autocast(cfg, device):  # bf16 network (precision.py); the rest fp32
                 micro_loss = teacher_loss(net, x, y, t, eps, cfg["loss_weight"]) / cfg["grad_accum"]
             micro_loss.backward()
             loss += micro_loss.detach()

@@ -5,7 +5,7 @@
     torchrun      init_distributed, is_main, shard, wrap, mean_over_ranks, my_rows, gather: every
                   rank draws the whole batch and keeps its slice: K processes train what one does
     checkpoints   atomic_write, save_checkpoint, load_checkpoint, checkpoint_dict, resume
-    training      check_training, make_optimizer, micro_batches, precision, autocast, check_finite,
+    training      check_training, make_optimizer, micro_batches, check_finite,
                   optimizer_step, ema_update, log_metrics
     pictures      save_images, save_grid
 """
@@ -22,6 +22,7 @@ import torch.nn as nn
 from torchvision.utils import save_image
 
 import ddpm
+import precision
 from config import DEFAULT_PRESET, PRESETS, UserError, get_config
 from data import DATASETS, conditions, data_shape, decode, describe_space
 
@@ -70,7 +71,7 @@ def setup(args):
     device = init_distributed(pick_device(args.device))
     check_training(cfg)
     if hasattr(args, "precision") and is_main():  # the training scripts: say what runs, and why
-        print("precision: {} ({})".format(*precision(cfg, device)))
+        print("precision: {} ({})".format(*precision.choose(cfg, device)))
     data = getattr(args, "data", None)
     default = Path(data).parent if data else Path("runs") / args.preset
     # Checked, not made: the folder appears with the first file written (infra.atomic_write), so
@@ -282,37 +283,6 @@ def micro_batches(net, n, *tensors):
         defer = k < n - 1 and isinstance(net, nn.parallel.DistributedDataParallel)
         with net.no_sync() if defer else contextlib.nullcontext():
             yield chunk
-
-
-def cpu_has_bf16():
-    """True on an x86 CPU with bf16 dot-product instructions (AVX-512 BF16 or AMX): there bf16
-    autocast trained the cpu presets 1.4-1.7x faster (docs/results.md); on CPUs without them it
-    is emulated and slower. Read from /proc/cpuinfo (Linux); False where it cannot be read."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def precision(cfg, device):
-    """The precision a run trains at -> ("bf16" | "fp32", why): --precision, or for auto bf16 on
-    CUDA and on a CPU with bf16 instructions, fp32 elsewhere (MPS, older CPUs)."""
-    if cfg["precision"] != "auto":
-        return cfg["precision"], f"--precision {cfg['precision']}"
-    if device.type == "cuda":
-        return "bf16", "auto: CUDA"
-    if device.type == "cpu" and cpu_has_bf16():
-        return "bf16", "auto: this CPU has bf16 instructions; --precision fp32 to train in fp32"
-    return "fp32", f"auto: no native bf16 on {device.type}"
-
-
-def autocast(cfg, device):
-    """bf16 autocast around the losses where precision(cfg, device) is bf16: only the networks'
-    matmuls and convolutions run in bf16; weights, gradients, Adam and the ddpm.py math of the
-    losses (log-SNR at +-20, sigma_t ~ 5e-5, z_t, x_tilde) stay fp32."""
-    on = precision(cfg, device)[0] == "bf16"
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
 
 
 def check_finite(loss, step, ckpt_path):

@@ -4,7 +4,8 @@
                     the same ratio in KID beside it
     plot            fid_vs_calls.png (FID and KID against network calls, one panel per w) and
                     fid_vs_is.png (the quality / diversity trade-off across w, as in the paper)
-    write_report    report.md: protocol, targets, every row
+    obedience_table G and R (obedience.py) against their goals
+    write_report    report.md: protocol, targets, every row, G and R
 
 Rerun the plots and report.md after editing this file, without sampling anything again:
 
@@ -120,6 +121,23 @@ def plot(rows, ws, folder):
     plt.close(fig)
 
 
+def obedience_table(result):
+    """Markdown: G per w (all t, then per bin) and R per student and w, each against its goal."""
+    t_bins = result["protocol"]["t_bins"]
+    bins = " | ".join(f"t in [{lo:g}, {hi:g})" for lo, hi in t_bins)
+    lines = [f"| w | G, all t (goal >= 0.9) | {bins} |", "|" + "---|" * (2 + len(t_bins))]
+    for w, v in result["G"].items():
+        lines.append(f"| {float(w):g} | {v[0]:.2f} {'met' if v[0] >= 0.9 else 'missed'} | "
+                     + " | ".join(f"{g:.2f}" for g in v[1:]) + " |")
+    ws = result["protocol"]["R_w"]
+    lines += ["", "| model | " + " | ".join(f"R(w = {w:g})" for w in ws) + " |",
+              "|" + "---|" * (1 + len(ws))]
+    for name, r in result["R"].items():
+        lines.append(f"| {name} | " + " | ".join(
+            f"{v:.2f} {'met' if 0.8 <= v <= 1.2 else 'missed'}" for v in r.values()) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(folder, results):
     """report.md from results.json's dict: protocol, targets, the table; plots and grids beside."""
     proto, rows, targets = results["protocol"], results["rows"], results["targets"]
@@ -156,6 +174,9 @@ def write_report(folder, results):
         lines.append(f"| {r['model']} | {r['sampler']} | {r['N']} | {w} | {r['fid']:.2f} | "
                      f"{1000 * r['kid']:.1f} | "
                      f"{r['inception_score']:.2f} | {r['calls']} | {r['ms_per_image']:.2f} |")
+    if "obedience" in results:  # obedience.py: does each student follow w as the teacher does?
+        lines += ["", "## Obeying w: G of stage 1 (per step), R of every student (samples)", "",
+                  obedience_table(results["obedience"])]
     lines += ["", "![FID and KID vs network calls](fid_vs_calls.png)", "",
               "![FID vs IS across w](fid_vs_is.png)", "",
               "Sample grids (first two images of each class) for every row: `grids/`.", ""]

@@ -25,6 +25,7 @@ from tqdm import tqdm
 import ddpm
 import guidance
 import infra
+import precision
 from config import UserError
 from data import load_dataset, random_batch, describe_space, training_set
 from unet import from_config, from_checkpoint
@@ -97,7 +98,7 @@ def train(cfg, out, device, teacher_ckpt, pairs=None, seed=0, resume=True, progr
         # from the teacher without grad (stage1_loss); backward, in grad_accum micro-batches.
         loss = 0.0
         for x, y, w, t, eps in infra.micro_batches(net, cfg["grad_accum"], x, y, w, t, eps):
-            with infra.autocast(cfg, device):  # bf16 networks (infra.precision); the rest fp32
+            with precision.autocast(cfg, device):  # bf16 networks (precision.py); the rest fp32
                 micro_loss = stage1_loss(net, teacher, x, y, w, t, eps,
                                          cfg["loss_weight"]) / cfg["grad_accum"]
             micro_loss.backward()

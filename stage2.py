@@ -36,6 +36,7 @@ from tqdm import tqdm
 import ddpm
 import guidance
 import infra
+import precision
 import stage1
 from config import UserError
 from data import load_dataset, random_batch, describe_space, training_set
@@ -134,7 +135,7 @@ def train_round(cfg, out, device, ckpt, N, pairs, seed=0, resume=True, progress=
         # without grad (stage2_loss); backward, in grad_accum micro-batches.
         loss = 0.0
         for x, y, w, i, eps in infra.micro_batches(net, cfg["grad_accum"], x, y, w, i, eps):
-            with infra.autocast(cfg, device):  # bf16 networks (infra.precision); the rest fp32
+            with precision.autocast(cfg, device):  # bf16 networks (precision.py); the rest fp32
                 micro_loss = stage2_loss(net, teacher, x, y, w, i, eps, N, cfg["loss_weight"],
                                          cfg["stage2_k"]) / cfg["grad_accum"]
             micro_loss.backward()

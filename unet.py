@@ -99,9 +99,10 @@ class UNet(nn.Module):
 
     def __init__(self, in_ch=1, resolution=16, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
                  attn_resolutions=(), attn_head_dim=0, dropout=0.0, n_classes=10, w_cond=False,
-                 condition=None):
+                 condition=None, w_scale=1000.0):
         super().__init__()
         self.ch, self.n_classes, self.null_class = ch, n_classes, n_classes
+        self.w_scale = w_scale  # w's sinusoidal features are of w_scale * w
         emb_ch = 4 * ch
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
         self.condition = condition  # a module y -> (B, 4ch) in place of the class table, or None
@@ -144,11 +145,9 @@ class UNet(nn.Module):
         if self.w_mlp is not None:
             if w is None:
                 raise ValueError("this U-Net is w-conditioned: pass w (B,)")
-            # w in [0, 4] goes through the time embedding's scale of 1000, as LCM's guidance
-            # embedding does: about half its frequencies have periods below 0.1 in w, and the MLP
-            # (last layer zero at start) learns which to use. (w / w_max would change every
-            # checkpoint; kept as it is.)
-            emb = emb + self.w_mlp(timestep_embedding(w, self.ch))
+            # Sinusoidal features of w_scale * w (config.py's w_scale), then the MLP whose last
+            # layer starts at zero.
+            emb = emb + self.w_mlp(timestep_embedding(w, self.ch, self.w_scale))
 
         # Down, middle, up with skip connections.
         h = self.conv_in(z_t)  # (B, ch, H, W)
@@ -173,9 +172,9 @@ class MLP(nn.Module):
     blocks h <- h + Linear(SiLU(Linear(SiLU(h + emb)))) with the same conditioning embedding
     emb = time + class (+ w) as the U-Net, the null class included. z_t (B, C, 1, 1) -> v_hat."""
 
-    def __init__(self, in_ch=2, ch=128, num_blocks=3, n_classes=3, w_cond=False):
+    def __init__(self, in_ch=2, ch=128, num_blocks=3, n_classes=3, w_cond=False, w_scale=1000.0):
         super().__init__()
-        self.ch, self.n_classes, self.null_class = ch, n_classes, n_classes
+        self.ch, self.n_classes, self.null_class, self.w_scale = ch, n_classes, n_classes, w_scale
         self.time_mlp = nn.Sequential(nn.Linear(ch, ch), nn.SiLU(), nn.Linear(ch, ch))
         self.class_emb = nn.Embedding(n_classes + 1, ch)  # last row: the null class
         self.w_mlp = w_embedding(ch, ch) if w_cond else None
@@ -189,7 +188,7 @@ class MLP(nn.Module):
         if self.w_mlp is not None:
             if w is None:
                 raise ValueError("this MLP is w-conditioned: pass w (B,)")
-            emb = emb + self.w_mlp(timestep_embedding(w, self.ch))  # as the U-Net's
+            emb = emb + self.w_mlp(timestep_embedding(w, self.ch, self.w_scale))  # as the U-Net's
         h = self.inp(z_t.flatten(1))  # (B, ch)
         for block in self.blocks:
             h = h + block(h + emb)  # (B, ch)
@@ -206,12 +205,13 @@ def from_config(cfg, w_cond=False):
                         f"vectors, this U-Net (ch = {cfg['ch']}) adds {4 * cfg['ch']}-d ones; "
                         "write the data file with the --preset you train with")
     if resolution == 1:  # points (the mixture2d dataset), not images
-        return MLP(channels, cfg["ch"], cfg["num_res_blocks"], info["n_classes"], w_cond)
+        return MLP(channels, cfg["ch"], cfg["num_res_blocks"], info["n_classes"], w_cond,
+                   cfg.get("w_scale", 1000.0))
     return UNet(in_ch=channels, resolution=resolution, ch=cfg["ch"],
                 ch_mult=tuple(cfg["ch_mult"]), num_res_blocks=cfg["num_res_blocks"],
                 attn_resolutions=tuple(cfg["attn_resolutions"]), attn_head_dim=cfg["attn_head_dim"],
                 dropout=cfg["dropout"], n_classes=info["n_classes"], w_cond=w_cond,
-                condition=condition)
+                condition=condition, w_scale=cfg.get("w_scale", 1000.0))  # older checkpoints: 1000
 
 
 def from_checkpoint(ckpt, device, weights="ema"):

@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ddpm  # noqa: E402
 import infra  # noqa: E402
+import precision  # noqa: E402
 import stage2  # noqa: E402
 from config import PRESETS, UserError, get_config  # noqa: E402
 from data import DATASETS, data_shape  # noqa: E402
@@ -56,7 +57,7 @@ def count_flops(cfg):
     return fwd.get_total_flops() / 2, step.get_total_flops() / 2, n_params
 
 
-def activation_bytes(cfg, precision):
+def activation_bytes(cfg, arithmetic):
     """Bytes autograd keeps for the backward pass of one image's training step (CPU, measured),
     with precision fp32 or bf16 through the training scripts' own autocast."""
     net = from_config(cfg, w_cond=True)
@@ -68,7 +69,7 @@ def activation_bytes(cfg, precision):
 
     z, t, y, w = batch(cfg, 1, "cpu")
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x), \
-            infra.autocast(cfg | {"precision": precision}, torch.device("cpu")):
+            precision.autocast(cfg | {"precision": arithmetic}, torch.device("cpu")):
         net(z, t, y, w)
     return sum(seen.values())
 

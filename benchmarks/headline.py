@@ -17,7 +17,8 @@ seed k, so rows are paired. Finished rows are kept in <run>/report/headline.json
 checkpoint hash and protocol): an interrupted run resumes, and --teacher-steps can add the
 expensive teacher rows later. The reference statistics are cached as a pytorch-fid-compatible
 .npz (mu, sigma) in --stats-dir (data/fid_stats/). A second table gives the claims as ratios in
-FID and KID, each against its goal (GOALS), met or missed.
+FID and KID, each against its goal (GOALS), met or missed; a third how far the students obey w
+(obedience.py: G of stage 1 per step, R of every student's samples against the teacher's).
 
     python benchmarks/headline.py --run runs/cpu --teacher-steps 64 16 4  # ~85 min, 2 CPU cores
     python benchmarks/headline.py --run runs/cpu                          # + the full-N teacher
@@ -33,10 +34,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import infra  # noqa: E402
+import obedience  # noqa: E402
 from config import UserError  # noqa: E402
 from evaluate import (add_scoring_args, check_n, data_row, eval_config,  # noqa: E402
                       fingerprint, reference_stats, run_row, save_json, score)
 from features import feature_net, feature_size  # noqa: E402
+from report import obedience_table  # noqa: E402
 from sample import check_weights  # noqa: E402
 
 STUDENT_STEPS = (8, 4, 2, 1)  # DDIM
@@ -193,6 +196,10 @@ def main(argv=None):
     current = [r for r in done.values() if ids.get(r["file"]) == r["ckpt_id"]]
     md = (table(current, args.features, teacher["N"]) + "\n"
           + targets(current, args.features, teacher["N"], cfg["preset"]))
+    if obedience.applies(cfg):  # beside FID: does every student follow w as the teacher does?
+        obeys = obedience.report(run, device, args.data_dir, seed=args.seed)
+        save_json(dict(protocol=protocol, rows=list(done.values()), obedience=obeys), out)
+        md += "\n" + obedience_table(obeys)
     (out.parent / "headline.md").write_text(md)
     print(md + f"wrote {out} and {out.parent / 'headline.md'}")
 

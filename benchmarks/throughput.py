@@ -12,7 +12,7 @@ thread instead of two. The training scripts keep a variant only if it gives >= 1
 
 --precisions times one training step of each stage (the teacher's loss, stage 1's with its
 guided teacher target, a halving round's with its two teacher DDIM steps) in fp32 and under
-bf16 autocast (infra.autocast, what --precision bf16 runs), interleaved and repeated in one run,
+bf16 autocast (precision.autocast, what --precision bf16 runs), interleaved and repeated in one run,
 and prints the ratio per stage and for a preset's whole pipeline (its iterations per stage).
 
     python benchmarks/throughput.py                  # cpu preset, ~1 minute
@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ddpm  # noqa: E402
 import guidance  # noqa: E402
 import infra  # noqa: E402
+import precision  # noqa: E402
 import stage1  # noqa: E402
 import stage2  # noqa: E402
 from config import PRESETS, get_config  # noqa: E402
@@ -128,11 +129,11 @@ def compare_variants(cfg, device, steps, repeats=3):
         print(f"| {name} | {statistics.median(r):.1f} | {statistics.median(r) / base:.2f}x |")
 
 
-def stage_step_fn(cfg, device, stage, precision):
+def stage_step_fn(cfg, device, stage, arithmetic):
     """One training step of `stage` (teacher | stage1 | stage2) with the scripts' own loss
-    functions under infra.autocast at `precision`, on random data and weights."""
+    functions under precision.autocast at `arithmetic`, on random data and weights."""
     info, B, r = DATASETS[cfg["dataset"]], cfg["batch_size"], cfg["resolution"]
-    cfg = {**cfg, "precision": precision}
+    cfg = {**cfg, "precision": arithmetic}
     teacher = from_config(cfg, w_cond=stage == "stage2").to(device).eval()
     model = from_config({**cfg, "dropout": 0.0}, w_cond=True).to(device) if stage != "teacher" \
         else teacher.train()
@@ -144,7 +145,7 @@ def stage_step_fn(cfg, device, stage, precision):
 
     def step(k=0):
         t, eps = torch.rand(B, device=device), torch.randn_like(x)  # (B,), (B, C, H, W)
-        with infra.autocast(cfg, device):
+        with precision.autocast(cfg, device):
             if stage == "teacher":
                 loss = guidance.teacher_loss(model, x, y, t, eps, cfg["loss_weight"])
             elif stage == "stage1":
@@ -174,8 +175,8 @@ def compare_precisions(cfg, device, steps, repeats=3):
                  stage2=sum(stage2.round_iters(cfg, 2 ** n) for n in range(halvings)))
     print(f"\n{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"batch {cfg['batch_size']}, median of {repeats} interleaved rounds of {steps} steps\n"
-          "| stage | iterations | fp32 ms / step | bf16 ms / step | speed-up | fp32 min | bf16 min |"
-          "\n|---|---|---|---|---|---|---|")
+          "| stage | iterations | fp32 ms / step | bf16 ms / step | speed-up | fp32 min "
+          "| bf16 min |\n|---|---|---|---|---|---|---|")
     total = {p: 0.0 for p in precisions}
     for s in stages:
         mins = {p: iters[s] * med[s, p] / 60 for p in precisions}

@@ -14,7 +14,10 @@ with class k % n_classes and noise seed (seed * 1000003 + k), so rows are paired
 seed 1 is the *validation* seed set: select variants here, then report finished presets on seed
 0 (evaluate.py, benchmarks/headline.py), so the choice is not tuned on the reported seeds.
 FID and KID with the preset's effnet features (add --features inception for the standard FID,
-~8x slower here); wall time is the variant's training time from its metrics.jsonl.
+~8x slower here); wall time is the variant's training time from its metrics.jsonl. Beside FID,
+how far each variant obeys w (obedience.py): G of its stage-1 student at w = 0.5 / 1 / 2 / 4 and
+R of each scored student at w = 1 / 2 / 4 (goals: G >= 0.9, R in [0.8, 1.2]): a variant whose
+students ignore w can win on FID at small w, never on these.
 
 A rerun skips variants whose checkpoints and protocol are unchanged (an unfinished variant
 resumes its training), and the table keeps the rows of earlier calls under the same protocol,
@@ -37,6 +40,7 @@ from pathlib import Path
 import matplotlib
 
 import infra
+import obedience
 import stage2
 from config import UserError, get_config
 from data import load_dataset
@@ -53,7 +57,7 @@ UPSTREAM = {"stage1": ["teacher.pt"], "stage2": ["teacher.pt", "stage1.pt"]}
 FROZEN = {"stage1": ("teacher_", "lr", "warmup", "weight_decay", "ema_decay", "dropout",
                      "p_uncond", "teacher_N"),
           "stage2": ("teacher_", "lr", "warmup", "weight_decay", "ema_decay", "dropout",
-                     "p_uncond", "teacher_N", "stage1_")}
+                     "p_uncond", "teacher_N", "stage1_", "w_scale")}
 
 
 def split_values(text):
@@ -140,11 +144,16 @@ def table(rows, args):
     """Markdown: one line per variant, FID (KID x 10^3) per student, w and backend."""
     cols = [(f"N{N}_w{w:g}", b) for N in args.eval_steps for w in args.w for b in args.features]
     head = "| variant | overrides | train min | " + " | ".join(
-        f"{c.replace('_', ' ')} FID {b} (KID×10³)" for c, b in cols) + " |"
-    lines = [head, "|" + "---|" * (len(cols) + 3)]
+        f"{c.replace('_', ' ')} FID {b} (KID×10³)" for c, b in cols) + " | G stage 1 | " + \
+        " | ".join(f"R N{N}" for N in args.eval_steps) + " |"
+    lines = [head, "|" + "---|" * (len(cols) + 4 + len(args.eval_steps))]
     for r in rows:
         cells = " | ".join(f"{r['scores'][c][b]['fid']:.2f} ({1e3 * r['scores'][c][b]['kid']:.1f})"
                            for c, b in cols)
+        obeys = r.get("obedience", {})  # G at w = 0.5, 1, 2, 4; R at w = 1, 2, 4 (obedience.py)
+        cells += " | " + " / ".join(f"{g[0]:.2f}" for g in obeys.get("G", {}).values()) + " | " + \
+            " | ".join(" / ".join(f"{v:.2f}" for v in obeys.get("R", {}).get(
+                f"stage2_N{N}.pt", {}).values()) for N in args.eval_steps)
         lines.append(f"| {r['name']} | `{' '.join(r['overrides']) or '-'}` | "
                      f"{r['train_seconds'] / 60:.2f} | {cells} |")
     return "\n".join(lines) + "\n"
@@ -226,7 +235,7 @@ def main(argv=None):
     # The training set, read once from --data-dir for every variant (the run's own dataset).
     pairs = load_dataset(base["dataset"], base["resolution"], args.data_dir) if todo else None
 
-    rows = []
+    rows, teacher_moves = [], None
     for overrides, vcfg in [([], None)] + todo:
         name = name_of(overrides)
         where = run if vcfg is None else folder / name
@@ -241,6 +250,10 @@ def main(argv=None):
         r = dict(name=name, overrides=overrides, ckpt_ids={str(N): i for N, i in ids.items()},
                  train_seconds=train_seconds(where, args.stage),
                  scores=score_variant(where, cfg, args, nets, refs, device))
+        if obedience.applies(cfg):  # G of the variant's stage 1, R of its students
+            r["obedience"] = obedience.report(where, device, args.data_dir, seed=args.seed,
+                                              teacher_moves=teacher_moves)
+            teacher_moves = r["obedience"]["moves"]["teacher.pt"]  # the same teacher in every row
         rows.append(r)
         done[name] = r
         save_json(dict(protocol=protocol, rows=list(done.values())), results)

@@ -73,8 +73,8 @@ def test_x_tilde_of_four_teacher_steps(N):
         alpha_t, sigma_t = ddpm.alpha_sigma_at(t, z_t)  # the step by hand, as above
         alpha_t2, sigma_t2 = ddpm.alpha_sigma_at(ts[-1], z_t)
         landed = alpha_t2 * x_tilde + sigma_t2 * (z_t - alpha_t * x_tilde) / sigma_t  # (B, 2)
-        assert_close(landed[mid], z_end[mid], "one DDIM step t -> t - 1/N with x_hat = x_tilde (k = "
-                     "4), against the teacher's z_t''", atol=1e-5, t=t[mid])
+        assert_close(landed[mid], z_end[mid], "one DDIM step t -> t - 1/N with x_hat = x_tilde "
+                     "(k = 4), against the teacher's z_t''", atol=1e-5, t=t[mid])
     # i = 0: the teacher's last x_hat, at t = 1/(4N) (not the 2-step target's at 1/(2N)).
     first = i == 0
     assert_close(x_tilde[first], predict(zs[3], ts[3])[first], "x_tilde at i = 0 (k = 4) "

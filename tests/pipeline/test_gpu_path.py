@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import infra
+import precision
 import stage2
 from config import UserError, get_config
 from infra import load_checkpoint
@@ -62,12 +63,17 @@ def test_a_batch_that_the_micro_batches_do_not_split_is_a_clear_error():
 def test_the_bf16_autocast_path_trains_fp32_weights(tmp_path):
     cpu = torch.device("cpu")
     net = torch.nn.Linear(4, 4)
-    with infra.autocast(get_config("smoke", ["precision=bf16"]), cpu):
+    with precision.autocast(get_config("smoke", ["precision=bf16"]), cpu):
         assert net(torch.randn(2, 4)).dtype == torch.bfloat16  # the path is really taken
-    with infra.autocast(get_config("smoke"), cpu):  # auto: fp32 on the CPU
+    with precision.autocast(get_config("smoke", ["precision=fp32"]), cpu):
         assert net(torch.randn(2, 4)).dtype == torch.float32
+    # auto: bf16 exactly where the CPU has bf16 instructions (and on CUDA), fp32 on MPS.
+    native = precision.cpu_has_bf16()
+    assert precision.choose(get_config("smoke"), cpu)[0] == ("bf16" if native else "fp32")
+    assert precision.choose(get_config("smoke"), torch.device("cuda"))[0] == "bf16"
+    assert precision.choose(get_config("smoke"), torch.device("mps"))[0] == "fp32"
 
-    fp32, _ = _pipeline(tmp_path / "fp32", [])
+    fp32, _ = _pipeline(tmp_path / "fp32", ["precision=fp32"])
     bf16, _ = _pipeline(tmp_path / "bf16", ["precision=bf16"])
     for name, ckpt in bf16.items():
         for k, v in ckpt["model"].items():
