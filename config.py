@@ -165,8 +165,9 @@ PRESETS = {
                   eval_feature_size=64,
                   eval_ref_n=200, eval_w=(0.0, 1.0), eval_all_w_max_N=8, eval_long_w=(),
                   eval_teacher_w=(1.0,)),
-    # The default: Fashion-MNIST 16x16, 0.63M parameters (~280 img/s teacher training on 2 cores),
-    # sized for ~60 minutes for the whole pipeline on 2 CPU cores [here]; times in the README.
+    # The default: Fashion-MNIST 16x16, 0.63M parameters: the whole pipeline in 18 minutes on 2
+    # CPU cores with bf16 instructions (15 to the 4-step student), ~1.4x that in fp32 [here];
+    # every minute with its date and CPU in docs/results.md#measured-times.
     "cpu": dict(resolution=16, ch=24, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(4,),
                 dropout=0.1, batch_size=128, lr=1e-3, warmup=200, ema_decay=0.998,
                 teacher_iters=2500, ckpt_every=500, grid_steps=128,
@@ -177,10 +178,10 @@ PRESETS = {
                 # before) gave the best 4- and 1-step students of docs/ablations.md, at +6 min.
                 stage1_iters=1200, stage1_lr=3e-4, stage2_start_N=64, stage2_iters=150,
                 stage2_iters_small=500, stage2_lr=2e-4, distill_ckpt_every=50,
-                # ~55 min report: 200 samples per row; features at 128 px (224 px is 3x slower here)
+                # report: 200 samples per row (~40 min, docs/results.md); features at 128 px
                 eval_n=200, eval_feature_size=128, eval_all_w_max_N=64),
-    # CIFAR-10 32x32 in colour, the whole pipeline 64 -> 1 steps in ~90 minutes on 2 CPU cores
-    # [here]; minutes per stage in docs/results.md. At 32 px the full-resolution level costs most
+    # CIFAR-10 32x32 in colour, the whole pipeline 64 -> 1 steps within 150 minutes on 2 CPU cores
+    # [here]; minutes per stage, fp32 and bf16, in docs/results.md#measured-times. At 32 px the full-resolution level costs most
     # of a step, so it is narrow (16 channels) and the width sits at 16, 8 and 4 px: 1.09M
     # parameters train at ~160 img/s here, where ch=32 x (1, 2, 2) (1.1M) trains at ~67.
     "cifar10_cpu": dict(dataset="cifar10", resolution=32, randflip=True, ch=16,
