@@ -180,10 +180,11 @@ PRESETS = {
                 stage2_iters_small=500, stage2_lr=2e-4, distill_ckpt_every=50,
                 # report: 200 samples per row (~40 min, docs/results.md); features at 128 px
                 eval_n=200, eval_feature_size=128, eval_all_w_max_N=64),
-    # CIFAR-10 32x32 in colour, the whole pipeline 64 -> 1 steps within 150 minutes on 2 CPU cores
-    # [here]; minutes per stage, fp32 and bf16, in docs/results.md#measured-times. At 32 px the full-resolution level costs most
-    # of a step, so it is narrow (16 channels) and the width sits at 16, 8 and 4 px: 1.09M
-    # parameters train at ~160 img/s here, where ch=32 x (1, 2, 2) (1.1M) trains at ~67.
+    # CIFAR-10 32x32 in colour, the whole pipeline 64 -> 1 steps within 150 minutes on 2 CPU
+    # cores [here]; minutes per stage, fp32 and bf16, in docs/results.md#measured-times. At 32 px
+    # the full-resolution level costs most of a step, so it is narrow (16 channels) and the width
+    # sits at 16, 8 and 4 px: 1.09M parameters train at ~160 img/s (fp32, the earlier machine),
+    # where ch=32 x (1, 2, 2) (1.1M) trains at ~67.
     "cifar10_cpu": dict(dataset="cifar10", resolution=32, randflip=True, ch=16,
                         ch_mult=(1, 2, 4, 4), num_res_blocks=1, attn_resolutions=(8,),
                         dropout=0.1, batch_size=128, lr=1e-3, warmup=200, ema_decay=0.998,

@@ -264,8 +264,8 @@ def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
     out = dict(protocol=proto, plan=plan, reference_is=float(ref["inception_score"]),
                eval_w=[float(w) for w in cfg["eval_w"]], rows=rows,
                targets=check_targets(rows, teacher_N))
-    if obedience.applies(cfg):  # G of stage 1 and R of every student, beside FID
-        out["obedience"] = obedience.report(run, device, data_dir, seed=seed, progress=tqdm.write)
+    if obedience.applies(cfg):  # beside FID: G of stage 1, R of every student (<= 256 images)
+        out["obedience"] = obedience.report(run, device, data_dir, min(256, cfg["eval_n"]), seed)
     save_json(out, results)  # creates the folder (atomic_write)
     if infra.is_main():  # rank 0 writes
         plot(rows, out["eval_w"], folder)

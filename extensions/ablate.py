@@ -251,8 +251,8 @@ def main(argv=None):
                  train_seconds=train_seconds(where, args.stage),
                  scores=score_variant(where, cfg, args, nets, refs, device))
         if obedience.applies(cfg):  # G of the variant's stage 1, R of its students
-            r["obedience"] = obedience.report(where, device, args.data_dir, seed=args.seed,
-                                              teacher_moves=teacher_moves)
+            r["obedience"] = obedience.report(where, device, args.data_dir, min(256, args.n),
+                                              args.seed, teacher_moves=teacher_moves)
             teacher_moves = r["obedience"]["moves"]["teacher.pt"]  # the same teacher in every row
         rows.append(r)
         done[name] = r
