@@ -188,13 +188,14 @@ def compare_precisions(cfg, device, steps, repeats=3):
 
 
 def cpu_name():
-    """The CPU's model name and whether it has AVX-512 BF16 (from /proc/cpuinfo on Linux)."""
+    """The CPU's model name (from /proc/cpuinfo on Linux) and whether precision.py finds bf16."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return "CPU (unknown)"
     name = re.search(r"model name\s*:\s*(.*)", info)
-    return (name.group(1) if name else "CPU") + (", avx512_bf16" if "avx512_bf16" in info else "")
+    return (name.group(1) if name else "CPU") + (", bf16 instructions" if precision.cpu_has_bf16()
+                                                  else ", no bf16 instructions")
 
 
 def main():
