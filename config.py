@@ -51,6 +51,7 @@ _BASE = dict(
     w_min=0.0, w_max=4.0,         # guidance range w ~ U[w_min, w_max] [M] (pixel space)
     w_scale=1000.0,               # the students' w features: sinusoids of w_scale * w (unet.py),
                                   # the time embedding's scale, as LCM's guidance embedding
+    w_sees_class=False,           # the w MLP also reads the class embedding (unet.w_embedding)
     grid_w=(0.0, 1.0, 3.0),       # rows of every sample grid (empty: no grids)
     grid_steps=128,               # DDIM steps for the grids written during training
     # distillation (stage1.py, stage2.py): Adam, lr decays linearly to 0, no EMA, dropout 0 [SH]
@@ -131,8 +132,8 @@ RULES = dict(
     batch_size=at_least(1), lr=POSITIVE, warmup=at_least(0), weight_decay=at_least(0),
     grad_clip=POSITIVE, grad_accum=at_least(1), precision=one_of("auto", "bf16", "fp32"),
     ema_decay=between(0, 1), teacher_iters=at_least(0), ckpt_every=at_least(1),
-    teacher_N=POWER_OF_TWO, w_min=ANY, w_max=ANY, w_scale=POSITIVE, grid_w=NUMBERS,
-    grid_steps=at_least(1),
+    teacher_N=POWER_OF_TWO, w_min=ANY, w_max=ANY, w_scale=POSITIVE, w_sees_class=ANY,
+    grid_w=NUMBERS, grid_steps=at_least(1),
     stage1_iters=at_least(0), stage1_lr=POSITIVE, stage2_start_N=POWER_OF_TWO,
     stage2_iters=at_least(0), stage2_iters_small=at_least(0), stage2_lr=POSITIVE,
     stage2_k=_rule(lambda v: v >= 2 and not v & (v - 1), "2, 4, 8, ... (a power of two >= 2)"),

@@ -162,10 +162,6 @@ def row_key(r):
     return f"{r['model']}_{r['sampler']}{r['N']}_w{r['w']:g}"
 
 
-def fingerprint(path):  # a checkpoint's short hash: a finished row is reused for the same weights
-    return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12]
-
-
 def protocol(cfg, ref, n_classes, device, seed):
     return dict(metrics="FID, KID, IS", features=cfg["eval_features"],
                 feature_size=feature_size(cfg),
@@ -238,7 +234,7 @@ def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
                           **score(x, ref, extract))
     rows, models = plan_rows(run, cfg), {}
     teacher_N = max(r["N"] for r in rows if r["model"] == "teacher")
-    ids = {f: fingerprint(run / f) for f in {r["file"] for r in rows}}
+    ids = {f: infra.fingerprint(run / f) for f in {r["file"] for r in rows}}
     for row in tqdm(rows, desc="report rows", disable=not progress or not infra.is_main()):
         row["ckpt_id"] = ids[row["file"]]
         if done.get(row_key(row), {}).get("ckpt_id") == row["ckpt_id"]:

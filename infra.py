@@ -4,13 +4,15 @@
                   check_seed
     torchrun      init_distributed, is_main, shard, wrap, mean_over_ranks, my_rows, gather: every
                   rank draws the whole batch and keeps its slice: K processes train what one does
-    checkpoints   atomic_write, save_checkpoint, load_checkpoint, checkpoint_dict, resume
+    checkpoints   atomic_write, save_checkpoint, load_checkpoint, fingerprint, checkpoint_dict,
+                  resume
     training      check_training, make_optimizer, micro_batches, check_finite,
                   optimizer_step, ema_update, log_metrics
     pictures      save_images, save_grid
 """
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import sys
@@ -56,8 +58,7 @@ def add_training_args(parser, what, data_file=True):
                             "step (default 1): batch_size = K x processes x micro-batch")
         parser.add_argument("--precision", choices=["auto", "bf16", "fp32"],
                             help="default auto: bf16 autocast on CUDA and on CPUs with bf16 "
-                            "instructions (AVX-512 BF16, AMX), fp32 elsewhere; fp32 for "
-                            "bit-exact fp32 runs")
+                            "instructions (AVX-512 BF16, AMX), fp32 elsewhere")
     return parser
 
 
@@ -74,14 +75,12 @@ def setup(args):
         print("precision: {} ({})".format(*precision.choose(cfg, device)))
     data = getattr(args, "data", None)
     default = Path(data).parent if data else Path("runs") / args.preset
-    # Checked, not made: the folder appears with the first file written (infra.atomic_write), so
-    # input refused later on leaves no empty run folder behind.
+    # Checked, not made: the first file written makes it, so refused input leaves no empty folder.
     return cfg, writable_dir(default if args.out is None else args.out, "--out", False), device
 
 
 def check_training(cfg):
-    """Before any work: the batch (>= 1) splits evenly over the processes and their micro-batches,
-    and the precision is one autocast knows."""
+    """Before any work: the batch (>= 1) splits evenly over the processes and micro-batches."""
     B, K = cfg["batch_size"], cfg["grad_accum"]
     if B < 1 or K < 1 or B % (world() * K):
         raise UserError(f"--batch-size {B} must be divisible by the {world()} process(es) x "
@@ -222,6 +221,10 @@ def load_checkpoint(path, stage=None):
     if stage is not None and not str(ckpt["stage"]).startswith(stage):
         raise UserError(f"{path} holds stage {ckpt['stage']!r}, but this needs {stage!r}")
     return ckpt
+
+
+def fingerprint(path):  # a checkpoint's short hash: a finished score is reused for the same weights
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12]
 
 
 def rng_state(rngs):

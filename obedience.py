@@ -17,6 +17,7 @@ one or two w cannot tell. These can:
     python obedience.py --run runs/cifar10_cpu --data-dir DIR --n 500
 """
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -83,36 +84,58 @@ def applies(cfg):
 def report(run, device, data_dir="data", n=256, seed=0, progress=print, teacher_moves=None):
     """G of the run's stage-1 student and R of every student -> dict(G={w: [...]}, R={file: {w:
     R}}, moves={file: {w: pixels}}) with the protocol; the teacher's moves at 64 DDIM steps
-    (teacher_moves: those of an earlier call on the same teacher, n and seed, reused)."""
+    (teacher_moves: those of an earlier call on the same teacher, n and seed, reused). Kept in
+    <run>/report/obedience.json by checkpoint hash: a later call measures only what changed."""
     teacher_ckpt = infra.load_checkpoint(run / "teacher.pt", "teacher")
     cfg = teacher_ckpt["config"]
+    progress = progress if infra.is_main() else (lambda line: None)  # torchrun: rank 0 speaks
     if not applies(cfg):
         raise UserError(f"{run}: G and R are measured on class-conditional pixel models")
-    teacher = from_checkpoint(teacher_ckpt, device)
-    out = dict(protocol=dict(n=n, seed=seed, G_w=list(G_W), R_w=list(R_W), t_bins=T_BINS,
-                             held_out=f"{cfg['dataset']} test split, first {n} images",
-                             R_reference=f"teacher, DDIM {R_TEACHER_STEPS} steps"), G={}, R={})
+    protocol = dict(n=n, seed=seed, G_w=list(G_W), R_w=list(R_W), t_bins=[list(b) for b in T_BINS],
+                    held_out=f"{cfg['dataset']} test split, first {n} images",
+                    R_reference=f"teacher, DDIM {R_TEACHER_STEPS} steps")
     stage1 = run / "stage1.pt"
-    if stage1.is_file():
-        images, labels = load_dataset(cfg["dataset"], cfg["resolution"], data_dir, train=False)
-        x, y = to_float(images[:n]).to(device), labels[:n].to(device)  # (n, C, H, W), (n,)
-        student = from_checkpoint(infra.load_checkpoint(stage1, "stage1"), device)
-        out["G"] = guidance_captured(student, teacher, x, y, seed=seed)
-        progress("G(w) of stage1.pt: " + ", ".join(f"{w:g}: {v[0]:.2f}" for w, v in
-                                                     out["G"].items()))
-    moves = {"teacher.pt": teacher_moves or sample_moves(teacher_ckpt, teacher, R_TEACHER_STEPS,
-                                                         R_W, n, seed, device)}
     students = [stage1] * stage1.is_file() + sorted(run.glob("stage2_N*.pt"),
                                                     key=lambda p: -int(p.stem[8:]))
-    for path in students:
-        ckpt = infra.load_checkpoint(path)
-        steps = R_TEACHER_STEPS if ckpt["stage"] == "stage1" else ckpt["N"]
-        moves[path.name] = sample_moves(ckpt, from_checkpoint(ckpt, device), steps, R_W, n, seed,
-                                        device)
-        out["R"][path.name] = {w: moves[path.name][w] / moves["teacher.pt"][w] for w in R_W}
-        progress(f"R(w) of {path.name} ({steps} steps): " + ", ".join(
-            f"{w:g}: {r:.2f}" for w, r in out["R"][path.name].items()))
-    return out | dict(moves=moves)
+    ids = {p.name: infra.fingerprint(p) for p in [run / "teacher.pt", *students]}
+    cache = run / "report" / "obedience.json"
+    old = json.loads(cache.read_text()) if cache.is_file() else {}
+    old = old if old.get("protocol") == protocol else {}  # another n, seed or w: measure again
+    floats = lambda d: {float(w): v for w, v in d.items()}  # noqa: E731 (JSON's keys are strings)
+    kept = {name for name, i in old.get("ids", {}).items() if ids.get(name) == i}
+    out = dict(protocol=protocol, ids=ids, G={}, R={}, moves={})
+    teacher = None if {"teacher.pt", "stage1.pt"} <= kept else from_checkpoint(teacher_ckpt,
+                                                                                device)
+    if stage1.is_file():
+        if teacher is None:  # the same teacher and stage-1 student as last time
+            out["G"] = floats(old["G"])
+        else:
+            images, labels = load_dataset(cfg["dataset"], cfg["resolution"], data_dir, train=False)
+            x, y = to_float(images[:n]).to(device), labels[:n].to(device)  # (n, C, H, W), (n,)
+            student = from_checkpoint(infra.load_checkpoint(stage1, "stage1"), device)
+            out["G"] = guidance_captured(student, teacher, x, y, seed=seed)
+        progress("G(w) of stage1.pt: " + ", ".join(f"{float(w):g}: {v[0]:.2f}" for w, v in
+                                                     out["G"].items()))
+
+    # The samples' moves from w = 0, the teacher's first; then R = student's / teacher's.
+    for path in [run / "teacher.pt", *students]:
+        name = path.name
+        if name in kept:
+            out["moves"][name] = floats(old["moves"][name])
+        elif name == "teacher.pt" and teacher_moves:
+            out["moves"][name] = teacher_moves
+        else:
+            ckpt = infra.load_checkpoint(path)
+            steps = R_TEACHER_STEPS if ckpt["stage"] in ("teacher", "stage1") else ckpt["N"]
+            out["moves"][name] = sample_moves(ckpt, from_checkpoint(ckpt, device), steps, R_W,
+                                              n, seed, device)
+        if name != "teacher.pt":
+            moves, ref = out["moves"][name], out["moves"]["teacher.pt"]
+            out["R"][name] = {w: moves[w] / ref[w] for w in R_W}
+            progress(f"R(w) of {name}: " + ", ".join(f"{w:g}: {r:.2f}" for w, r in
+                                                      out["R"][name].items()))
+    infra.atomic_write(cache, lambda f: f.write(json.dumps(out, indent=1).encode()))
+    return out
 
 
 def main(argv=None):

@@ -94,6 +94,14 @@ def plot(rows, ws, folder):
     fig.savefig(folder / "fid_vs_calls.png", dpi=120)
     plt.close(fig)
 
+    fid_vs_is(rows, ws, folder / "fid_vs_is.png")
+
+
+def fid_vs_is(rows, ws, path, title="quality / diversity across w (labels: w)"):
+    """The paper's trade-off figure: FID (x) against IS (y), one curve per model, points by w."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5, 4))
     for model, sampler, N, label in [("teacher", "ddim", None, "teacher DDIM"),
                                      ("stage1", "ddim", None, "stage-1 DDIM"),
@@ -114,10 +122,10 @@ def plot(rows, ws, folder):
                 ax.annotate(f"{w:g}", (fid, is_), fontsize=6)
     ax.set(xlabel="FID (lower is better)", xscale="log",
            ylabel="IS, EfficientNet-Lite0 (higher is better)",
-           title="quality / diversity across w (labels: w)")
+           title=title)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(folder / "fid_vs_is.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 

@@ -31,9 +31,16 @@ from data import load_dataset, random_batch, describe_space, training_set
 from unet import from_config, from_checkpoint
 
 
-def init_student(teacher_ckpt, device):
-    """A w-student from the teacher's EMA weights: dropout 0, w embedding zero-initialized."""
-    student = from_config({**teacher_ckpt["config"], "dropout": 0.0}, w_cond=True)
+W_KEYS = ("w_scale", "w_sees_class")  # the w embedding's keys: stage 1's, not the teacher's
+
+
+def init_student(teacher_ckpt, device, cfg=None):
+    """A w-student from the teacher's EMA weights: the teacher's architecture with the w
+    embedding that cfg (default: the teacher's config) describes, zero-initialized; dropout 0."""
+    w_keys = {k: (cfg or teacher_ckpt["config"]).get(k) for k in W_KEYS}
+    student = from_config({**teacher_ckpt["config"], **{k: v for k, v in w_keys.items()
+                                                       if v is not None}, "dropout": 0.0},
+                          w_cond=True)
     missing, unexpected = student.load_state_dict(teacher_ckpt["ema"], strict=False)
     assert not unexpected and all(k.startswith("w_mlp") for k in missing), (missing, unexpected)
     return student.to(device)
@@ -65,7 +72,7 @@ def train(cfg, out, device, teacher_ckpt, pairs=None, seed=0, resume=True, progr
     # Set-up: the frozen teacher, the student (a copy plus the w input), Adam, random streams.
     pairs = pairs or load_dataset(cfg["dataset"], cfg["resolution"])
     teacher = from_checkpoint(teacher_ckpt, device)
-    student = init_student(teacher_ckpt, device)
+    student = init_student(teacher_ckpt, device, cfg)
     net = infra.wrap(student)  # DDP under torchrun
     torch.manual_seed(seed)
     N, iters, lr = cfg["teacher_N"], cfg["stage1_iters"], cfg["stage1_lr"]

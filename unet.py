@@ -39,11 +39,13 @@ def timestep_embedding(t, dim, scale=1000.0, max_period=10_000.0):
     return torch.cat([torch.sin(args), torch.cos(args)], dim=1)  # (B, dim)
 
 
-def w_embedding(ch, emb_ch):
+def w_embedding(ch, emb_ch, sees_class=False):
     """The guidance-weight MLP on w's sinusoidal features (B, ch) -> (B, emb_ch): Linear, SiLU,
-    Linear. Its last layer starts at zero, so a fresh w-student's outputs equal its teacher's for
-    every w."""
-    mlp = nn.Sequential(nn.Linear(ch, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
+    Linear; sees_class: on [w's features, the class embedding] (B, ch + emb_ch), so that what w
+    adds can depend on the class, as the guided move (1 + w) x_hat_c - w x_hat_u does. Its last
+    layer starts at zero, so a fresh w-student's outputs equal its teacher's for every w."""
+    mlp = nn.Sequential(nn.Linear(ch + emb_ch * sees_class, emb_ch), nn.SiLU(),
+                        nn.Linear(emb_ch, emb_ch))
     nn.init.zeros_(mlp[-1].weight)
     nn.init.zeros_(mlp[-1].bias)
     return mlp
@@ -99,7 +101,7 @@ class UNet(nn.Module):
 
     def __init__(self, in_ch=1, resolution=16, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
                  attn_resolutions=(), attn_head_dim=0, dropout=0.0, n_classes=10, w_cond=False,
-                 condition=None, w_scale=1000.0):
+                 condition=None, w_scale=1000.0, w_sees_class=False):
         super().__init__()
         self.ch, self.n_classes, self.null_class = ch, n_classes, n_classes
         self.w_scale = w_scale  # w's sinusoidal features are of w_scale * w
@@ -108,7 +110,8 @@ class UNet(nn.Module):
         self.condition = condition  # a module y -> (B, 4ch) in place of the class table, or None
         if condition is None:
             self.class_emb = nn.Embedding(n_classes + 1, emb_ch)  # last row: the null class
-        self.w_mlp = w_embedding(ch, emb_ch) if w_cond else None
+        self.w_sees_class = w_sees_class  # the w MLP's input: w's features (+ the class's)
+        self.w_mlp = w_embedding(ch, emb_ch, w_sees_class) if w_cond else None
 
         # Down path: remember every feature map for the skips.
         self.conv_in = nn.Conv2d(in_ch, ch, 3, padding=1)
@@ -145,9 +148,11 @@ class UNet(nn.Module):
         if self.w_mlp is not None:
             if w is None:
                 raise ValueError("this U-Net is w-conditioned: pass w (B,)")
-            # Sinusoidal features of w_scale * w (config.py's w_scale), then the MLP whose last
-            # layer starts at zero.
-            emb = emb + self.w_mlp(timestep_embedding(w, self.ch, self.w_scale))
+            # Sinusoidal features of w_scale * w (config.py's w_scale), [and the class's
+            # embedding,] then the MLP whose last layer starts at zero.
+            w_in = timestep_embedding(w, self.ch, self.w_scale)  # (B, ch)
+            w_in = torch.cat([w_in, cond], 1) if self.w_sees_class else w_in  # (B, ch + 4ch)
+            emb = emb + self.w_mlp(w_in)  # (B, 4ch)
 
         # Down, middle, up with skip connections.
         h = self.conv_in(z_t)  # (B, ch, H, W)
@@ -211,7 +216,8 @@ def from_config(cfg, w_cond=False):
                 ch_mult=tuple(cfg["ch_mult"]), num_res_blocks=cfg["num_res_blocks"],
                 attn_resolutions=tuple(cfg["attn_resolutions"]), attn_head_dim=cfg["attn_head_dim"],
                 dropout=cfg["dropout"], n_classes=info["n_classes"], w_cond=w_cond,
-                condition=condition, w_scale=cfg.get("w_scale", 1000.0))  # older checkpoints: 1000
+                condition=condition, w_scale=cfg.get("w_scale", 1000.0),  # older checkpoints:
+                w_sees_class=cfg.get("w_sees_class", False))  # 1000 and False
 
 
 def from_checkpoint(ckpt, device, weights="ema"):

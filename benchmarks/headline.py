@@ -37,7 +37,7 @@ import infra  # noqa: E402
 import obedience  # noqa: E402
 from config import UserError  # noqa: E402
 from evaluate import (add_scoring_args, check_n, data_row, eval_config,  # noqa: E402
-                      fingerprint, reference_stats, run_row, save_json, score)
+                      reference_stats, run_row, save_json, score)
 from features import feature_net, feature_size  # noqa: E402
 from report import obedience_table  # noqa: E402
 from sample import check_weights  # noqa: E402
@@ -166,8 +166,9 @@ def main(argv=None):
     old = json.loads(out.read_text()) if out.is_file() else {}
     done = {key(r): r for r in old.get("rows", []) if old.get("protocol") == protocol}
     rows, models = plan(run, teacher["N"], args.teacher_steps, args.w), {}
-    ids = {f: "-" if f == "-" else fingerprint(run / f) for f in {r["file"] for r in rows}}
-    ids |= {r["file"]: fingerprint(run / r["file"]) for r in done.values()  # earlier calls' rows
+    hash_of = lambda f: "-" if f == "-" else infra.fingerprint(run / f)  # noqa: E731
+    ids = {f: hash_of(f) for f in {r["file"] for r in rows}}
+    ids |= {r["file"]: hash_of(r["file"]) for r in done.values()  # earlier calls' rows
             if r["file"] not in ids and (run / r["file"]).is_file()}
     for row in rows:
         row["ckpt_id"] = ids[row["file"]]

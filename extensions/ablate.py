@@ -44,7 +44,7 @@ import obedience
 import stage2
 from config import UserError, get_config
 from data import load_dataset
-from evaluate import (add_scoring_args, check_n, fingerprint, reference_stats, run_row,
+from evaluate import (add_scoring_args, check_n, reference_stats, run_row,
                       save_json, score)
 from features import feature_net, feature_size
 from sample import check_weights
@@ -57,7 +57,7 @@ UPSTREAM = {"stage1": ["teacher.pt"], "stage2": ["teacher.pt", "stage1.pt"]}
 FROZEN = {"stage1": ("teacher_", "lr", "warmup", "weight_decay", "ema_decay", "dropout",
                      "p_uncond", "teacher_N"),
           "stage2": ("teacher_", "lr", "warmup", "weight_decay", "ema_decay", "dropout",
-                     "p_uncond", "teacher_N", "stage1_", "w_scale")}
+                     "p_uncond", "teacher_N", "stage1_", "w_scale", "w_sees_class")}
 
 
 def split_values(text):
@@ -243,7 +243,7 @@ def main(argv=None):
             print(f"variant {name}: training {args.stage} into {where}", flush=True)
             link_upstream(run, where, args.stage)
             stage2.pipeline(vcfg, where, device, min(args.eval_steps), pairs=pairs, progress=True)
-        ids = {N: fingerprint(where / f"stage2_N{N}.pt") for N in args.eval_steps}
+        ids = {N: infra.fingerprint(where / f"stage2_N{N}.pt") for N in args.eval_steps}
         if done.get(name, {}).get("ckpt_ids") == {str(N): i for N, i in ids.items()}:
             rows.append(done[name])
             continue
@@ -264,7 +264,7 @@ def main(argv=None):
     names = {r["name"] for r in rows}
     rows += [r for r in done.values() if r["name"] not in names and all(
         (folder / r["name"] / f"stage2_N{N}.pt").is_file()
-        and fingerprint(folder / r["name"] / f"stage2_N{N}.pt") == i
+        and infra.fingerprint(folder / r["name"] / f"stage2_N{N}.pt") == i
         for N, i in r["ckpt_ids"].items())]
     save_json(dict(protocol=protocol, rows=rows), results)
     md = (f"Ablations of {args.stage} on {run}: n = {args.n} per row, seed set {args.seed}, "

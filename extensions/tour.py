@@ -13,32 +13,24 @@ the same z_1.
     rm -rf runs/toy2d && python -m extensions.tour --docs   # docs/tour.md from scratch
     python -m extensions.tour --smoke --out /tmp/tour       # the tests' size
 
---animate FOLDER draws two GIFs for slides instead, from an image model's run folder or weights/:
-the 4-step student as w sweeps 0 -> 4 with the noise fixed, and one noise through the teacher and
-the 64-, 16-, 4-, 1-step students the folder holds, each frame their x_hat at a t from 1 to 0.
-
-    python -m extensions.tour --animate weights             # seconds; GIFs in runs/toy2d/tour/
-    python -m extensions.tour --animate runs/cpu --docs     # docs/course_*.gif, ~1 min
+GIFs of an image model for slides: extensions/animate.py.
 """
 import argparse
 import json
 import math
 import time
-from pathlib import Path
 
 import matplotlib
 import torch
-from PIL import Image, ImageDraw, ImageFont
-from torchvision.utils import make_grid
 
 import ddpm
 import guidance
 import infra
 import stage2
 from config import UserError, get_config
-from data import GaussianMixture, data_shape, load_dataset, to_uint8
+from data import GaussianMixture, load_dataset
 from extensions.tour_lesson import STUDENTS, lesson
-from guidance import guided_predictor, predictor_for, student_predictor
+from guidance import guided_predictor, student_predictor
 from sample import generate, image_noise, image_seeds
 from unet import from_checkpoint
 
@@ -109,72 +101,6 @@ def figure(n_panels, path, draw):
     plt.close(fig)
 
 
-# ---------------------------------------------------------------- animations for slides
-def find(folder, name):
-    """A run's checkpoint (stage2_N4.pt) or export (cpu_student_N4.pt) -> (ckpt, net) or None."""
-    short = name.replace("stage2_", "student_")
-    for path in [folder / f"{name}.pt", *sorted(folder.glob(f"*_{short}.pt"))]:
-        if path.is_file():
-            ckpt = infra.load_checkpoint(path)
-            return ckpt, from_checkpoint(ckpt, "cpu")
-
-
-def frame(rows, labels, title):
-    """A GIF frame: image rows (R, n, C, H, W) in [-1, 1], upscaled to 48 px, a label per row."""
-    x = torch.cat(list(rows))  # (R n, C, H, W)
-    x = torch.nn.functional.interpolate(x, scale_factor=max(1, 48 // x.shape[-1]))
-    grid = make_grid(to_uint8(x), nrow=len(rows[0]), padding=2, pad_value=255)  # (3, H, W) uint8
-    img = Image.new("RGB", (grid.shape[2] + 125, grid.shape[1] + 20), "white")
-    img.paste(Image.fromarray(grid.permute(1, 2, 0).numpy()), (125, 20))
-    draw, font = ImageDraw.Draw(img), ImageFont.load_default(size=13)
-    draw.text((4, 3), title, fill="black", font=font)
-    step = (grid.shape[1] - 2) / len(rows)
-    for r, label in enumerate(labels):
-        draw.text((4, 20 + r * step + step / 2 - 7), label, fill="black", font=font)
-    return img
-
-
-def animate(folder, out, w=1.0, n=10):
-    """The GIFs of --animate in out (the cpu preset halves from stage1.pt sampled at 64 steps)."""
-    found = {N: find(folder, f"stage2_N{N}") for N in (64, 16, 4, 1)}  # N: (ckpt, net) or None
-    found[256], found[64] = find(folder, "teacher"), found[64] or find(folder, "stage1")
-    if found[4] is None or found[256] is None:
-        raise UserError(f"--animate {folder}: no teacher and 4-step student (a run's teacher.pt "
-                        "and stage2_N4.pt, or weights/ with cpu_teacher.pt, cpu_student_N4.pt)")
-    cfg = found[256][0]["config"]
-    if data_shape(cfg)[1] == 1:
-        raise UserError(f"--animate {folder}: a model of 2-D points; animations are for images")
-    y = torch.arange(n) % min(n, 10)  # (n,) one class per column
-    z_1, _ = image_noise(image_seeds(0, n), data_shape(cfg), "cpu")  # (n, C, H, W) fixed noise
-
-    # 1. The 4-step student as w sweeps 0 -> 4, same noise.
-    (ckpt, model), ws = found[4], [k / 4 for k in range(17)]
-    rows = [generate(ckpt, model, y, torch.full((n,), w_), 4, "ddim", image_seeds(0, n), "cpu")
-            for w_ in ws]
-    frames = [frame([x], [f"w = {w_:.2f}"], "4-step student") for w_, x in zip(ws, rows)]
-    frames[0].save(out / "course_w_sweep.gif", save_all=True, append_images=frames[1:] +
-                   frames[-2:0:-1], duration=150, loop=0)  # there and back
-
-    # 2. One noise through the teacher and each student: x_hat at t = 1 -> 0, same w.
-    paths, labels = [], []
-    for N, (ckpt, model) in sorted([(N, v) for N, v in found.items() if v], reverse=True):
-        log = []  # (t, x_hat) of every step
-        predict = predictor_for(ckpt, model, y, torch.full((n,), w))
-
-        def recorded(z_t, t):  # the samplers' own loop, with every x_hat kept
-            log.append((t[0].item(), predict(z_t, t)))
-            return log[-1][1]
-        ddpm.sample_ddim(recorded, z_1, N)
-        paths.append(log)
-        labels.append(f"{ckpt['stage'].replace('stage2', 'student')}, {N} step{'s' * (N > 1)}")
-    frames = [frame([next(x for t_, x in reversed(log) if t_ >= t - 1e-6).clamp(-1, 1)
-                     for log in paths], labels, f"x_hat at t = {t:.2f} (w = {w:g})")
-              for t in [1 - k / 16 for k in range(17)]]  # each row: its latest x_hat at t
-    frames[0].save(out / "course_students.gif", save_all=True, append_images=frames[1:],
-                   duration=[250] * 16 + [2500], loop=0)  # the samples stay 2.5 s
-    return [out / "course_w_sweep.gif", out / "course_students.gif"]
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -188,8 +114,6 @@ def main(argv=None):
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--seed", type=int, default=0, help="training and noise seed")
     parser.add_argument("--smoke", action="store_true", help="test size: a few seconds")
-    parser.add_argument("--animate", metavar="FOLDER", help="only the two GIFs for slides, from "
-                        "an image model's run folder or weights/ (see above)")
     args = parser.parse_args(argv)
     n = args.n if args.n is not None else 300 if args.smoke else 1500
     infra.check_seed(args.seed)
@@ -198,10 +122,6 @@ def main(argv=None):
     t0, device = time.time(), infra.pick_device(args.device)
     out = infra.writable_dir(args.out, "--out")
     docs = infra.writable_dir("docs" if args.docs else out / "tour", "the lesson's folder")
-    if args.animate:
-        for path in animate(Path(args.animate), docs):
-            print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
-        return None
     cfg = get_config("toy2d", SMOKE if args.smoke else ())
 
     # Train: teacher (guidance.py), stage 1, and every halving round down to one step.

@@ -180,6 +180,21 @@ def test_fresh_stage1_student_equals_the_conditional_teacher_for_every_w():
         assert all(m.p == 0 for m in net.modules() if isinstance(m, nn.Dropout))
 
 
+def test_the_stage1_student_has_the_w_embedding_its_config_asks_for(tmp_path):
+    """--set w_scale=10 or w_sees_class=True on stage 1 builds that embedding (not the
+    teacher's config's), and its checkpoint reloads as the same network."""
+    cfg = get_config("smoke", ["stage1_iters=0", "w_scale=10", "w_sees_class=True"])
+    teacher = from_config(get_config("smoke"))
+    ckpt = {"config": get_config("smoke"), "ema": teacher.state_dict(), "stage": "teacher"}
+    student = stage1.init_student(ckpt, torch.device("cpu"), cfg)
+    assert student.w_scale == 10 and student.w_sees_class
+    x, y = torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.long)
+    saved = stage1.train(cfg | dict(grid_w=()), tmp_path, torch.device("cpu"), ckpt, (x, y),
+                         progress=False)
+    reloaded = from_checkpoint(saved, "cpu")
+    assert reloaded.w_scale == 10 and reloaded.w_mlp[0].in_features == student.w_mlp[0].in_features
+
+
 def _eval_batch(n=2048, seed=5):
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(MIX.n_classes, (n,), generator=g)

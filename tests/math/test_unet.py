@@ -63,6 +63,26 @@ def test_fresh_w_embedding_changes_nothing_until_trained():
     assert not torch.allclose(v0, net(z, t, y, torch.full((4,), 3.0)))
 
 
+def test_a_w_embedding_that_sees_the_class_adds_a_class_dependent_vector():
+    """w_sees_class: the w MLP reads [w's features, the class embedding]; a fresh one still
+    changes nothing, and a trained one adds to emb a vector that depends on the class (without
+    it, what w adds is the same vector for every class)."""
+    z, t, _ = _inputs()
+    w, y = torch.full((4,), 3.0), torch.tensor([0, 1, 2, 3])
+    for sees in (False, True):
+        torch.manual_seed(0)
+        net = _randomize_output(UNet(resolution=8, ch=16, ch_mult=(1, 2), w_cond=True,
+                                     w_sees_class=sees).eval())
+        assert net.w_mlp[0].in_features == 16 + 64 * sees
+        assert torch.equal(net(z, t, y, w), net(z, t, y, 0 * w))  # zero last layer: no change
+        torch.nn.init.normal_(net.w_mlp[-1].weight, std=0.1)
+        added = []  # what w = 3 adds to emb, per class
+        net.w_mlp.register_forward_hook(lambda m, i, o: added.append(o))
+        net(z, t, y, w)
+        spread = (added[0] - added[0][:1]).abs().max().item()  # (4, 64) vs class 0's row
+        assert (spread > 1e-3) == sees, (sees, spread)
+
+
 def test_channels_last_gives_the_same_output():
     net = _randomize_output(from_config(get_config("cpu")).eval())
     z, t, y = _inputs(r=16)

@@ -9,7 +9,7 @@ from PIL import Image
 import evaluate
 import sample
 from config import UserError
-from extensions import tour
+from extensions import animate, tour
 
 
 def test_tour_students_land_where_the_teacher_does(tmp_path):
@@ -37,16 +37,16 @@ def test_tour_students_land_where_the_teacher_does(tmp_path):
     with pytest.raises(UserError, match="2-D points"):
         evaluate.main(["--ckpt", ckpt])
     with pytest.raises(UserError, match="2-D points"):
-        tour.animate(run, tmp_path)
+        animate.animate(run, tmp_path)
 
 
 def test_animations_of_an_image_run(smoke_run, tmp_path):
     run, _ = smoke_run  # teacher.pt and students down to 4 steps
-    tour.main(["--animate", str(run), "--out", str(tmp_path)])
-    sweep = Image.open(tmp_path / "tour" / "course_w_sweep.gif")
-    students = Image.open(tmp_path / "tour" / "course_students.gif")
+    animate.main([str(run), "--out", str(tmp_path)])
+    sweep = Image.open(tmp_path / "smoke_w_sweep.gif")
+    students = Image.open(tmp_path / "smoke_students.gif")
     assert sweep.n_frames == 17 + 15 and students.n_frames == 17  # w: there and back
     # One 48-px row per model: the teacher and the 64-, 16- and 4-step students of the run.
     assert students.size[1] == 20 + 4 * (48 + 2) + 2
-    for name in ("course_w_sweep.gif", "course_students.gif"):
-        assert (tmp_path / "tour" / name).stat().st_size < 2e6
+    for name in ("smoke_w_sweep.gif", "smoke_students.gif"):
+        assert (tmp_path / name).stat().st_size < 2e6
