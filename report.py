@@ -129,20 +129,26 @@ def fid_vs_is(rows, ws, path, title="quality / diversity across w (labels: w)"):
     plt.close(fig)
 
 
+def goal_cell(v, ok, bounds):
+    """'0.84 met': 3 decimals where 2 would round onto a goal's bound (0.798 missed, not 0.80)."""
+    digits = 3 if any(abs(v - b) < 0.005 for b in bounds) else 2
+    return f"{v:.{digits}f} {'met' if ok else 'missed'}"
+
+
 def obedience_table(result):
     """Markdown: G per w (all t, then per bin) and R per student and w, each against its goal."""
     t_bins = result["protocol"]["t_bins"]
     bins = " | ".join(f"t in [{lo:g}, {hi:g})" for lo, hi in t_bins)
     lines = [f"| w | G, all t (goal >= 0.9) | {bins} |", "|" + "---|" * (2 + len(t_bins))]
     for w, v in result["G"].items():
-        lines.append(f"| {float(w):g} | {v[0]:.2f} {'met' if v[0] >= 0.9 else 'missed'} | "
+        lines.append(f"| {float(w):g} | {goal_cell(v[0], v[0] >= 0.9, [0.9])} | "
                      + " | ".join(f"{g:.2f}" for g in v[1:]) + " |")
     ws = result["protocol"]["R_w"]
     lines += ["", "| model | " + " | ".join(f"R(w = {w:g})" for w in ws) + " |",
               "|" + "---|" * (1 + len(ws))]
     for name, r in result["R"].items():
         lines.append(f"| {name} | " + " | ".join(
-            f"{v:.2f} {'met' if 0.8 <= v <= 1.2 else 'missed'}" for v in r.values()) + " |")
+            goal_cell(v, 0.8 <= v <= 1.2, [0.8, 1.2]) for v in r.values()) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -33,7 +33,7 @@ from config import UserError  # noqa: E402
 from evaluate import (add_scoring_args, check_n, eval_config,  # noqa: E402
                       reference_stats, row_key, run_row, save_json, score)
 from features import feature_net, feature_size  # noqa: E402
-from report import fid_vs_is  # noqa: E402
+from report import fid_vs_is, goal_cell  # noqa: E402
 from sample import check_weights  # noqa: E402
 
 IS_RISE_GOAL = 0.8  # a student's IS rise over w, as a fraction of the teacher's
@@ -72,7 +72,7 @@ def table(rows, ws):
                            for x in r)
         ratio = rise[f"{model}_{N}"] / teacher if teacher else float("nan")
         verdict = "–" if model == "teacher" else \
-            f"{ratio:.2f} {'met' if ratio >= IS_RISE_GOAL else 'missed'}"
+            goal_cell(ratio, ratio >= IS_RISE_GOAL, [IS_RISE_GOAL])
         lines.append(f"| {model} | {N} | {cells} | {verdict} |")
     return "\n".join(lines) + "\n"
 

@@ -9,7 +9,7 @@ Meng et al.'s promise in two animations, from an image model's run folder or fro
                          at a t from 1 to 0: the fewer the steps, the sooner the picture is there
 
     python -m extensions.animate weights                       # seconds; GIFs in runs/animate/
-    python -m extensions.animate weights --exports cifar10_cpu # CIFAR-10's ready-made weights
+    python -m extensions.animate weights --exports cifar10     # CIFAR-10's ready-made weights
     python -m extensions.animate runs/cpu --out docs           # docs/cpu_*.gif, ~1 min
 """
 import argparse
@@ -23,16 +23,17 @@ import ddpm
 import infra
 from config import UserError
 from data import data_shape, to_uint8
+from extensions.course import PREFIX
 from guidance import predictor_for
 from sample import generate, image_noise, image_seeds
 from unet import from_checkpoint
 
-EXPORTS = ("cpu", "cifar10_cpu")  # the presets whose weights ship in weights/
+EXPORTS = ("cpu", "cifar10")  # whose weights ship in weights/ (course.py's file prefixes)
 
 
 def find(folder, name, preset="cpu"):
-    """A run's checkpoint (stage2_N4.pt) or a preset's export (cpu_student_N4.pt) -> (ckpt, net)
-    or None."""
+    """A run's checkpoint (stage2_N4.pt) or an export (cpu_student_N4.pt; preset: the file's
+    prefix) -> (ckpt, net) or None."""
     short = name.replace("stage2_", "student_")
     for path in [folder / f"{name}.pt", folder / f"{preset}_{short}.pt"]:
         if path.is_file():
@@ -41,9 +42,10 @@ def find(folder, name, preset="cpu"):
 
 
 def frame(rows, labels, title):
-    """A GIF frame: image rows (R, n, C, H, W) in [-1, 1], upscaled to 48 px, a label per row."""
+    """A GIF frame: image rows (R, n, C, H, W) in [-1, 1], upscaled by a whole factor to >= 48 px
+    (CIFAR-10's 32 px to 64), a label per row."""
     x = torch.cat(list(rows))  # (R n, C, H, W)
-    x = torch.nn.functional.interpolate(x, scale_factor=max(1, 48 // x.shape[-1]))
+    x = torch.nn.functional.interpolate(x, scale_factor=-(-48 // x.shape[-1]))  # nearest
     grid = make_grid(to_uint8(x), nrow=len(rows[0]), padding=2, pad_value=255)  # (3, H, W) uint8
     img = Image.new("RGB", (grid.shape[2] + 125, grid.shape[1] + 20), "white")
     img.paste(Image.fromarray(grid.permute(1, 2, 0).numpy()), (125, 20))
@@ -66,7 +68,8 @@ def animate(folder, out, w=1.0, n=10, preset="cpu"):
                         f"and stage2_N4.pt, or weights/ with {preset}_teacher.pt, "
                         f"{preset}_student_N4.pt)")
     cfg = found[256][0]["config"]
-    sweep, students = out / f"{cfg['preset']}_w_sweep.gif", out / f"{cfg['preset']}_students.gif"
+    name = PREFIX.get(cfg["preset"], cfg["preset"])  # the exports' prefix (cifar10 for cifar10_cpu)
+    sweep, students = out / f"{name}_w_sweep.gif", out / f"{name}_students.gif"
     if data_shape(cfg)[1] == 1:
         raise UserError(f"--animate {folder}: a model of 2-D points; animations are for images")
     y = torch.arange(n) % min(n, 10)  # (n,) one class per column

@@ -152,19 +152,22 @@ def check(dirs, numbers=None):
 
 # ---------------------------------------------------------------- export: ready-made weights
 EXPORTS = {"teacher.pt": "teacher", "stage2_N4.pt": "student_N4", "stage2_N1.pt": "student_N1"}
+PREFIX = {"cifar10_cpu": "cifar10"}  # the files' first word: the preset's name, or this
 
 
 def export(run, out):
-    """A run's teacher and 4- and 1-step students (those it has) as <preset>_<name>.pt in out: the
-    sampling weights (EMA) with the config, stage, N, w range; no optimizer or random state. The
-    bytes depend only on the weights, so the same run gives the same files -> {path: sha256}."""
+    """A run's teacher and 4- and 1-step students (those it has) as <prefix>_<name>.pt in out
+    (prefix: the preset's name, cifar10 for cifar10_cpu): the sampling weights (EMA) with the
+    config, stage, N, w range; no optimizer or random state. The bytes depend only on the
+    weights, so the same run gives the same files -> {path: sha256}."""
     written = {}
     for name, short in EXPORTS.items():
         if name != "teacher.pt" and not (Path(run) / name).exists():
             continue  # a run stopped at --steps 4 has no 1-step student yet
         ckpt = infra.load_checkpoint(Path(run) / name)
         keep = {k: ckpt[k] for k in ("stage", "N", "w_range", "config", "step", "ema")}
-        path = Path(out) / f"{ckpt['config']['preset']}_{short}.pt"
+        preset = ckpt["config"]["preset"]
+        path = Path(out) / f"{PREFIX.get(preset, preset)}_{short}.pt"
         infra.save_checkpoint(keep, path)
         written[path] = hashlib.sha256(path.read_bytes()).hexdigest()
     return written

@@ -121,8 +121,10 @@ def test_export_loads_and_samples_and_the_shipped_hashes_are_the_documented_ones
     assert {p.name: d for p, d in again.items()} == {
         f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
     # The shipped files are the ones docs/course.md states.
-    documented = dict(re.findall(r"`(weights/cpu_\w+\.pt)` .*sha256 `([0-9a-f]{64})`",
+    documented = dict(re.findall(r"`(weights/\w+\.pt)` .*sha256 `([0-9a-f]{64})`",
                                  (ROOT / "docs" / "course.md").read_text()))
-    assert len(documented) == 3, documented
+    shipped = sorted(f"weights/{p.name}" for p in (ROOT / "weights").glob("*.pt"))
+    assert sorted(documented) == shipped
+    assert len(documented) == 6, documented  # the cpu and the cifar10_cpu presets' three
     for name, digest in documented.items():
         assert hashlib.sha256((ROOT / name).read_bytes()).hexdigest() == digest, name

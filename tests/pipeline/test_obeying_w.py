@@ -7,6 +7,7 @@ import shutil
 import torch
 
 import obedience
+import report
 from benchmarks import tradeoff
 
 
@@ -59,8 +60,8 @@ def test_tradeoff_scores_every_model_at_every_w_and_its_is_rise_against_the_teac
     IS = {(x["model"], x["w"]): x["inception_score"] for x in rows}
     rise = (IS["stage2", 1.0] - IS["stage2", 0.0]) / (IS["teacher", 1.0] - IS["teacher", 0.0])
     assert "| stage2 | 4 | " in (folder / "tradeoff.md").read_text()
-    assert f"{rise:.2f} {'met' if rise >= 0.8 else 'missed'} |" in (folder / "tradeoff.md"
-                                                                      ).read_text()
+    assert f"| {report.goal_cell(rise, rise >= 0.8, [0.8])} |" in (folder / "tradeoff.md"
+                                                                     ).read_text()
     assert (folder / "tradeoff.png").stat().st_size > 0
     # A second call keeps every row (same protocol, same checkpoints).
     assert cli(cmd).returncode == 0

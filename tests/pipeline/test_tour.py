@@ -50,3 +50,13 @@ def test_animations_of_an_image_run(smoke_run, tmp_path):
     assert students.size[1] == 20 + 4 * (48 + 2) + 2
     for name in ("smoke_w_sweep.gif", "smoke_students.gif"):
         assert (tmp_path / name).stat().st_size < 2e6
+
+
+def test_the_shipped_cifar10_weights_animate(tmp_path):
+    """weights/ holds two presets' exports: --exports picks CIFAR-10's, and its GIFs are named
+    by it (docs/cifar10_w_sweep.gif is made by this command with --out docs)."""
+    animate.main(["weights", "--exports", "cifar10", "--out", str(tmp_path)])
+    sweep = Image.open(tmp_path / "cifar10_w_sweep.gif")
+    assert sweep.n_frames == 17 + 15 and sweep.size[0] == 125 + 10 * (64 + 2) + 2  # 32 px, twice
+    # One row per model: the teacher and the 4- and 1-step students.
+    assert Image.open(tmp_path / "cifar10_students.gif").size[1] == 20 + 3 * (64 + 2) + 2
