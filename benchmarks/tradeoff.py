@@ -16,7 +16,7 @@ largest w is printed per model, as a fraction of the teacher's rise (the goal: >
 kept in <run>/report/tradeoff.json by checkpoint hash and protocol (an interrupted call resumes);
 the plot is <run>/report/tradeoff.png.
 
-    python benchmarks/tradeoff.py --run runs/cpu                       # ~50 min, 2 CPU cores
+    python benchmarks/tradeoff.py --run runs/cpu                       # 20 rows of 2,000 images
     python benchmarks/tradeoff.py --run runs/cifar10_cpu --data-dir DIR
     python benchmarks/tradeoff.py --run runs/cpu --n 500 --features effnet  # a quick look
 """
