@@ -130,8 +130,11 @@ def fid_vs_is(rows, ws, path, title="quality / diversity across w (labels: w)"):
 
 
 def goal_cell(v, ok, bounds):
-    """'0.84 met': 3 decimals where 2 would round onto a goal's bound (0.798 missed, not 0.80)."""
-    digits = 3 if any(abs(v - b) < 0.005 for b in bounds) else 2
+    """'0.84 met': more decimals where 2 would round onto a goal's bound (0.798 missed, 0.7996
+    missed, not 0.80)."""
+    digits = 2
+    while digits < 4 and any(abs(v - b) < 0.5 * 10 ** -digits for b in bounds):
+        digits += 1
     return f"{v:.{digits}f} {'met' if ok else 'missed'}"
 
 

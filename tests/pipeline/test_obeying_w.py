@@ -67,3 +67,11 @@ def test_tradeoff_scores_every_model_at_every_w_and_its_is_rise_against_the_teac
     assert cli(cmd).returncode == 0
     assert json.loads((folder / "tradeoff.json").read_text())["rows"] == rows
     assert tradeoff.is_rise(rows)["teacher_4"] == IS["teacher", 1.0] - IS["teacher", 0.0]
+
+
+def test_a_goal_cell_never_rounds_onto_its_bound():
+    """R = 0.7996 misses the goal 0.8-1.2; printed to 2 decimals it would read 0.80, a pass."""
+    assert report.goal_cell(0.7996, False, [0.8, 1.2]) == "0.7996 missed"
+    assert report.goal_cell(0.7979, False, [0.8, 1.2]) == "0.798 missed"
+    assert report.goal_cell(0.8013, True, [0.8, 1.2]) == "0.801 met"
+    assert report.goal_cell(0.84, True, [0.8, 1.2]) == "0.84 met"
