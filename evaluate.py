@@ -261,7 +261,8 @@ def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
                eval_w=[float(w) for w in cfg["eval_w"]], rows=rows,
                targets=check_targets(rows, teacher_N))
     if obedience.applies(cfg):  # beside FID: G of stage 1, R of every student (<= 256 images)
-        out["obedience"] = obedience.report(run, device, data_dir, min(256, cfg["eval_n"]), seed)
+        out["obedience"] = obedience.report(run, device, data_dir, min(256, cfg["eval_n"]), seed,
+                                            progress=tqdm.write)
     save_json(out, results)  # creates the folder (atomic_write)
     if infra.is_main():  # rank 0 writes
         plot(rows, out["eval_w"], folder)

@@ -104,12 +104,11 @@ def report(run, device, data_dir="data", n=256, seed=0, progress=print, teacher_
     floats = lambda d: {float(w): v for w, v in d.items()}  # noqa: E731 (JSON's keys are strings)
     kept = {name for name, i in old.get("ids", {}).items() if ids.get(name) == i}
     out = dict(protocol=protocol, ids=ids, G={}, R={}, moves={})
-    teacher = None if {"teacher.pt", "stage1.pt"} <= kept else from_checkpoint(teacher_ckpt,
-                                                                                device)
     if stage1.is_file():
-        if teacher is None:  # the same teacher and stage-1 student as last time
+        if {"teacher.pt", "stage1.pt"} <= kept:  # the same teacher and stage-1 student as before
             out["G"] = floats(old["G"])
         else:
+            teacher = from_checkpoint(teacher_ckpt, device)
             images, labels = load_dataset(cfg["dataset"], cfg["resolution"], data_dir, train=False)
             x, y = to_float(images[:n]).to(device), labels[:n].to(device)  # (n, C, H, W), (n,)
             student = from_checkpoint(infra.load_checkpoint(stage1, "stage1"), device)
@@ -125,7 +124,7 @@ def report(run, device, data_dir="data", n=256, seed=0, progress=print, teacher_
         elif name == "teacher.pt" and teacher_moves:
             out["moves"][name] = teacher_moves
         else:
-            ckpt = infra.load_checkpoint(path)
+            ckpt = teacher_ckpt if name == "teacher.pt" else infra.load_checkpoint(path)
             steps = R_TEACHER_STEPS if ckpt["stage"] in ("teacher", "stage1") else ckpt["N"]
             out["moves"][name] = sample_moves(ckpt, from_checkpoint(ckpt, device), steps, R_W,
                                               n, seed, device)

@@ -37,10 +37,9 @@ W_KEYS = ("w_scale", "w_sees_class")  # the w embedding's keys: stage 1's, not t
 def init_student(teacher_ckpt, device, cfg=None):
     """A w-student from the teacher's EMA weights: the teacher's architecture with the w
     embedding that cfg (default: the teacher's config) describes, zero-initialized; dropout 0."""
-    w_keys = {k: (cfg or teacher_ckpt["config"]).get(k) for k in W_KEYS}
-    student = from_config({**teacher_ckpt["config"], **{k: v for k, v in w_keys.items()
-                                                       if v is not None}, "dropout": 0.0},
-                          w_cond=True)
+    cfg = cfg or teacher_ckpt["config"]
+    w_keys = {k: cfg[k] for k in W_KEYS if k in cfg}  # older configs: unet's defaults
+    student = from_config({**teacher_ckpt["config"], **w_keys, "dropout": 0.0}, w_cond=True)
     missing, unexpected = student.load_state_dict(teacher_ckpt["ema"], strict=False)
     assert not unexpected and all(k.startswith("w_mlp") for k in missing), (missing, unexpected)
     return student.to(device)
