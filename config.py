@@ -111,10 +111,12 @@ def one_of(*words):
     return _rule(lambda v: v in words, f"one of {', '.join(words)}")
 
 
-def every(rule, nonempty=False):  # a tuple whose elements all pass rule
+def every(rule, nonempty=False, ints=False):  # a tuple whose elements all pass rule
+    kinds = (int,) if ints else (int, float)
     return _rule(lambda v: (len(v) > 0 or not nonempty)
-                 and all(type(u) in (int, float) and rule[0](u) for u in v),
-                 ("a non-empty" if nonempty else "a") + f" tuple of numbers {rule[1]}")
+                 and all(type(u) in kinds and rule[0](u) for u in v),
+                 ("a non-empty" if nonempty else "a") +
+                 f" tuple of {'whole numbers' if ints else 'numbers'} {rule[1]}")
 
 
 POSITIVE = _rule(lambda v: v > 0, "> 0")
@@ -125,8 +127,9 @@ ANY = _rule(lambda v: True, "")  # the type check of --set is all (bool), or set
 
 RULES = dict(
     dataset=one_of("fashion", "cifar10", "imagenet64", "mixture2d"), resolution=at_least(1),
-    randflip=ANY, ch=at_least(4), ch_mult=every(at_least(1), nonempty=True),
-    num_res_blocks=at_least(1), attn_resolutions=every(at_least(1)), attn_head_dim=at_least(0),
+    randflip=ANY, ch=at_least(4), ch_mult=every(at_least(1), True, ints=True),
+    num_res_blocks=at_least(1), attn_resolutions=every(at_least(1), ints=True),
+    attn_head_dim=at_least(0),
     dropout=between(0, 1, hi_open=True), p_uncond=between(0, 1),
     loss_weight=one_of("snr_trunc", "v_mse", "snr", "constant"),  # ddpm.LOSS_WEIGHTS
     batch_size=at_least(1), lr=POSITIVE, warmup=at_least(0), weight_decay=at_least(0),
@@ -142,7 +145,8 @@ RULES = dict(
     ae_lr=POSITIVE, ae_iters=at_least(0), ae_ema_decay=between(0, 1),
     latent=ANY, text=ANY, condition=ANY,
     eval_features=one_of("effnet", "inception"), eval_feature_size=at_least(32),
-    eval_n=at_least(2), eval_ref_split=one_of("train", "test"), eval_ref_n=at_least(0),
+    eval_n=at_least(2), eval_ref_split=one_of("train", "test"),
+    eval_ref_n=_rule(lambda v: v == 0 or v >= 2, "0 (all) or >= 2 (FID needs a covariance)"),
     eval_w=NUMBERS, eval_all_w_max_N=at_least(1), eval_long_w=NUMBERS, eval_teacher_w=NUMBERS,
     eval_batch=at_least(1),
 )
@@ -152,6 +156,9 @@ RELATIONS = [
     (lambda c: c["stage2_start_N"] <= c["teacher_N"], "stage2_start_N <= teacher_N"),
     (lambda c: c["dataset"] == "mixture2d" or c["resolution"] % 2 ** (len(c["ch_mult"]) - 1) == 0,
      "resolution divisible by 2^(len(ch_mult) - 1): the U-Net halves it at every level but one"),
+    (lambda c: c["dataset"] == "mixture2d" or not c["attn_head_dim"]
+     or all(c["ch"] * m % c["attn_head_dim"] == 0 for m in c["ch_mult"]),
+     "attn_head_dim dividing every level's width ch x ch_mult[i] (0: one head of any width)"),
     (lambda c: c["dataset"] == "mixture2d" or c["resolution"] % 2 ** c["ae_levels"] == 0,
      "resolution divisible by 2^ae_levels: each autoencoder level halves the image"),
 ]

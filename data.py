@@ -18,6 +18,7 @@ import hashlib
 import io
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -168,7 +169,9 @@ def read_data_file(data_file):
         raise UserError(f"--data {path}: no such file; an extension writes it (see "
                         "docs/latent_and_text.md)")
     try:
-        pairs = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's pickle-protocol notice, before our one line
+            warnings.simplefilter("ignore", UserWarning)
+            pairs = torch.load(path, map_location="cpu", weights_only=True)
         x, y, extra = pairs["x"], pairs["y"], pairs["config"]
     except Exception as e:  # truncated, not a torch file, missing keys
         raise UserError(f"--data {path}: not a data file of an extension ({type(e).__name__}); "

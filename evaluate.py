@@ -43,6 +43,7 @@ import obedience
 from config import PRESETS, UserError, get_config
 from data import DATASETS, decode, encode, load_dataset, to_float
 from features import feature_net, feature_size, features
+from files import read_npz
 from report import check_targets, plot, write_report
 from sample import (SAMPLERS, check_sampler, check_weights, generate, image_seeds,
                     sampling_stage, warn_w_range)
@@ -98,16 +99,14 @@ def reference_stats(cfg, extract, stats_dir, data_dir):
     is_net = "" if cfg["eval_features"] == "effnet" else f"-effnet{cfg['eval_feature_size']}"
     name = (f"{cfg['dataset']}_{cfg['eval_ref_split']}_{cfg['resolution']}px_"
             f"{cfg['eval_features']}{size}{is_net}_n{n or 'all'}.npz")
-    path = Path(stats_dir) / name
+    path = infra.writable_dir(stats_dir, "--stats-dir") / name  # checked before the work
     images, _ = load_dataset(cfg["dataset"], cfg["resolution"], data_dir,
                              train=cfg["eval_ref_split"] == "train")
     images = images[:n] if n else images  # (n_ref, C, H, W) uint8
     key = hashlib.sha256(images.numpy().tobytes()).hexdigest()  # these images, in this order
-    if path.is_file():
-        with np.load(path) as f:
-            stats = {k: f[k] for k in f.files}
-        if str(stats.get("images_sha256")) == key:  # else other images (or order): compute again
-            return stats | {"file": str(path)}
+    stats = read_npz(path, "computing it again")
+    if str(stats.get("images_sha256")) == key:  # else other images (or order): compute again
+        return stats | {"file": str(path)}
     feats, probs = features(extract, to_float(images))
     mu, sigma = gaussian(feats)
     with warnings.catch_warnings():  # fewer images than feature dimensions: sigma is singular
@@ -215,12 +214,14 @@ def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
     Rows already in results.json under the same protocol and checkpoint hash are kept, so an
     interrupted report resumes (and a retrained stage only reruns its own rows)."""
     folder = run / "report"
+    results = folder / "results.json"
+    old = infra.load_results(results)  # checked before the work
+    rows, models = plan_rows(run, cfg), {}
+    infra.check_run_files(run, [r["file"] for r in rows])
     extract = feature_net(cfg["eval_features"], cfg["eval_feature_size"], device)
     ref = reference_stats(cfg, extract, stats_dir, data_dir)
     n_classes = DATASETS[cfg["dataset"]]["n_classes"]
     proto = protocol(cfg, ref, n_classes, device, seed)
-    results = folder / "results.json"
-    old = json.loads(results.read_text()) if results.is_file() else {}
     # Finished rows under the same protocol (each is kept if its checkpoint's hash matches).
     done = {row_key(r): r for r in old["rows"]} if old.get("protocol") == proto else {}
 
@@ -232,7 +233,6 @@ def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
         x = decode(encode(x, cfg), cfg) if name == "data_ae" else x
         done[name] = dict(model=name, file="-", sampler="-", N=0, w=None, calls=0, ms_per_image=0.0,
                           **score(x, ref, extract))
-    rows, models = plan_rows(run, cfg), {}
     teacher_N = max(r["N"] for r in rows if r["model"] == "teacher")
     ids = {f: infra.fingerprint(run / f) for f in {r["file"] for r in rows}}
     for row in tqdm(rows, desc="report rows", disable=not progress or not infra.is_main()):

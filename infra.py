@@ -1,11 +1,11 @@
 """Plumbing shared by every script. A student may skip this file: none of the method is here.
 
-    command line  add_common_args, add_training_args, setup, run_cli, pick_device, writable_dir,
-                  check_seed
+    command line  add_common_args, add_training_args, setup, run_cli, pick_device, check_seed;
+                  writable_dir, writable_file, load_results (files.py: destinations, results)
     torchrun      init_distributed, is_main, shard, wrap, mean_over_ranks, my_rows, gather: every
                   rank draws the whole batch and keeps its slice: K processes train what one does
-    checkpoints   atomic_write, save_checkpoint, load_checkpoint, fingerprint, checkpoint_dict,
-                  resume
+    checkpoints   atomic_write, save_checkpoint, load_checkpoint, check_run_files, fingerprint,
+                  checkpoint_dict, resume
     training      check_training, make_optimizer, micro_batches, check_finite,
                   optimizer_step, ema_update, log_metrics
     pictures      save_images, save_grid
@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -27,6 +28,7 @@ import ddpm
 import precision
 from config import DEFAULT_PRESET, PRESETS, UserError, get_config
 from data import DATASETS, conditions, data_shape, decode, describe_space
+from files import load_results, writable_dir, writable_file  # noqa: F401 (also as infra.*)
 
 
 # ---------------------------------------------------------------- command line
@@ -90,22 +92,6 @@ def check_training(cfg):
 def check_seed(seed):  # sample.image_seeds' seed * 1_000_003 + k must stay inside int64
     if not 0 <= seed < 2**32:
         raise UserError(f"--seed {seed}: must be in 0 .. 4294967295 (2^32 - 1)")
-
-
-def writable_dir(path, flag, create=True):
-    """The folder `path` if files can be written there (made if create), else an error. Checked on
-    the folder or, if it is missing, its nearest existing parent, which must be a folder."""
-    if not str(path).strip():
-        raise UserError(f"{flag} is empty; give a folder, e.g. {flag} runs/mine")
-    path = Path(path)
-    existing = next(p for p in [path, *path.parents] if p.exists())  # '.' always exists
-    if not existing.is_dir():
-        raise UserError(f"{flag} {path}: cannot create the folder (Not a directory); use another")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {path}: not writable; choose another folder")
-    if create:
-        path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def pick_device(name="auto"):  # auto: cuda, then mps, then cpu; an unavailable one is an error
@@ -210,9 +196,11 @@ def load_checkpoint(path, stage=None):
     """Read a checkpoint safely (weights_only=True) onto the CPU; check its stage."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"no checkpoint at {path}; train it first (see README) or check --out")
+        raise UserError(f"no checkpoint at {path}; train it first (see README) or check the path")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's pickle-protocol notice, before our one line
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, wrong format, pickled code ...
         raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}); "
                         "delete it and rerun the stage that writes it") from None
@@ -221,6 +209,17 @@ def load_checkpoint(path, stage=None):
     if stage is not None and not str(ckpt["stage"]).startswith(stage):
         raise UserError(f"{path} holds stage {ckpt['stage']!r}, but this needs {stage!r}")
     return ckpt
+
+
+def check_run_files(run, files):
+    """Before any work: each checkpoint of the run holds what its name says (teacher.pt a
+    teacher, stage1.pt a stage-1 student, stage2_N4.pt a 4-step student)."""
+    for f in sorted(set(files) - {"-"}):
+        stage = {"teacher.pt": "teacher", "stage1.pt": "stage1"}.get(f, "stage2")
+        ckpt = load_checkpoint(run / f, stage)
+        if stage == "stage2" and f != f"stage2_N{ckpt['N']}.pt":
+            raise UserError(f"{run / f} holds a {ckpt['N']}-step student; rename it or rerun "
+                            "stage2.py")
 
 
 def fingerprint(path):  # a checkpoint's short hash: a finished score is reused for the same weights
@@ -319,7 +318,8 @@ def ema_update(ema, model, decay, step):
 
 def log_metrics(out, record):  # one JSON line in the run's metrics.jsonl (rank 0 only)
     if is_main():
-        with open(out / "metrics.jsonl", "a") as f:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        with open(Path(out) / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
 

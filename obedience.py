@@ -99,7 +99,7 @@ def report(run, device, data_dir="data", n=256, seed=0, progress=print, teacher_
                                                     key=lambda p: -int(p.stem[8:]))
     ids = {p.name: infra.fingerprint(p) for p in [run / "teacher.pt", *students]}
     cache = run / "report" / "obedience.json"
-    old = json.loads(cache.read_text()) if cache.is_file() else {}
+    old = infra.load_results(cache)
     old = old if old.get("protocol") == protocol else {}  # another n, seed or w: measure again
     floats = lambda d: {float(w): v for w, v in d.items()}  # noqa: E731 (JSON's keys are strings)
     kept = {name for name, i in old.get("ids", {}).items() if ids.get(name) == i}

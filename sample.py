@@ -80,12 +80,10 @@ def check_weights(ws):
                         "finite number")
 
 
-def check_out_file(out):
-    """A grid's path -> out: a .png or .jpg in a folder that can be written (made if missing)."""
-    if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
-        raise UserError(f"--out-file {out}: give a .png or .jpg path")
-    infra.writable_dir(out.parent, "--out or --out-file's folder")  # before the work, not after
-    return out
+def check_out_file(out, flag="--out-file"):
+    """A grid's path -> out: a .png or .jpg, not a folder, in a folder that can be written (made
+    by the writer: before the work, not after)."""
+    return infra.writable_file(out, flag, (".png", ".jpg", ".jpeg"), ".png or .jpg")
 
 
 def image_noise(seeds, shape, device):
@@ -170,7 +168,8 @@ def run(args, columns=None, prompts=()):
     seeds = image_seeds(args.seed, args.rows * n_cols).repeat(len(ws))  # (n,) the same per row
     model = from_checkpoint(ckpt, device, args.weights).to(memory_format=torch.channels_last)
     name = f"samples_{Path(args.ckpt).stem}_{args.sampler}{steps}.png"
-    out = check_out_file(Path(args.out_file or Path(args.out or Path(args.ckpt).parent) / name))
+    folder = Path(args.ckpt).parent if args.out is None else infra.writable_dir(args.out, "--out")
+    out = check_out_file(folder / name if args.out_file is None else args.out_file)
 
     t0 = time.time()
     x = generate(ckpt, model, y, w, steps, args.sampler, seeds, device, args.batch_size)

@@ -22,15 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ddpm  # noqa: E402
 from unet import from_checkpoint  # noqa: E402
 from extensions import edit, encoder  # noqa: E402
-from infra import load_checkpoint, pick_device, save_images  # noqa: E402
+from infra import load_checkpoint, pick_device, run_cli, save_images, writable_file  # noqa: E402
 from data import load_dataset, to_float  # noqa: E402
-from evaluate import eval_config, reference_stats, score  # noqa: E402
+from evaluate import check_n, eval_config, reference_stats, score  # noqa: E402
 from features import feature_net  # noqa: E402
 from guidance import predictor_for  # noqa: E402
 from sample import image_noise, image_seeds  # noqa: E402
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="runs/cpu")
@@ -42,7 +42,9 @@ def main():
     parser.add_argument("--out", default="docs/cpu_applications.md")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    check_n(args.n)
+    writable_file(args.out, "--out", (".md",))  # before the work
     run, device = Path(args.run), pick_device(args.device)
     model_of = lambda f: (lambda c: (c, from_checkpoint(c, device)))(  # noqa: E731
         load_checkpoint(run / f))
@@ -147,4 +149,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -162,6 +162,7 @@ def main(argv=None):
         raise UserError(f"--out {args.out}: a folder; give the path of a .md file (the .json goes "
                         "beside it)")
     plans = [plan(name, args.mfu) for name in args.presets]
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(markdown(plans))
     out.with_suffix(".json").write_text(json.dumps(plans, indent=1))
     print(markdown(plans))

@@ -25,7 +25,6 @@ FID and KID, each against its goal (GOALS), met or missed; a third how far the s
     python benchmarks/headline.py --run runs/cpu --features effnet --n 5000 --w 1
 """
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -145,6 +144,10 @@ def main(argv=None):
     teacher = infra.load_checkpoint(run / "teacher.pt", "teacher")
     cfg = eval_config(teacher) | dict(eval_n=args.n)
     cfgs = {b: cfg | dict(eval_features=b) for b in args.features}
+    out = run / "report" / "headline.json"
+    old = infra.load_results(out)  # checked before the work
+    rows, models = plan(run, teacher["N"], args.teacher_steps, args.w), {}
+    infra.check_run_files(run, [r["file"] for r in rows])
 
     # The reference statistics of each backend (computed once, then read from data/fid_stats/).
     nets, refs = {}, {}
@@ -162,10 +165,7 @@ def main(argv=None):
                     device=str(device), torch_threads=torch.get_num_threads())
 
     # Rows already scored under this protocol, for these checkpoints, are kept.
-    out = run / "report" / "headline.json"
-    old = json.loads(out.read_text()) if out.is_file() else {}
     done = {key(r): r for r in old.get("rows", []) if old.get("protocol") == protocol}
-    rows, models = plan(run, teacher["N"], args.teacher_steps, args.w), {}
     hash_of = lambda f: "-" if f == "-" else infra.fingerprint(run / f)  # noqa: E731
     ids = {f: hash_of(f) for f in {r["file"] for r in rows}}
     ids |= {r["file"]: hash_of(r["file"]) for r in done.values()  # earlier calls' rows

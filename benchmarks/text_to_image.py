@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from config import UserError  # noqa: E402
-from evaluate import eval_config, reference_stats, run_row, score  # noqa: E402
+from evaluate import check_n, eval_config, reference_stats, run_row, score  # noqa: E402
 from features import feature_net  # noqa: E402
 from extensions import text  # noqa: E402
 from infra import load_checkpoint, pick_device, run_cli  # noqa: E402
@@ -49,6 +49,8 @@ def main():
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.n is not None:
+        check_n(args.n)
     run, device = Path(args.run), pick_device(args.device)
     teacher = load_checkpoint(run / "teacher.pt", "teacher")
     if not teacher["config"].get("text"):

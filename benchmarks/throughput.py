@@ -39,9 +39,9 @@ import infra  # noqa: E402
 import precision  # noqa: E402
 import stage1  # noqa: E402
 import stage2  # noqa: E402
-from config import PRESETS, get_config  # noqa: E402
+from config import PRESETS, UserError, get_config  # noqa: E402
 from data import DATASETS  # noqa: E402
-from infra import ema_update, make_optimizer, pick_device  # noqa: E402
+from infra import ema_update, make_optimizer, pick_device, run_cli  # noqa: E402
 from unet import from_config  # noqa: E402
 
 
@@ -198,7 +198,7 @@ def cpu_name():
                                                   else ", no bf16 instructions")
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="cpu", choices=list(PRESETS))
@@ -210,10 +210,11 @@ def main():
                         help="compare channels_last, torch.compile and 1 thread with the baseline")
     parser.add_argument("--precisions", action="store_true",
                         help="compare fp32 with bf16 autocast on each stage's training step")
-    args = parser.parse_args()
-    cfg = get_config(args.preset, args.set)
-    if args.batch_size:
-        cfg["batch_size"] = args.batch_size
+    args = parser.parse_args(argv)
+    if args.steps < 1:
+        raise UserError(f"--steps {args.steps}: time at least 1 training step")
+    extra = [] if args.batch_size is None else [f"batch_size={args.batch_size}"]
+    cfg = get_config(args.preset, args.set + extra)  # the rules of every key (batch_size >= 1)
     device = pick_device(args.device)
     if args.variants:
         return compare_variants(cfg, device, args.steps)
@@ -240,4 +241,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -21,11 +21,9 @@ the plot is <run>/report/tradeoff.png.
     python benchmarks/tradeoff.py --run runs/cpu --n 500 --features effnet  # a quick look
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import infra  # noqa: E402
@@ -100,6 +98,10 @@ def main(argv=None):
     teacher = infra.load_checkpoint(run / "teacher.pt", "teacher")
     cfg = eval_config(teacher) | dict(eval_n=args.n, eval_features=args.features)
     ws = sorted(set(args.w))
+    out = run / "report" / "tradeoff.json"
+    old = infra.load_results(out)  # checked before the work
+    rows, models = plan(run, args.teacher_steps, ws), {}
+    infra.check_run_files(run, [r["file"] for r in rows])
 
     # The reference statistics (computed once, then read from --stats-dir).
     extract = feature_net(args.features, cfg["eval_feature_size"], device)
@@ -110,10 +112,7 @@ def main(argv=None):
                               f"{int(ref['n'])} images", sampler="ddim")
 
     # Rows already scored under this protocol, for these checkpoints, are kept.
-    out = run / "report" / "tradeoff.json"
-    old = json.loads(out.read_text()) if out.is_file() else {}
     done = {row_key(r): r for r in old.get("rows", []) if old.get("protocol") == protocol}
-    rows, models = plan(run, args.teacher_steps, ws), {}
     ids = {f: infra.fingerprint(run / f) for f in {r["file"] for r in rows}}
     for row in rows:
         row["ckpt_id"] = ids[row["file"]]

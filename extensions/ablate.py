@@ -207,7 +207,13 @@ def main(argv=None):
     check_n(args.n)
     check_weights(args.w)
     infra.check_seed(args.seed)
+    bad = [N for N in args.eval_steps if N < 1 or N & (N - 1)]
+    if bad:
+        raise UserError(f"--eval-steps {bad[0]}: the students to score, powers of two, e.g. "
+                        "--eval-steps 4 1")
     run, device = Path(args.run), infra.pick_device(args.device)
+    if not run.is_dir():
+        raise UserError(f"--run {run}: not a folder; give a finished run folder, e.g. runs/cpu")
     for f in UPSTREAM[args.stage] + [f"stage2_N{min(args.eval_steps)}.pt"]:
         if not (run / f).is_file():
             raise UserError(f"{run / f} is missing: ablations start from a finished run "
@@ -222,14 +228,14 @@ def main(argv=None):
 
     # The protocol: feature networks, reference statistics, samples per row, seeds.
     cfg = base | dict(eval_n=args.n) | (dict(eval_feature_size=32) if args.smoke else {})
+    folder = run / "ablations" / args.stage
+    results = folder / "ablations.json"
+    old = infra.load_results(results)  # checked before the work
     nets = {b: feature_net(b, cfg["eval_feature_size"], device) for b in args.features}
     refs = {b: reference_stats(cfg | dict(eval_features=b), nets[b], args.stats_dir,
                                args.data_dir) for b in args.features}
     protocol = dict(n=args.n, w=args.w, eval_steps=args.eval_steps, seed=args.seed,
                     features={b: feature_size(cfg | dict(eval_features=b)) for b in nets})
-    folder = run / "ablations" / args.stage
-    results = folder / "ablations.json"
-    old = json.loads(results.read_text()) if results.is_file() else {}
     done = {r["name"]: r for r in old.get("rows", []) if old.get("protocol") == protocol}
 
     # The training set, read once from --data-dir for every variant (the run's own dataset).

@@ -64,16 +64,17 @@ def animate(folder, out, w=1.0, n=10, preset="cpu"):
     found[256] = find(folder, "teacher", preset)
     found[64] = found[64] or find(folder, "stage1", preset)
     if found[4] is None or found[256] is None:
-        raise UserError(f"--animate {folder}: no teacher and 4-step student (a run's teacher.pt "
+        raise UserError(f"{folder}: no teacher and 4-step student (a run's teacher.pt "
                         f"and stage2_N4.pt, or weights/ with {preset}_teacher.pt, "
                         f"{preset}_student_N4.pt)")
     cfg = found[256][0]["config"]
     name = PREFIX.get(cfg["preset"], cfg["preset"])  # the exports' prefix (cifar10 for cifar10_cpu)
     sweep, students = out / f"{name}_w_sweep.gif", out / f"{name}_students.gif"
     if data_shape(cfg)[1] == 1:
-        raise UserError(f"--animate {folder}: a model of 2-D points; animations are for images")
+        raise UserError(f"{folder}: a model of 2-D points; animations are for images")
     y = torch.arange(n) % min(n, 10)  # (n,) one class per column
     z_1, _ = image_noise(image_seeds(0, n), data_shape(cfg), "cpu")  # (n, C, H, W) fixed noise
+    out.mkdir(parents=True, exist_ok=True)  # checked before, made only now: a refusal leaves none
 
     # 1. The 4-step student as w sweeps 0 -> 4, same noise.
     (ckpt, model), ws = found[4], [k / 4 for k in range(17)]
@@ -114,7 +115,7 @@ def main(argv=None):
                         help="the guidance weight of the students' GIF (0 = unguided)")
     args = parser.parse_args(argv)
     folder = Path(args.folder)
-    if not folder.is_dir():
+    if not str(args.folder).strip() or not folder.is_dir():
         raise UserError(f"{folder}: not a folder; give a run folder or weights/")
     out = infra.writable_dir(args.out, "--out")
     for path in animate(folder, out, args.w, preset=args.exports):

@@ -19,17 +19,22 @@ import ast
 import hashlib
 import json
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import torch
 
 import infra
 from config import UserError
 
 ROOT = Path(__file__).resolve().parents[1]  # the kit: this repository, the solution
 MATH = "tests/math/"
+TIME_LIMIT = 60  # seconds per test of the grader: an endless loop fails its exercise, not all
 
 # The exercises in reading order: file, functions the student writes, title, paper, grading tests.
 EXERCISES = [
@@ -89,7 +94,7 @@ def blank(source, functions, k, title):
 
 def make(dst):
     """Copy the repository to dst with every exercise's functions blanked."""
-    dst = Path(dst)
+    dst = infra.writable_dir(dst, "course make's folder")  # a file, /proc/...: refused
     if dst.exists() and any(dst.iterdir()):
         raise UserError(f"{dst} exists and is not empty; give a new folder")
     shutil.copytree(ROOT, dst, dirs_exist_ok=True,
@@ -101,9 +106,10 @@ def make(dst):
 
 
 # ---------------------------------------------------------------- check: grade copies
-def grade(dirs, numbers=None):
+def grade(dirs, numbers=None, limit=TIME_LIMIT):
     """Grade each copy in dirs on the exercises numbered (default all) -> {dir: [(k, title,
-    status, message)]}: one worker process (extensions/grading.py) for all copies."""
+    status, message)]}: one worker process (extensions/grading.py) for all copies, `limit` s per
+    test. Its temporary folder goes on any exit (SIGTERM and SIGHUP included: main)."""
     numbers = numbers or range(1, len(EXERCISES) + 1)
     nodeids = sorted({MATH + t for k in numbers for t in EXERCISES[k - 1][4]})
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,7 +117,7 @@ def grade(dirs, numbers=None):
         shutil.copytree(ROOT / "tests", tmp / "tests",  # the kit's tests, not the copies'
                         ignore=shutil.ignore_patterns("pipeline", "__pycache__"))
         job = dict(nodeids=nodeids, dirs=[str(Path(d).resolve()) for d in dirs],
-                   out=str(tmp / "results.json"))
+                   out=str(tmp / "results.json"), limit=limit)
         (tmp / "job.json").write_text(json.dumps(job))
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing of the kit
         r = subprocess.run([sys.executable, str(ROOT / "extensions" / "grading.py"), "job.json"],
@@ -132,13 +138,15 @@ def verdict(k, results):
             if error == "NotImplementedError" and message.startswith("Exercise "):
                 j = int(message.split()[1].rstrip(":"))
                 return k, title, "NOT DONE", ("" if j == k else f"needs exercise {j} first")
+            if error == "NoAnswer":
+                return k, title, "FAIL", f"exercise {k}: {message} (an endless loop?)"
             return k, title, "FAIL", f"{message}\n    (test: {MATH}{test.split('[')[0]})"
     return k, title, "PASS", ""
 
 
-def check(dirs, numbers=None):
-    """Print each copy's grades and totals -> True if every exercise passed."""
-    grades, every = grade(dirs, numbers), True
+def check(dirs, numbers=None, limit=TIME_LIMIT):
+    """Print each copy's grades and totals -> how many exercises did not pass (all copies)."""
+    grades, failed = grade(dirs, numbers, limit), 0
     for d, rows in grades.items():
         print(f"{d}:")
         for k, title, status, message in rows:
@@ -146,8 +154,8 @@ def check(dirs, numbers=None):
         count = {s: sum(r[2] == s for r in rows) for s in ("PASS", "FAIL", "NOT DONE")}
         print(f"  total: {count['PASS']}/{len(rows)} PASS, {count['FAIL']} FAIL, "
               f"{count['NOT DONE']} NOT DONE")
-        every &= count["PASS"] == len(rows)
-    return every
+        failed += len(rows) - count["PASS"]
+    return failed
 
 
 # ---------------------------------------------------------------- export: ready-made weights
@@ -159,18 +167,30 @@ def export(run, out):
     """A run's teacher and 4- and 1-step students (those it has) as <prefix>_<name>.pt in out
     (prefix: the preset's name, cifar10 for cifar10_cpu): the sampling weights (EMA) with the
     config, stage, N, w range; no optimizer or random state. The bytes depend only on the
-    weights, so the same run gives the same files -> {path: sha256}."""
-    written = {}
+    weights, so the same run gives the same files -> {path: sha256}. All or nothing: every file
+    is read and checked first, written beside its destination, and renamed only when all are."""
+    run, out, keep = Path(run), Path(out), {}
     for name, short in EXPORTS.items():
-        if name != "teacher.pt" and not (Path(run) / name).exists():
+        if name != "teacher.pt" and not (run / name).exists():
             continue  # a run stopped at --steps 4 has no 1-step student yet
-        ckpt = infra.load_checkpoint(Path(run) / name)
-        keep = {k: ckpt[k] for k in ("stage", "N", "w_range", "config", "step", "ema")}
+        stage, N = ("teacher", None) if name == "teacher.pt" else ("stage2", int(name[8:-3]))
+        ckpt = infra.load_checkpoint(run / name, stage)
+        if N is not None and ckpt["N"] != N:
+            raise UserError(f"{run / name} holds a {ckpt['N']}-step student, not {N}-step")
         preset = ckpt["config"]["preset"]
-        path = Path(out) / f"{PREFIX.get(preset, preset)}_{short}.pt"
-        infra.save_checkpoint(keep, path)
-        written[path] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return written
+        keep[out / f"{PREFIX.get(preset, preset)}_{short}.pt"] = {
+            k: ckpt[k] for k in ("stage", "N", "w_range", "config", "step", "ema")}
+    parts = {path: path.with_name(path.name + ".part") for path in keep}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for path, part in parts.items():
+            infra.atomic_write(part, lambda f, ckpt=keep[path]: torch.save(ckpt, f))
+        for path, part in parts.items():
+            os.replace(part, path)
+    finally:
+        for part in parts.values():
+            part.unlink(missing_ok=True)
+    return {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in keep}
 
 
 def main(argv=None):
@@ -182,6 +202,9 @@ def main(argv=None):
     grader.add_argument("dirs", nargs="+", metavar="DIR")
     grader.add_argument("--exercise", type=int, action="append",
                         help=f"grade only exercise K (1-{len(EXERCISES)}; repeatable)")
+    grader.add_argument("--time-limit", type=int, default=TIME_LIMIT, metavar="S",
+                        help="seconds per test before it fails as 'no answer' (default "
+                             "%(default)s); exit status: the number of exercises not passed")
     exporter = sub.add_parser("export", help="a run's weights as weights-only files")
     exporter.add_argument("run", help="a finished run folder (teacher.pt, stage2_N4/N1.pt)")
     exporter.add_argument("--out", default="weights")
@@ -191,14 +214,23 @@ def main(argv=None):
         print(f"wrote {args.dir}: the exercises, in reading order")
         for k, (file, functions, title, paper, _) in enumerate(EXERCISES, 1):
             print(f"  {k:2d}. {title:36s} {file}: {', '.join(functions)}  ({paper})")
-        print(f"grade them with: python -m extensions.course check {args.dir}")
+        print(f"grade them with: python -m extensions.course check {shlex.quote(args.dir)}")
     elif args.command == "check":
         bad = [k for k in args.exercise or [] if not 1 <= k <= len(EXERCISES)]
         missing = [d for d in args.dirs if not (Path(d) / "ddpm.py").is_file()]
         if bad or missing:
             raise UserError(f"--exercise {bad[0]}: choose 1 to {len(EXERCISES)}" if bad else
                             f"{missing[0]} holds no ddpm.py: give a folder written by make")
-        sys.exit(0 if check(args.dirs, args.exercise) else 1)
+        if args.time_limit < 1:
+            raise UserError(f"--time-limit {args.time_limit}: must be >= 1 second")
+        kill = {signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)}
+        old = {s: signal.signal(s, lambda s, f: sys.exit(128 + s)) for s in kill}  # unwinds:
+        try:                                                    # the temporary folder goes
+            failed = check(args.dirs, args.exercise, args.time_limit)
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+        sys.exit(min(failed, 125))
     else:
         infra.writable_dir(args.out, "--out", create=False)  # made by the first file written
         for path, digest in export(args.run, args.out).items():

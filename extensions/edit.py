@@ -257,7 +257,7 @@ def edit(args):
     """sdedit | inpaint | encode on the chosen images: a grid (a column per image) and a summary."""
     infra.check_seed(args.seed)
     default = Path(args.ckpt).with_name(f"{args.command}_{Path(args.ckpt).stem}.png")
-    out = check_out_file(Path(args.out_file or default))  # before the work, not after
+    out = check_out_file(default if args.out_file is None else args.out_file)  # before the work
     device = infra.pick_device(args.device)
     ckpt = infra.load_checkpoint(args.ckpt)
     stage, cfg = str(ckpt["stage"]), ckpt["config"]

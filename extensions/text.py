@@ -191,6 +191,9 @@ def write_captions(out, preset="cpu", base=None, data_dir="data"):
     cfg = get_config(preset)
     if base:
         x, labels, extra = read_data_file(base)
+        if extra.get("text") or labels.ndim != 1:
+            raise UserError(f"--data {base} holds captions already; give the file they were "
+                            "written from (images or latents with class labels)")
     else:
         x, labels = load_dataset(cfg["dataset"], cfg["resolution"], data_dir)
         extra = dict(dataset=cfg["dataset"], resolution=cfg["resolution"])
@@ -301,7 +304,7 @@ def main(argv=None):
             print(f"{prompt!r:45s} -> {FASHION_CLASSES[c]} (cosine {float(s[c]):.2f})")
     elif args.command == "captions":
         folder = Path(args.data).parent if args.data else Path("runs") / args.preset
-        out = args.out or folder.with_name(folder.name + "_text")
+        out = folder.with_name(folder.name + "_text") if args.out is None else args.out
         out = infra.writable_dir(out, "--out", create=False)  # made by the first file written
         x, y = write_captions(out, args.preset, args.data, args.data_dir)
         print(f"wrote {out / 'data.pt'}: {len(x)} x {tuple(x.shape[1:])} with captions "

@@ -126,6 +126,7 @@ def main(argv=None):
 
     # Train: teacher (guidance.py), stage 1, and every halving round down to one step.
     stage2.pipeline(cfg, out, device, steps=1, seed=args.seed)
+    docs.mkdir(parents=True, exist_ok=True)
     ckpts = {name: infra.load_checkpoint(out / f"{name}.pt")
              for name in ["teacher"] + [f"stage2_N{N}" for N in STUDENTS]}
     nets = {name: from_checkpoint(ckpt, device) for name, ckpt in ckpts.items()}

@@ -1,7 +1,9 @@
-"""Shared fixtures: one smoke run of the whole pipeline, reused by every test that needs one, and
-`cli`, which runs a script's command line in this process."""
+"""Shared fixtures: one smoke run of the whole pipeline, reused by every test that needs one;
+`cli`, which runs a script's command line in this process; `run`, a copy of the smoke run to
+spoil; `fails_cleanly`, the bad-input check (one line, exit 2, nothing written)."""
 import importlib.util
 import runpy
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +58,38 @@ def cli(capsys, monkeypatch):
         out, err = capsys.readouterr()
         return subprocess.CompletedProcess(argv, code, out, err)
     return run
+
+
+def _snapshot(folder):
+    """name -> (size, mtime) of every file below folder."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def run(smoke_run, tmp_path):
+    """A copy of the finished smoke run: teacher.pt, stage1.pt, stage2_N*.pt."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name in ("teacher.pt", "stage1.pt", "stage2_N4.pt"):
+        shutil.copy2(smoke_run[0] / name, folder / name)
+    return folder
+
+
+@pytest.fixture
+def fails_cleanly(cli):
+    """fails_cleanly(argv, message, folder): exit 2 with one line on stderr holding message, and
+    nothing in folder written or changed (after_progress: a progress bar may come first)."""
+    def check(argv, message, folder, after_progress=False):
+        before = _snapshot(folder)
+        r = cli(argv)
+        assert r.returncode == 2, (argv, r.returncode, r.stderr[-1500:])
+        lines = r.stderr.strip().split("\n")
+        assert "Traceback" not in r.stderr and (after_progress or len(lines) == 1), r.stderr[-1500:]
+        # -m extensions.edit -> edit.py; benchmarks/headline.py -> headline.py
+        script = argv[1].split(".")[-1] + ".py" if argv[0] == "-m" else Path(argv[0]).name
+        assert lines[-1].startswith(f"{script}: error: "), lines[-1]
+        assert message in r.stderr, (message, r.stderr)
+        assert _snapshot(folder) == before, "a file was written or changed"
+        return r.stderr
+    return check
