@@ -114,7 +114,7 @@ def train(cfg, out, device, pairs=None, seed=0, resume=True, progress=True):
 
     B = cfg["batch_size"]
     bar = tqdm(range(start, iters), initial=start, total=iters, desc="teacher",
-               disable=not progress or not infra.is_main())
+               disable=not progress or not infra.is_main() or start >= iters)
     losses, running, t0 = [], 0.0, time.time()
     for step in bar:
         # Data: a batch; each label (or caption) becomes null with probability p_uncond.

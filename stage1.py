@@ -89,7 +89,7 @@ def train(cfg, out, device, teacher_ckpt, pairs=None, seed=0, resume=True, progr
 
     B, losses, t0 = cfg["batch_size"], [], time.time()
     bar = tqdm(range(start, iters), initial=start, total=iters, desc="stage1",
-               disable=not progress or not infra.is_main())
+               disable=not progress or not infra.is_main() or start >= iters)
     for step in bar:
         # Data, a guidance weight per example w ~ U[w_min, w_max], t ~ U[0, 1] and eps.
         # x (B, C, H, W), y (B,) labels (or (B, d) vectors of a data file)

@@ -120,7 +120,7 @@ def train_round(cfg, out, device, ckpt, N, pairs, seed=0, resume=True, progress=
 
     B, losses, t0 = cfg["batch_size"], [], time.time()
     bar = tqdm(range(start, iters), initial=start, total=iters, desc=name,
-               disable=not progress or not infra.is_main())
+               disable=not progress or not infra.is_main() or start >= iters)
     for step in bar:
         # Data, w ~ U[w_min, w_max], a step i ~ {0..N-1} of the student's grid, and eps.
         # x (B, C, H, W), y (B,) labels (or (B, d) vectors of a data file)

@@ -190,7 +190,7 @@ def train(cfg, out, device, seed=0, resume=True, data_dir="data", progress=True)
 
     B, h = cfg["batch_size"], cfg["resolution"] >> cfg["ae_levels"]
     bar = tqdm(range(start, iters), initial=start, total=iters, desc="autoencoder",
-               disable=not progress or not infra.is_main())
+               disable=not progress or not infra.is_main() or start >= iters)
     mses, t0 = [], time.time()
     for step in bar:
         # A batch, a latent draw per image, the loss; Adam with lr decaying linearly to 0.

@@ -91,7 +91,7 @@ def train_round(cfg, out, device, ckpt, N, pairs, seed=0, resume=True, progress=
                                rngs) if resume else (0, None)
     B, losses, t0 = cfg["batch_size"], [], time.time()
     for step in tqdm(range(start, iters), initial=start, total=iters, desc=name,
-                     disable=not progress or not infra.is_main()):
+                     disable=not progress or not infra.is_main() or start >= iters):
         # Data, a start time i / N on the encoder's grid, noise; the loss against eps_tilde.
         # (B, C, H, W)
         x, y = random_batch(images, labels, B, rngs["data"], cfg["randflip"], device)

