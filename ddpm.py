@@ -178,8 +178,35 @@ def stochastic_step(z_t, x_hat, t, s, noise):
     return mean + var.sqrt() * noise
 
 
+def dpmpp2m_step():
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2: data prediction, multistep): a step(z_t, x_hat,
+    t, s, i) of sample_loop that remembers the previous x_hat. In Lu et al.'s lambda, which is
+    HALF of our log-SNR (lambda = log(alpha / sigma)), with h = lambda_s - lambda_t > 0:
+
+        z_s = (sigma_s / sigma_t) z_t + alpha_s (1 - e^-h) D                   (Lu et al. Alg. 2)
+        D   = x_hat                                           the first step: exactly DDIM
+        D   = (1 + 1 / 2r) x_hat - (1 / 2r) x_hat_prev,  r = h_prev / h      every later step
+
+    One network call per step (two with CFG), as DDIM. sample_loop's last step returns x_hat
+    (first order into t = 0, the reference code's lower_order_final)."""
+    prev = {}
+
+    def step(z_t, x_hat, t, s, i):
+        lam_t = unsqueeze_like(logsnr_schedule(t) / 2, z_t)  # (B, 1, ..): Lu et al.'s lambda
+        h = unsqueeze_like(logsnr_schedule(s) / 2, z_t) - lam_t  # (B, 1, ..) > 0
+        D = x_hat
+        if prev:  # second order: x_hat extrapolated linearly in lambda (Alg. 2)
+            r = prev["h"] / h
+            D = (1 + 1 / (2 * r)) * x_hat - 1 / (2 * r) * prev["x_hat"]  # (B, C, H, W)
+        prev.update(x_hat=x_hat, h=h)
+        (_, sigma_t), (alpha_s, sigma_s) = alpha_sigma_at(t, z_t), alpha_sigma_at(s, z_t)
+        return sigma_s / sigma_t * z_t - alpha_s * torch.expm1(-h) * D  # (B, C, H, W)
+    return step
+
+
 def make_step(sampler, noise=None, variance="large"):
-    """The step(z_t, x_hat, t, s, i) of sample_loop for a sampler: ddim | ancestral | stochastic.
+    """The step(z_t, x_hat, t, s, i) of sample_loop for a sampler: ddim | ancestral | stochastic
+    | dpmpp2m (stateful: make a new one for every sampling run).
     noise(i) -> a standard normal tensor like z_t (default torch.randn_like); pass per-image
     generators through it so that image k does not depend on the batch size."""
     draw = (lambda i, like: torch.randn_like(like)) if noise is None else (lambda i, like: noise(i))
@@ -189,7 +216,9 @@ def make_step(sampler, noise=None, variance="large"):
         return lambda z_t, x_hat, t, s, i: ancestral_step(z_t, x_hat, t, s, draw(i, z_t), variance)
     if sampler == "stochastic":
         return lambda z_t, x_hat, t, s, i: stochastic_step(z_t, x_hat, t, s, draw(i, z_t))
-    raise ValueError(f"unknown sampler {sampler!r}; choose ddim, ancestral or stochastic")
+    if sampler == "dpmpp2m":
+        return dpmpp2m_step()
+    raise ValueError(f"unknown sampler {sampler!r}; choose ddim, ancestral, stochastic or dpmpp2m")
 
 
 # ---------------------------------------------------------------- N-step sampling loops

@@ -45,7 +45,7 @@ from data import DATASETS, decode, encode, load_dataset, to_float
 from features import feature_net, feature_size, features
 from files import read_npz
 from report import check_targets, plot, write_report
-from sample import (SAMPLERS, check_sampler, check_weights, generate, image_seeds,
+from sample import (SAMPLER_NAMES, SAMPLERS, check_sampler, check_weights, generate, image_seeds,
                     sampling_stage, warn_w_range)
 from unet import from_checkpoint
 
@@ -287,7 +287,7 @@ def main(argv=None):
                            "torchrun, write --run-dir: torchrun takes --run for its --run-path)")
     what.add_argument("--ckpt", help="one checkpoint: print its FID, KID and IS")
     parser.add_argument("--steps", type=int, help="--ckpt: sampler steps (default: its own N)")
-    parser.add_argument("--sampler", default="ddim", choices=["ddim", "ancestral", "stochastic"])
+    parser.add_argument("--sampler", default="ddim", choices=SAMPLER_NAMES)
     parser.add_argument("--w", type=float, default=1.0,
                         help="--ckpt: guidance weight (0 = unguided)")
     parser.add_argument("--n", "--num-samples", dest="n", type=int,

@@ -1,8 +1,9 @@
 """Sample any checkpoint: the guided teacher, the stage-1 student or a stage-2 student.
 
     teacher   guided x_hat_w = (1+w) x_hat_c - w x_hat_u: 2 network calls per step, any N,
-              --sampler ddim or ancestral
-    stage1    the w-student: 1 call per step, any N (it was trained at every t)
+              --sampler ddim, ancestral or dpmpp2m (DPM-Solver++(2M), Lu et al. 2022: second
+              order, the training-free few-step peer of distillation; ddpm.dpmpp2m_step)
+    stage1    the w-student: 1 call per step, any N (it was trained at every t); the same samplers
     stage2    an N-step student: 1 call per step at its own N, --sampler ddim or stochastic
               (Meng et al.'s stochastic sampling: a DDIM step of twice the length, then noise
               added back); another N is off the grid it was trained on: allowed, with a warning
@@ -16,6 +17,7 @@ caption model draws a held-out caption of each class (prompts: python -m extensi
     python sample.py --ckpt runs/cpu/stage2_N4.pt --w 0,1,3
     python sample.py --ckpt runs/cpu/teacher.pt --steps 1024 --w 0.3
     python sample.py --ckpt runs/cpu/stage2_N4.pt --sampler stochastic --rows 4
+    python sample.py --ckpt weights/cpu_teacher.pt --sampler dpmpp2m --steps 8 --w 0,1,3
 """
 import argparse
 import math
@@ -33,8 +35,10 @@ from data import DATASETS, conditions, data_shape, decode, describe_space, to_ui
 from guidance import predictor_for
 from unet import from_checkpoint
 
-SAMPLERS = {"teacher": ("ddim", "ancestral"), "stage1": ("ddim", "ancestral"),
-            "stage2": ("ddim", "stochastic")}
+SAMPLERS = {"teacher": ("ddim", "ancestral", "dpmpp2m"),  # dpmpp2m: DPM-Solver++(2M)
+            "stage1": ("ddim", "ancestral", "dpmpp2m"),
+            "stage2": ("ddim", "stochastic")}  # not dpmpp2m: a student distilled for DDIM
+SAMPLER_NAMES = ["ddim", "ancestral", "stochastic", "dpmpp2m"]  # --sampler's choices
 
 
 def sampling_stage(ckpt, path):
@@ -123,7 +127,7 @@ def make_parser():
     parser.add_argument("--steps", type=int, help="sampler steps (default: the checkpoint's own N)")
     parser.add_argument("--w", default="0,1,3",
                         help="guidance weights, comma-separated: one grid row each")
-    parser.add_argument("--sampler", default="ddim", choices=["ddim", "ancestral", "stochastic"])
+    parser.add_argument("--sampler", default="ddim", choices=SAMPLER_NAMES)
     parser.add_argument("--rows", type=int, default=1, help="rows per w (more images per class)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per network call")
     parser.add_argument("--weights", default="ema", choices=["ema", "model"],

@@ -34,7 +34,8 @@ from config import UserError
 from data import DATASETS, load_dataset, describe_space, to_float
 from extensions.encoder import ddim_encode, v_predictor
 from guidance import predictor_for
-from sample import SAMPLERS, check_out_file, check_sampler, check_weights, image_noise, image_seeds
+from sample import (SAMPLER_NAMES, SAMPLERS, check_out_file, check_sampler, check_weights,
+                    image_noise, image_seeds)
 from unet import from_checkpoint
 
 
@@ -220,7 +221,7 @@ def main(argv=None):
         p.add_argument("--w", type=float, default=1.0, help="guidance weight (0 = unguided)")
         p.add_argument("--steps", type=int,
                        help="sampler steps (default: the checkpoint's N; sdedit: t0 x N)")
-        p.add_argument("--sampler", default="ddim", choices=["ddim", "ancestral", "stochastic"])
+        p.add_argument("--sampler", default="ddim", choices=SAMPLER_NAMES)
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
         p.add_argument("--seed", type=int, default=0, help="noise seeds (image k uses seed k)")
         p.add_argument("--data-dir", default="data")
