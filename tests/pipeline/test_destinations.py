@@ -8,7 +8,10 @@ import io
 import os
 import re
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,6 @@ from PIL import Image
 import evaluate
 import readers
 from config import UserError, get_config
-from extensions import course
 from extensions.course import ROOT
 from tests.formats import write_image_folders
 
@@ -186,4 +188,18 @@ def test_the_grader_has_a_time_limit_and_counts_failures(tmp_path, cli):
     # make prints a grading command that a shell reads back whole (a space in the path).
     r = cli(["-m", "extensions.course", "make", tmp_path / "my copy"])
     assert f"check '{tmp_path / 'my copy'}'" in r.stdout
-    assert not list(Path(course.tempfile.gettempdir()).glob("tmp*/job.json"))
+    # A grader stopped from outside (SIGTERM) removes its temporary folder.
+    tmp = tmp_path / "tmpdir"
+    tmp.mkdir()
+    grader = subprocess.Popen([sys.executable, "-m", "extensions.course", "check", copy,
+                               "--exercise", "3", "--time-limit", "60"], cwd=ROOT,
+                              env=os.environ | {"TMPDIR": str(tmp)}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    for _ in range(600):  # until the worker has its job (at most 60 s)
+        if list(tmp.glob("*/job.json")):
+            break
+        time.sleep(0.1)
+    assert list(tmp.glob("*/job.json")), "the grader never started"
+    grader.send_signal(signal.SIGTERM)
+    assert grader.wait(timeout=30) == 128 + signal.SIGTERM
+    assert not list(tmp.iterdir()), list(tmp.iterdir())
