@@ -65,13 +65,21 @@ def check_targets(rows, teacher_N):
 
 def plot(rows, ws, folder):
     """fid_vs_calls.png (one panel per w, log2 x) and fid_vs_is.png (the trade-off across w)."""
+    fid_vs_calls(rows, ws, folder / "fid_vs_calls.png")
+    fid_vs_is(rows, ws, folder / "fid_vs_is.png")
+
+
+def fid_vs_calls(rows, ws, path):
+    """FID (top) and KID (bottom) against network calls per image, one panel per w, one line per
+    model and sampler (the training-free DPM-Solver++ beside DDIM and the students)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     series = [("teacher", "ddim", "guided teacher, DDIM"),
               ("stage1", "ddim", "stage-1 student, DDIM"),
               ("stage2", "ddim", "stage-2 students, DDIM"),
-              ("stage2", "stochastic", "stage-2 students, stochastic")]
+              ("stage2", "stochastic", "stage-2 students, stochastic"),
+              ("teacher", "dpmpp2m", "guided teacher, DPM-Solver++(2M)")]
     floor = find(rows, model="data")
     fig, axes = plt.subplots(2, len(ws), figsize=(3.6 * len(ws), 6.4), sharey="row", squeeze=False)
     for i, metric in enumerate(["fid", "kid"]):  # top row FID, bottom row KID (unbiased)
@@ -91,10 +99,8 @@ def plot(rows, ws, folder):
         ax.set_xlabel("network calls per image")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(folder / "fid_vs_calls.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-
-    fid_vs_is(rows, ws, folder / "fid_vs_is.png")
 
 
 def fid_vs_is(rows, ws, path, title="quality / diversity across w (labels: w)"):

@@ -10,7 +10,8 @@ against the test split). This script scores the key rows on a larger n with both
   IS (effnet)            EfficientNet-Lite0's 1000-way softmax (the FID Inception has no logits)
 
 Rows: the data floor (n training images); the guided teacher with DDIM at its full N, at 64, 16
-and 4 steps (2 network calls per step); every stage-2 student at 8, 4, 2 and 1 steps, and the 4-
+and 4 steps (2 network calls per step), and with DPM-Solver++(2M) (Lu et al. 2022, the
+training-free peer: ddpm.dpmpp2m_step) at 4, 8 and 16 steps; every stage-2 student at 8, 4, 2 and 1 steps, and the 4-
 and 2-step students with Meng et al.'s stochastic sampler; each at w in {0.3, 1} (w = 0 is
 unguided; diffusers' guidance_scale = 1 + w). Image k of every row has class k % 10 and noise
 seed k, so rows are paired. Finished rows are kept in <run>/report/headline.json (by
@@ -38,16 +39,16 @@ from config import UserError  # noqa: E402
 from evaluate import (add_scoring_args, check_n, data_row, eval_config,  # noqa: E402
                       reference_stats, run_row, save_json, score)
 from features import feature_net, feature_size  # noqa: E402
-from report import obedience_table  # noqa: E402
+from report import fid_vs_calls, obedience_table  # noqa: E402
 from sample import check_weights  # noqa: E402
 
 STUDENT_STEPS = (8, 4, 2, 1)  # DDIM
 STOCHASTIC_STEPS = (4, 2)  # Meng et al.'s stochastic sampler (ddpm.stochastic_mean_var)
 
 
-def plan(run, teacher_N, teacher_steps, ws):
+def plan(run, teacher_N, teacher_steps, ws, dpm_steps=()):
     """-> rows dict(model, file, N, w, sampler) that this run's checkpoints allow, cheapest
-    first."""
+    first (dpm_steps: the teacher's DPM-Solver++(2M) rows)."""
     rows = [dict(model="data", file="-", N=0, w=None, sampler="-")]
     student = lambda N, sampler: dict(model="stage2", file=f"stage2_N{N}.pt", N=N,  # noqa: E731
                                       sampler=sampler)
@@ -56,6 +57,8 @@ def plan(run, teacher_N, teacher_steps, ws):
         rows += [student(N, "stochastic") | dict(w=w) for N in STOCHASTIC_STEPS]
         rows += [dict(model="teacher", file="teacher.pt", N=N, w=w, sampler="ddim")
                  for N in (teacher_N if s == "full" else int(s) for s in teacher_steps)]
+        rows += [dict(model="teacher", file="teacher.pt", N=N, w=w, sampler="dpmpp2m")
+                 for N in dpm_steps]
     rows = [r for r in rows if r["file"] == "-" or (run / r["file"]).is_file()]
     return sorted(rows, key=lambda r: r["N"] * (2 if r["model"] == "teacher" else 1))
 
@@ -73,7 +76,8 @@ def table(rows, backends, teacher_N):
     order = {"data": 0, "teacher": 1, "stage2": 2}
     stochastic = lambda r: r.get("sampler") == "stochastic"  # noqa: E731
     for r in sorted(rows, key=lambda r: (r["w"] or 0, order[r["model"]], stochastic(r), -r["N"])):
-        name = {"data": "data (the floor)", "stage2": "student"}.get(r["model"], "teacher, DDIM")
+        name = {"data": "data (the floor)", "stage2": "student"}.get(
+            r["model"], "teacher, " + ("DPM-Solver++(2M)" if r["sampler"] == "dpmpp2m" else "DDIM"))
         name += " (full N)" if r["model"] == "teacher" and r["N"] == teacher_N else ""
         name += ", stochastic" if stochastic(r) else ""
         cells = " | ".join(f"{r[b]['fid']:.2f} | {1e3 * r[b]['kid']:.2f}" for b in backends)
@@ -89,7 +93,9 @@ def table(rows, backends, teacher_N):
 GOALS = (("student 4 / teacher {}", ("stage2", 4), "teacher", 1.10, True),
          ("student 1 / teacher {}", ("stage2", 1), "teacher", 1.50, True),
          ("teacher DDIM 16 (32 calls) / student 4", ("teacher", 16), ("stage2", 4), 1.0, False),
-         ("teacher DDIM 4 (8 calls) / student 4", ("teacher", 4), ("stage2", 4), 1.0, False))
+         ("teacher DDIM 4 (8 calls) / student 4", ("teacher", 4), ("stage2", 4), 1.0, False),
+         ("teacher DPM-Solver++ 4 (8 calls) / student 4", ("teacher_dpmpp2m", 4), ("stage2", 4),
+          1.0, False))
 ONE_STEP_GOAL = {"cifar10_cpu": 1.6}
 
 
@@ -97,7 +103,8 @@ def targets(rows, backends, teacher_N, preset=None):
     """Markdown: each goal of GOALS per w and backend, its ratio in FID and KID, met or not."""
     lines = ["| ratio | goal | w | " + " | ".join(f"FID {b} | KID {b}" for b in backends) + " |",
              "|" + "---|" * (3 + 2 * len(backends))]
-    by = {(r["model"], r["N"], r["w"]): r for r in rows if r.get("sampler", "ddim") == "ddim"}
+    by = {(r["model"] + ("" if r.get("sampler", "ddim") in ("ddim", "-") else "_" + r["sampler"]),
+           r["N"], r["w"]): r for r in rows}  # DDIM rows by model; others by model_sampler
     for w in sorted({r["w"] for r in rows if r["w"] is not None}):
         ref = ("teacher", teacher_N if ("teacher", teacher_N, w) in by else 64)
         for label, a, b, goal, at_most in GOALS:
@@ -129,6 +136,9 @@ def main(argv=None):
     parser.add_argument("--teacher-steps", nargs="+", default=["full", "64", "16", "4"],
                         help="the teacher's DDIM steps; 'full' is its training N (1024: ~2 s "
                              "per image here)")
+    parser.add_argument("--dpm-steps", type=int, nargs="*", default=[4, 8, 16],
+                        help="the teacher's DPM-Solver++(2M) steps (Lu et al. 2022: the "
+                             "training-free peer; 2 calls per step)")
     parser.add_argument("--features", nargs="+", default=["inception", "effnet"],
                         choices=["inception", "effnet"], help="the FID's feature networks")
     add_scoring_args(parser)
@@ -140,13 +150,15 @@ def main(argv=None):
     if not all(s == "full" or s.isdigit() and int(s) > 0 for s in args.teacher_steps):
         raise UserError(f"--teacher-steps {' '.join(args.teacher_steps)}: give 'full' or "
                         "positive step counts, e.g. --teacher-steps full 64 4")
+    if any(N < 1 for N in args.dpm_steps):
+        raise UserError(f"--dpm-steps {' '.join(map(str, args.dpm_steps))}: must be >= 1")
     run, device = Path(args.run), infra.pick_device(args.device)
     teacher = infra.load_checkpoint(run / "teacher.pt", "teacher")
     cfg = eval_config(teacher) | dict(eval_n=args.n)
     cfgs = {b: cfg | dict(eval_features=b) for b in args.features}
     out = run / "report" / "headline.json"
     old = infra.load_results(out)  # checked before the work
-    rows, models = plan(run, teacher["N"], args.teacher_steps, args.w), {}
+    rows, models = plan(run, teacher["N"], args.teacher_steps, args.w, args.dpm_steps), {}
     infra.check_run_files(run, [r["file"] for r in rows])
 
     # The reference statistics of each backend (computed once, then read from data/fid_stats/).
@@ -202,7 +214,9 @@ def main(argv=None):
         save_json(dict(protocol=protocol, rows=list(done.values()), obedience=obeys), out)
         md += "\n" + obedience_table(obeys)
     (out.parent / "headline.md").write_text(md)
-    print(md + f"wrote {out} and {out.parent / 'headline.md'}")
+    b = args.features[0]  # FID against network calls, one line per sampler, in the first backend
+    fid_vs_calls([r | r[b] for r in current], args.w, out.parent / "headline_fid_vs_calls.png")
+    print(md + f"wrote {out}, {out.parent / 'headline.md'} and headline_fid_vs_calls.png")
 
 
 if __name__ == "__main__":

@@ -156,7 +156,8 @@ def test_feature_extraction_makes_no_float64_tensor():
 def test_headline_table_scores_the_key_rows_and_resumes(smoke_run, tmp_path, cli):
     run = smoke_run[0]
     cmd = ["benchmarks/headline.py", "--run", str(run), "--features", "effnet",
-           "--n", "16", "--w", "1", "--teacher-steps", "4", "--stats-dir", str(tmp_path)]
+           "--n", "16", "--w", "1", "--dpm-steps", "4", "--teacher-steps", "4", "--stats-dir",
+           str(tmp_path)]
     r = cli(cmd)
     assert r.returncode == 0, r.stderr[-2000:]
     results = json.loads((run / "report" / "headline.json").read_text())
@@ -164,7 +165,10 @@ def test_headline_table_scores_the_key_rows_and_resumes(smoke_run, tmp_path, cli
     # the smoke run has students down to 4 steps: 8 and 4 are scored (4 with both samplers), 2
     # and 1 do not exist
     assert set(rows) == {("data", "-", 0), ("teacher", "ddim", 4), ("stage2", "ddim", 8),
-                         ("stage2", "ddim", 4), ("stage2", "stochastic", 4)}
+                         ("stage2", "ddim", 4), ("stage2", "stochastic", 4),
+                         ("teacher", "dpmpp2m", 4)}
+    assert rows["teacher", "dpmpp2m", 4]["calls"] == 8  # DPM-Solver++(2M): other samples than
+    assert rows["teacher", "dpmpp2m", 4]["effnet"] != rows["teacher", "ddim", 4]["effnet"]  # DDIM
     assert rows["teacher", "ddim", 4]["calls"] == 8 and rows["stage2", "ddim", 4]["calls"] == 4
     assert rows["stage2", "stochastic", 4]["calls"] == 4
     assert rows["stage2", "stochastic", 4]["effnet"] != rows["stage2", "ddim", 4]["effnet"]
@@ -175,6 +179,9 @@ def test_headline_table_scores_the_key_rows_and_resumes(smoke_run, tmp_path, cli
     ratio = rows["teacher", "ddim", 4]["effnet"]["fid"] / rows["stage2", "ddim", 4]["effnet"]["fid"]
     met = "met" if ratio >= 1 else "missed"
     assert f"| teacher DDIM 4 (8 calls) / student 4 | ≥ 1 | 1 | {ratio:.2f} {met} |" in md
+    assert "| teacher, DPM-Solver++(2M) | 4 | 1 | 8 |" in md
+    assert "| teacher DPM-Solver++ 4 (8 calls) / student 4 | ≥ 1 | 1 |" in md
+    assert (run / "report" / "headline_fid_vs_calls.png").is_file()
     # A second call adds the teacher's full N and keeps every finished row as it was.
     r = cli(cmd[:-3] + ["full", "--stats-dir", str(tmp_path)])
     assert r.returncode == 0, r.stderr[-2000:]
