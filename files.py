@@ -60,7 +60,7 @@ def load_results(path, flag="--run"):
     is none), before any work: its folder must be writable, and a damaged file is a one-line error
     (never replaced silently: its rows may have cost hours)."""
     path = Path(path)
-    writable_dir(path.parent, f"{flag}'s folder {path.parent}")
+    writable_dir(path.parent, f"{flag}: the results folder")
     if not path.exists():
         return {}
     try:
