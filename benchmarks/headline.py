@@ -9,17 +9,17 @@ against the test split). This script scores the key rows on a larger n with both
   FID / KID (effnet)     EfficientNet-Lite0 at eval_feature_size px, as in evaluate.py's report
   IS (effnet)            EfficientNet-Lite0's 1000-way softmax (the FID Inception has no logits)
 
-Rows: the data floor (n training images); the guided teacher with DDIM at its full N, at 64, 16
-and 4 steps (2 network calls per step), and with DPM-Solver++(2M) (Lu et al. 2022, the
-training-free peer: ddpm.dpmpp2m_step) at 4, 8 and 16 steps; every stage-2 student at 8, 4, 2 and 1 steps, and the 4-
-and 2-step students with Meng et al.'s stochastic sampler; each at w in {0.3, 1} (w = 0 is
-unguided; diffusers' guidance_scale = 1 + w). Image k of every row has class k % 10 and noise
-seed k, so rows are paired. Finished rows are kept in <run>/report/headline.json (by
-checkpoint hash and protocol): an interrupted run resumes, and --teacher-steps can add the
-expensive teacher rows later. The reference statistics are cached as a pytorch-fid-compatible
-.npz (mu, sigma) in --stats-dir (data/fid_stats/). A second table gives the claims as ratios in
-FID and KID, each against its goal (GOALS), met or missed; a third how far the students obey w
-(obedience.py: G of stage 1 per step, R of every student's samples against the teacher's).
+Rows: the data floor (n training images); the guided teacher with DDIM at its full N, at 64, 16 and
+4 steps (2 network calls per step), and with DPM-Solver++(2M) (Lu et al. 2022, the training-free
+peer: ddpm.dpmpp2m_step) at 4, 8 and 16 steps; every stage-2 student at 8, 4, 2 and 1 steps, and
+the 4- and 2-step students with Meng et al.'s stochastic sampler; each at w in {0.3, 1} (w = 0 is
+unguided; diffusers' guidance_scale = 1 + w). Image k of every row has class k % 10 and noise seed
+k, so rows are paired. Finished rows are kept in <run>/report/headline.json (by checkpoint hash and
+protocol): an interrupted run resumes, and --teacher-steps can add the expensive teacher rows
+later. The reference statistics are cached as a pytorch-fid-compatible .npz (mu, sigma) in --stats-
+dir (data/fid_stats/). A second table gives the claims as ratios in FID and KID, each against its
+goal (GOALS), met or missed; a third how far the students obey w (obedience.py: G of stage 1 per
+step, R of every student's samples against the teacher's).
 
     python benchmarks/headline.py --run runs/cpu --teacher-steps 64 16 4  # ~85 min, 2 CPU cores
     python benchmarks/headline.py --run runs/cpu                          # + the full-N teacher

@@ -88,6 +88,8 @@ def main(argv=None):
                         help="the FID's feature network (IS: EfficientNet-Lite0 always)")
     add_scoring_args(parser)
     parser.add_argument("--seed", type=int, default=0, help="the samples' noise seeds")
+    parser.add_argument("--results", help="the rows' file (default <run>/report/tradeoff.json; "
+                        "the .md and .png go beside it): rows of the same checkpoints are kept")
     args = parser.parse_args(argv)
     check_n(args.n)
     check_weights(args.w)
@@ -98,8 +100,8 @@ def main(argv=None):
     teacher = infra.load_checkpoint(run / "teacher.pt", "teacher")
     cfg = eval_config(teacher) | dict(eval_n=args.n, eval_features=args.features)
     ws = sorted(set(args.w))
-    out = run / "report" / "tradeoff.json"
-    old = infra.load_results(out)  # checked before the work
+    out = Path(args.results or run / "report" / "tradeoff.json")
+    old = infra.load_results(out, "--results")  # checked before the work
     rows, models = plan(run, args.teacher_steps, ws), {}
     infra.check_run_files(run, [r["file"] for r in rows])
 
@@ -128,10 +130,11 @@ def main(argv=None):
     # The table and the figure, for the run's current checkpoints at the asked w.
     current = [done[row_key(r)] for r in rows]
     md = table(current, ws)
-    (out.parent / "tradeoff.md").write_text(md)
-    fid_vs_is(current, ws, out.parent / "tradeoff.png",
+    md_path, png = out.with_suffix(".md"), out.with_suffix(".png")
+    md_path.write_text(md)
+    fid_vs_is(current, ws, png,
               title=f"{cfg['dataset']}: FID ({args.features}) vs IS across w (labels: w)")
-    print(md + f"wrote {out}, {out.parent / 'tradeoff.md'} and {out.parent / 'tradeoff.png'}")
+    print(md + f"wrote {out}, {md_path} and {png}")
 
 
 if __name__ == "__main__":
