@@ -16,12 +16,13 @@ the 4- and 2-step students with Meng et al.'s stochastic sampler; each at w in {
 unguided; diffusers' guidance_scale = 1 + w). Image k of every row has class k % 10 and noise seed
 k, so rows are paired. Finished rows are kept in <run>/report/headline.json (by checkpoint hash and
 protocol): an interrupted run resumes, and --teacher-steps can add the expensive teacher rows
-later. The reference statistics are cached as a pytorch-fid-compatible .npz (mu, sigma) in --stats-
-dir (data/fid_stats/). A second table gives the claims as ratios in FID and KID, each against its
-goal (GOALS), met or missed; a third how far the students obey w (obedience.py: G of stage 1 per
-step, R of every student's samples against the teacher's).
+later. The reference statistics are cached as a pytorch-fid-compatible .npz (mu, sigma) in
+--stats-dir (data/fid_stats/). A second table gives the claims as ratios in FID and KID, each
+against its goal (GOALS), met or missed; a third how far the students obey w (obedience.py: G of
+stage 1 per step, R of every student's samples against the teacher's).
 
-    python benchmarks/headline.py --run runs/cpu --teacher-steps 64 16 4  # ~85 min, 2 CPU cores
+    python benchmarks/headline.py --run runs/cpu --teacher-steps 64 16 4  # ~85 min before the
+    #                                            DPM-Solver++ rows (--dpm-steps), 2 CPU cores
     python benchmarks/headline.py --run runs/cpu                          # + the full-N teacher
     python benchmarks/headline.py --run runs/cpu --features effnet --n 5000 --w 1
 """
