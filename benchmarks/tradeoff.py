@@ -38,11 +38,15 @@ IS_RISE_GOAL = 0.8  # a student's IS rise over w, as a fraction of the teacher's
 
 
 def plan(run, teacher_steps, ws):
-    """-> the rows (model, file, N, w, sampler) whose checkpoints are in the run folder."""
+    """-> the rows (model, file, N, w, sampler) whose checkpoints are in the run folder: first
+    the smallest and largest w (the IS rise; cheapest first), then the w between."""
     models = [("teacher", "teacher.pt", teacher_steps), ("stage1", "stage1.pt", teacher_steps),
               ("stage2", "stage2_N4.pt", 4), ("stage2", "stage2_N1.pt", 1)]
-    return [dict(model=m, file=f, N=N, w=w, sampler="ddim") for m, f, N in models for w in ws
+    rows = [dict(model=m, file=f, N=N, w=w, sampler="ddim") for m, f, N in models for w in ws
             if (run / f).is_file()]
+    ends = (min(ws), max(ws))
+    calls = lambda r: r["N"] * (2 if r["model"] == "teacher" else 1)  # noqa: E731
+    return sorted(rows, key=lambda r: (r["w"] not in ends, calls(r)))
 
 
 def is_rise(rows):
