@@ -1,12 +1,14 @@
 """Datasets as in-memory uint8 tensors, and random batches scaled to [-1, 1].
 
-    fashion, cifar10, imagenet64    read from --data-dir by readers.py (where each is looked for,
-                                    in what formats, what is checked, the decode cache)
+    fashion, cifar10    read from --data-dir by readers.py (where each is looked for, in what
+                        formats, what is checked, the decode cache)
+    tinyimagenet, imagenet64    ImageNet at 64x64, by readers_imagenet.py
     mixture2d   2-D points of a 3-class Gaussian mixture with an exact denoiser (GaussianMixture),
                 for the toy2d preset and extensions/tour.py: nothing to download.
 
-The whole split is held as a (N, C, H, W) uint8 tensor, resized once to the preset's
-resolution; `random_batch` indexes it (no DataLoader workers: on 2 cores they only slow
+The whole split is one (N, C, H, W) uint8 tensor, resized once to the preset's resolution:
+in memory, or memory-mapped from a decode cache on disk (class folders, ImageNet: a batch reads
+only its rows); `random_batch` indexes it (no DataLoader workers: on 2 cores they only slow
 training down).
 
     python data.py --dataset fashion --resolution 16     # load, print shapes, save a grid
@@ -26,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from config import UserError
-from readers import DATASETS, READERS
+from readers import DATASETS, READERS, n_classes  # noqa: F401 (also as data.n_classes)
+from readers_imagenet import CLASS_NAMES, IMAGENET_READERS
 
 FASHION_CLASSES = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -116,7 +119,7 @@ def _load_mixture2d(data_dir, train):
     return x, y.numpy(), f"GaussianMixture.default(), seed {0 if train else 1}"
 
 
-_LOADERS = {**READERS, "mixture2d": _load_mixture2d}
+_LOADERS = {**READERS, **IMAGENET_READERS, "mixture2d": _load_mixture2d}
 
 
 # ---------------------------------------------------------------- the dataset as one tensor
@@ -130,10 +133,12 @@ def load_dataset(name, resolution, data_dir="data", train=True):
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from rank 0
         print(f"{name} {'train' if train else 'test'}: {len(labels):,} "
               f"{'points' if name == 'mixture2d' else 'images'} from {where}")
-    x = torch.from_numpy(np.array(images))  # (N, C, H, W) uint8, a writable copy
+    # A memory-mapped cache (readers.memmap_cache) stays on disk, read row by row as batches
+    # ask; anything else is held as one writable copy.
+    x = torch.from_numpy(images if isinstance(images, np.memmap) else np.array(images))
     if x.is_floating_point() and resolution != 1:
         raise UserError(f"{name} holds 2-D points, not images: use --preset toy2d (resolution 1)")
-    if x.shape[-1] != resolution:  # resize once, with antialiasing, in chunks
+    if x.shape[-1] != resolution:  # resize once, with antialiasing, in chunks (into memory)
         x = torch.cat([F.interpolate(c.float(), size=(resolution, resolution), mode="bilinear",
                                      antialias=True,
                                      align_corners=False).round().clamp(0, 255).byte()
@@ -144,7 +149,8 @@ def load_dataset(name, resolution, data_dir="data", train=True):
 def training_set(cfg, data_dir="data", data_file=None):
     """What the diffusion model learns from -> (x (N, ...), y (N, ...), cfg).
 
-    Without data_file: the dataset's images (N, C, H, W) uint8 and class labels (N,).
+    Without data_file: the dataset's images (N, C, H, W) uint8 and class labels (N,); cfg gains
+    'class_names' where the data lists its classes (Tiny ImageNet's wnids.txt: readers.n_classes).
     With data_file (written by an extension: latents, captions): its tensors x and y, stored as
     they are fed to the model, and cfg updated with the file's config entries (e.g. 'latent': how
     to decode samples; 'text': the captions; 'condition': a network for vector y, see
@@ -153,6 +159,8 @@ def training_set(cfg, data_dir="data", data_file=None):
     """
     if data_file is None:
         x, y = load_dataset(cfg["dataset"], cfg["resolution"], data_dir)
+        if cfg["dataset"] in CLASS_NAMES:  # classes read from the data: the model is sized by them
+            cfg = cfg | dict(class_names=tuple(CLASS_NAMES[cfg["dataset"]](data_dir)))
         return x, y, cfg
     x, y, extra = read_data_file(data_file)
     for key in ("dataset", "resolution"):
@@ -228,8 +236,8 @@ def conditions(cfg, labels, split="test"):
     image i taking its class's caption number i // n_classes in turn."""
     if not cfg.get("text") or labels.is_floating_point():  # labels, or embeddings already
         return labels
-    n_classes = DATASETS[cfg["dataset"]]["n_classes"]
-    return caption_of_class(cfg["text"][split], labels, torch.arange(len(labels)) // n_classes)
+    return caption_of_class(cfg["text"][split], labels,
+                            torch.arange(len(labels)) // n_classes(cfg))
 
 
 def caption_of_class(table, labels, k):

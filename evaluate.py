@@ -41,7 +41,7 @@ from tqdm import tqdm
 import infra
 import obedience
 from config import PRESETS, UserError, get_config
-from data import DATASETS, decode, encode, load_dataset, to_float
+from data import decode, encode, load_dataset, n_classes, to_float
 from features import feature_net, feature_size, features
 from files import read_npz
 from report import check_targets, plot, write_report
@@ -161,14 +161,14 @@ def row_key(r):
     return f"{r['model']}_{r['sampler']}{r['N']}_w{r['w']:g}"
 
 
-def protocol(cfg, ref, n_classes, device, seed):
+def protocol(cfg, ref, classes, device, seed):
     return dict(metrics="FID, KID, IS", features=cfg["eval_features"],
                 feature_size=feature_size(cfg),
                 is_features=f"effnet at {cfg['eval_feature_size']} px",
                 n=cfg["eval_n"],
                 reference=f"{cfg['dataset']} {cfg['eval_ref_split']} split, first "
                           f"{int(ref['n'])} images at {cfg['resolution']} px", seed=seed,
-                classes=f"image k has class k % {n_classes}, noise seed k (rows are paired)",
+                classes=f"image k has class k % {classes}, noise seed k (rows are paired)",
                 batch_size=cfg["eval_batch"], device=str(device),
                 torch_threads=torch.get_num_threads())
 
@@ -183,7 +183,7 @@ def run_row(row, run, cfg, seed, device, models):
         models[row["file"]] = ckpt, model
     ckpt, model = models[row["file"]]
     n = cfg["eval_n"]
-    y = torch.arange(n) % DATASETS[cfg["dataset"]]["n_classes"]  # (n,) balanced classes
+    y = torch.arange(n) % n_classes(cfg)  # (n,) balanced classes
     w = torch.full((n,), row["w"])  # (n,)
     seeds = image_seeds(seed, n)  # (n,) the same noise in every row
     t0 = time.perf_counter()
@@ -220,8 +220,8 @@ def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
     infra.check_run_files(run, [r["file"] for r in rows])
     extract = feature_net(cfg["eval_features"], cfg["eval_feature_size"], device)
     ref = reference_stats(cfg, extract, stats_dir, data_dir)
-    n_classes = DATASETS[cfg["dataset"]]["n_classes"]
-    proto = protocol(cfg, ref, n_classes, device, seed)
+    classes = n_classes(cfg)
+    proto = protocol(cfg, ref, classes, device, seed)
     # Finished rows under the same protocol (each is kept if its checkpoint's hash matches).
     done = {row_key(r): r for r in old["rows"]} if old.get("protocol") == proto else {}
 
@@ -243,8 +243,8 @@ def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
         x, ms = run_row(row, run, cfg, seed, device, models)  # (n, C, H, W)
         calls = row["N"] * (2 if row["model"] == "teacher" else 1)
         r = done[row_key(row)] = row | dict(calls=calls, ms_per_image=ms, **score(x, ref, extract))
-        infra.save_images(x[:2 * n_classes], folder / "grids" / f"{row_key(row)}.png",
-                          min(n_classes, 10))
+        infra.save_images(x[:2 * classes], folder / "grids" / f"{row_key(row)}.png",
+                          min(classes, 10))
         save_json(dict(protocol=proto, rows=list(done.values())), results)
         if infra.is_main():
             tqdm.write(f"{row_key(row):28s} FID {r['fid']:7.2f}  KID {r['kid']:7.4f}  IS (effnet) "
@@ -335,7 +335,7 @@ def main(argv=None):
     r = score(x, ref, extract)
     if not infra.is_main():
         return
-    proto = protocol(cfg, ref, DATASETS[cfg["dataset"]]["n_classes"], device, args.seed)
+    proto = protocol(cfg, ref, n_classes(cfg), device, args.seed)
     fid_name = f"{cfg['eval_features']}-{feature_size(cfg)}"  # the FID's network and size
     print(f"{Path(args.ckpt).name} {args.sampler} N={row['N']} w={args.w:g}, n={cfg['eval_n']}: "
           f"FID ({fid_name}) {r['fid']:.2f}, KID {r['kid']:.4f}, "

@@ -27,7 +27,7 @@ from torchvision.utils import save_image
 import ddpm
 import precision
 from config import DEFAULT_PRESET, PRESETS, UserError, get_config
-from data import DATASETS, conditions, data_shape, decode, describe_space
+from data import conditions, data_shape, decode, describe_space, n_classes
 from files import load_results, writable_dir, writable_file  # noqa: F401 (also as infra.*)
 
 
@@ -340,7 +340,7 @@ def save_grid(make_predict, path, cfg, device, steps, seed=0):
     make_predict(y, w) -> predict."""
     if not is_main() or not cfg["grid_w"]:
         return
-    w_values, n_cols = cfg["grid_w"], min(DATASETS[cfg["dataset"]]["n_classes"], 10)
+    w_values, n_cols = cfg["grid_w"], min(n_classes(cfg), 10)
     z_col = torch.randn((n_cols, *data_shape(cfg)), generator=torch.Generator().manual_seed(seed))
     z_1 = z_col.repeat(len(w_values), 1, 1, 1).to(device)  # (rows*cols, C, H, W)
     y = conditions(cfg, torch.arange(n_cols, device=device).repeat(len(w_values)))  # (rows*cols,)

@@ -25,7 +25,7 @@ import torch
 import ddpm
 import infra
 from config import UserError
-from data import DATASETS, load_dataset, to_float
+from data import load_dataset, n_classes, to_float
 from guidance import guided_x_hat, student_predictor
 from report import obedience_table
 from sample import generate, image_seeds
@@ -68,7 +68,7 @@ def guidance_captured(student, teacher, x, y, ws=G_W, bins=T_BINS, seed=0, batch
 def sample_moves(ckpt, model, steps, ws, n, seed, device, batch=256):
     """-> {w: E|x(w) - x(0)|} in pixel levels of 255: n images (class k % n_classes, noise seed
     k) sampled by DDIM at w = 0 and at each w, the same noise for every w."""
-    y = torch.arange(n) % DATASETS[ckpt["config"]["dataset"]]["n_classes"]  # (n,)
+    y = torch.arange(n) % n_classes(ckpt["config"])  # (n,)
     seeds = image_seeds(seed, n)  # (n,)
     draw = lambda w: generate(ckpt, model, y, torch.full((n,), float(w)), steps, "ddim",  # noqa
                               seeds, device, batch)  # (n, C, H, W) in [-1, 1]

@@ -9,17 +9,16 @@
                 2. class folders of image files, torchvision's ImageFolder layout:
                    {train,test}/<class>/*.png|jpg|jpeg, sorted class names = labels 0..9, in
                    a fixed shuffled order (seed 0) as the official batches are. Decoded once
-                   into a uint8 cache beside them ({train,test}.cache.npz), keyed by every
-                   file's name and bytes (a hash: ~1 s for CIFAR-10's 50,000 files, decoding
-                   them ~30 s), so a changed file is noticed even with its size and time kept;
-                   an unreadable cache is decoded again;
+                   into a uint8 cache beside them ({train,test}.cache.npy, memory-mapped), keyed
+                   by every file's name and bytes (a hash: ~1 s for CIFAR-10's 50,000 files,
+                   decoding them ~30 s), so a changed file is noticed even with its size and
+                   time kept; an unreadable cache is decoded again;
                 3. none of these: torchvision downloads the official batches (needs the internet).
-    imagenet64  Downsampled ImageNet 64x64 (Chrabaszcz et al. 2017) npz batches anywhere under
-                --data-dir/imagenet64/: train_data_batch_*.npz, val_data.npz, each with
-                'data' (N, 12288) uint8 CHW-flattened and 'labels' 1-based.
+    tinyimagenet, imagenet64   ImageNet at 64x64: readers_imagenet.py.
 
 Each reader returns images (N, C, H, W) uint8, labels (N,) int64 and where they came from, in
-words; bad data is a one-line UserError naming the file or folder.
+words; bad data is a one-line UserError naming the file or folder. Decoded images (class
+folders, ImageNet) are cached as one .npy beside the data and memory-mapped (memmap_cache).
 
     python data.py --dataset cifar10 --resolution 32 --data-dir DIR   # read, print, save a grid
 """
@@ -52,9 +51,22 @@ DATASETS = {  # native size, channels, classes, where to get it
                            "Imagenet64_val_npz.zip from "
                            "https://image-net.org/download-images (Downsampled ImageNet 64x64) "
                            "and unzip them into --data-dir/imagenet64/"),
+    "tinyimagenet": dict(size=64, channels=3, n_classes=200,  # a copy's wnids.txt may differ
+                         get="download tiny-imagenet-200.zip from "
+                             "http://cs231n.stanford.edu/tiny-imagenet-200.zip, unzip it and "
+                             "point --data-dir at the tiny-imagenet-200 folder"),
     "mixture2d": dict(size=1, channels=2, n_classes=3,  # points, not images: the toy2d preset
                       get="nothing to get: drawn from GaussianMixture.default()"),
 }
+
+
+def n_classes(cfg):
+    """A config's class count: the classes its data listed (cfg['class_names'], set by
+    data.training_set from Tiny ImageNet's wnids.txt), else the dataset's own."""
+    return len(cfg["class_names"]) if cfg.get("class_names") else \
+        DATASETS[cfg["dataset"]]["n_classes"]
+
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # in class folders; other files are ignored
 ORDER_SEED = 0  # class folders are read in this fixed shuffled order
 
@@ -177,54 +189,73 @@ def _decode(path, size):
 
 def read_image_folders(root, split, info):
     """root/split/<class>/* -> images, labels and where from; decoded once, then read back from
-    root/<split>.cache.npz for as long as no file's name or bytes change."""
+    the memory-mapped cache root/<split>.cache.npy for as long as no file's name or bytes change."""
     files = list_image_folders(root, split, info["n_classes"])
     paths = [p for class_paths in files.values() for p in class_paths]
     labels = np.concatenate([np.full(len(class_paths), c, np.int64)
                              for c, class_paths in enumerate(files.values())])  # (N,)
+    images, labels, cache = decode_files(root, split, paths, labels, info["size"])
+    return images, labels, f"class folders {root / split} ({len(files)} classes; {cache})"
+
+
+def decode_files(root, split, paths, labels, size):
+    """Image files (any order) with their labels -> images (N, 3, size, size) uint8, memory-mapped
+    from root/<split>.cache.npy, labels (N,) in a fixed shuffled order (seed ORDER_SEED, as the
+    official CIFAR batches are: the first K images of a split are a fair sample of every class,
+    for evaluate.py's eval_ref_n and KID's reference images), and the cache's story in words."""
     key = hashlib.sha256(f"order: seed {ORDER_SEED}\n".encode())  # the cache's key: the order,
     for p in paths:  # every file's name and bytes (a copy that kept size and time is noticed)
-        key.update(f"{p.relative_to(root)}\n".encode())
+        key.update(f"{Path(p).relative_to(root)}\n".encode())
         key.update(hashlib.sha256(_read_bytes(p)).digest())
-    key = key.hexdigest()
-    cache = root / f"{split}.cache.npz"
-    where = f"class folders {root / split} ({len(files)} classes"
-    saved = read_npz(cache, "decoding the images again")  # damaged: decoded again, rewritten
-    if str(saved.get("key")) == key:
-        return saved["images"], saved["labels"], f"{where}; cache {cache.name})"
-    images = np.empty((len(paths), 3, info["size"], info["size"]), np.uint8)  # (N, 3, H, W)
-    for i, path in enumerate(paths):  # in folder order: the files are read in disk order
-        images[i] = _decode(path, info["size"])
-    # Then a fixed shuffled order, as the official batches have: the first K images of a split
-    # are a fair sample of every class (evaluate.py's eval_ref_n, KID's reference images).
     order = np.random.default_rng(ORDER_SEED).permutation(len(paths))  # (N,)
-    images, labels = images[order], labels[order]
-    tmp = cache.with_suffix(".tmp")  # written whole, then renamed: a killed run leaves no cache
+
+    def chunks():  # decoded in the shuffled order, CHUNK images at a time
+        for start in range(0, len(order), CHUNK):
+            yield np.stack([_decode(paths[i], size) for i in order[start:start + CHUNK]])
+    return memmap_cache(root / f"{split}.cache", key.hexdigest(), labels[order],
+                        (3, size, size), chunks)
+
+
+CHUNK = 4096  # images decoded (or copied) at a time: the memory a first load needs
+
+
+def memmap_cache(stem, key, labels, shape, chunks):
+    """A decoded split, made once -> (images (N, *shape) uint8, labels, what happened in words).
+
+    The images go to stem.npy, written chunk by chunk (`chunks()` yields (n, *shape) uint8 arrays
+    in order), and are then opened memory-mapped (copy-on-write): a batch reads only its rows, and
+    the processes of one machine (torchrun ranks) share the page cache instead of a copy each.
+    stem.npz holds the labels and the key (what the images were made from); it is written last,
+    after the .npy, so a killed first load leaves no cache that claims to be whole. A cache with
+    another key, or unreadable, is made again; an unwritable folder gives the images in memory."""
+    npy, index = Path(f"{stem}.npy"), Path(f"{stem}.npz")
+    saved = read_npz(index, "decoding the images again")  # damaged: decoded again, rewritten
+    if str(saved.get("key")) == key and np.array_equal(saved.get("labels"), labels) \
+            and npy.is_file():
+        try:
+            images = np.load(npy, mmap_mode="c")  # (N, *shape) uint8, read on demand
+            if images.shape == (len(labels), *shape) and images.dtype == np.uint8:
+                return images, labels, f"cache {npy.name}"
+        except (OSError, ValueError) as e:
+            print(f"note: {npy} cannot be read ({type(e).__name__}); decoding the images again")
+    tmp = [p.with_name(f"{p.name}.{os.getpid()}.tmp") for p in (npy, index)]  # one per process
     try:
-        with open(tmp, "wb") as f:
-            np.savez(f, images=images, labels=labels, key=np.array(key))
-        os.replace(tmp, cache)
-        where += f"; decoded, cache written to {cache.name})"
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        where += f"; decoded, no cache: {root} is not writable, {e.strerror})"
-    return images, labels, where
+        with open(tmp[0], "wb") as f:
+            np.lib.format.write_array_header_1_0(f, dict(descr="|u1", fortran_order=False,
+                                                         shape=(len(labels), *shape)))
+            for chunk in chunks():
+                f.write(np.ascontiguousarray(chunk, np.uint8).tobytes())
+        with open(tmp[1], "wb") as f:
+            np.savez(f, labels=labels, key=np.array(key))
+        os.replace(tmp[0], npy)
+        os.replace(tmp[1], index)
+    except OSError as e:  # a read-only folder (or a full disk): decoded into memory instead
+        images = np.concatenate(list(chunks())) if len(labels) else np.empty((0, *shape), np.uint8)
+        return images, labels, f"decoded, no cache: {npy.parent} is not writable, {e.strerror}"
+    finally:
+        for t in tmp:  # a killed or failed first load leaves no half-written file
+            t.unlink(missing_ok=True)
+    return np.load(npy, mmap_mode="c"), labels, f"decoded, cache written to {npy.name}"
 
 
-# ---------------------------------------------------------------- ImageNet 64x64
-def read_imagenet64(data_dir, train):
-    folder = Path(data_dir) / "imagenet64"
-    files = sorted(folder.rglob("train_data_batch_*.npz" if train else "val_data.npz"))
-    if not files:
-        raise UserError("ImageNet 64x64 not found: no "
-                        f"{'train_data_batch_*' if train else 'val_data'}"
-                        f".npz under {folder}; {DATASETS['imagenet64']['get']}")
-    xs, ys = [], []
-    for path in files:
-        with np.load(path) as batch:
-            xs.append(batch["data"].reshape(-1, 3, 64, 64))  # (N, 12288) CHW-flattened
-            ys.append(batch["labels"].astype(np.int64) - 1)  # 1-based -> 0-based
-    return np.concatenate(xs), np.concatenate(ys), f"{len(files)} npz batches under {folder}"
-
-
-READERS = {"fashion": read_fashion, "cifar10": read_cifar10, "imagenet64": read_imagenet64}
+READERS = {"fashion": read_fashion, "cifar10": read_cifar10}  # readers_imagenet.py: the others

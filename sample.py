@@ -31,7 +31,7 @@ import torch
 import ddpm
 import infra
 from config import UserError
-from data import DATASETS, conditions, data_shape, decode, describe_space, to_uint8
+from data import DATASETS, conditions, data_shape, decode, describe_space, n_classes, to_uint8
 from guidance import predictor_for
 from unet import from_checkpoint
 
@@ -164,7 +164,7 @@ def run(args, columns=None, prompts=()):
 
     # Images: one row per (w, repeat), one column per condition; the noise depends on (row, column).
     if columns is None:
-        columns = torch.arange(min(DATASETS[ckpt["config"]["dataset"]]["n_classes"], 10))
+        columns = torch.arange(min(n_classes(ckpt["config"]), 10))
     n_cols = len(columns)
     col = torch.arange(n_cols).repeat(len(ws) * args.rows)  # (n,)
     y = columns[col]  # (n,) classes or (n, d) caption embeddings
@@ -187,6 +187,9 @@ def run(args, columns=None, prompts=()):
     print(f"{stage} ({Path(args.ckpt).name}) on {describe_space(ckpt['config'])}, {args.sampler}, "
           f"{steps} steps, {len(y)} images: {calls} network calls per image, {seconds:.1f} s "
           f"({1000 * seconds / len(y):.1f} ms per image)")
+    names = ckpt["config"].get("class_names")
+    if names and not prompts:  # classes the data named (Tiny ImageNet's words.txt)
+        print("columns: " + ", ".join(names[int(c)] for c in columns))
     print(f"wrote {out} and {out.with_suffix('.npz')}")
 
 

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from config import DEFAULT_PRESET, PRESETS, UserError, get_config
-from data import DATASETS, condition_network, data_shape
+from data import condition_network, data_shape, n_classes
 
 
 def timestep_embedding(t, dim, scale=1000.0, max_period=10_000.0):
@@ -203,19 +203,19 @@ class MLP(nn.Module):
 def from_config(cfg, w_cond=False):
     """The network a preset describes: a U-Net sized for images or, with cfg['latent'], for
     latents; the MLP for 2-D points (1x1 "images", the toy2d preset)."""
-    (channels, resolution, _), info = data_shape(cfg), DATASETS[cfg["dataset"]]
+    channels, resolution, _ = data_shape(cfg)
     condition = condition_network(cfg)  # None: class labels
     if condition is not None and cfg["condition"]["width"] != 4 * cfg["ch"]:
         raise UserError(f"the data file's condition network gives {cfg['condition']['width']}-d "
                         f"vectors, this U-Net (ch = {cfg['ch']}) adds {4 * cfg['ch']}-d ones; "
                         "write the data file with the --preset you train with")
     if resolution == 1:  # points (the mixture2d dataset), not images
-        return MLP(channels, cfg["ch"], cfg["num_res_blocks"], info["n_classes"], w_cond,
+        return MLP(channels, cfg["ch"], cfg["num_res_blocks"], n_classes(cfg), w_cond,
                    cfg.get("w_scale", 1000.0))
     return UNet(in_ch=channels, resolution=resolution, ch=cfg["ch"],
                 ch_mult=tuple(cfg["ch_mult"]), num_res_blocks=cfg["num_res_blocks"],
                 attn_resolutions=tuple(cfg["attn_resolutions"]), attn_head_dim=cfg["attn_head_dim"],
-                dropout=cfg["dropout"], n_classes=info["n_classes"], w_cond=w_cond,
+                dropout=cfg["dropout"], n_classes=n_classes(cfg), w_cond=w_cond,
                 condition=condition, w_scale=cfg.get("w_scale", 1000.0),  # older checkpoints:
                 w_sees_class=cfg.get("w_sees_class", False))  # 1000 and False
 

@@ -29,7 +29,7 @@ import infra  # noqa: E402
 import precision  # noqa: E402
 import stage2  # noqa: E402
 from config import PRESETS, UserError, get_config  # noqa: E402
-from data import DATASETS, data_shape  # noqa: E402
+from data import data_shape, n_classes  # noqa: E402
 from unet import from_config  # noqa: E402
 
 H100_BF16 = 989e12  # FLOP/s, H100 SXM dense bf16 (NVIDIA's datasheet; 1979 is with sparsity)
@@ -38,9 +38,9 @@ GPU_BYTES = 80e9  # H100 memory; the plan leaves 20 % of it free
 
 def batch(cfg, n, device):
     """n training inputs of the preset: z_t (n, C, H, W), t (n,), y (n,), w (n,)."""
-    n_classes = DATASETS[cfg["dataset"]]["n_classes"]
+    classes = n_classes(cfg)
     return (torch.randn(n, *data_shape(cfg), device=device), torch.rand(n, device=device),
-            torch.randint(n_classes, (n,), device=device), torch.rand(n, device=device))
+            torch.randint(classes, (n,), device=device), torch.rand(n, device=device))
 
 
 def count_flops(cfg):

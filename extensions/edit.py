@@ -31,7 +31,7 @@ import torch.nn.functional as F
 import ddpm
 import infra
 from config import UserError
-from data import DATASETS, load_dataset, describe_space, to_float
+from data import DATASETS, load_dataset, describe_space, n_classes, to_float
 from extensions.encoder import ddim_encode, v_predictor
 from guidance import predictor_for
 from sample import (SAMPLER_NAMES, SAMPLERS, check_out_file, check_sampler, check_weights,
@@ -166,7 +166,7 @@ def load_inputs(args, cfg):
             raise UserError(f"--index {args.index}: the test split has images 0 .. "
                             f"{len(images) - 1}")
     else:  # the first test image of each class
-        idx = [int((labels == c).nonzero()[0]) for c in range(min(info["n_classes"], 10))]
+        idx = [int((labels == c).nonzero()[0]) for c in range(min(n_classes(cfg), 10))]
     return to_float(images[idx]), labels[idx]
 
 
@@ -274,9 +274,9 @@ def edit(args):
         raise UserError("--image has no label: give its class with --class")
     check_weights([args.w])
     to = y if args.to_class is None else torch.full_like(y, args.to_class)
-    n_classes = DATASETS[cfg["dataset"]]["n_classes"]
-    if not ((0 <= y) & (y < n_classes)).all() or not ((0 <= to) & (to < n_classes)).all():
-        raise UserError(f"--class / --to-class must be in 0 .. {n_classes - 1}")
+    classes = n_classes(cfg)
+    if not ((0 <= y) & (y < classes)).all() or not ((0 <= to) & (to < classes)).all():
+        raise UserError(f"--class / --to-class must be in 0 .. {classes - 1}")
     y, to, w = y.to(device), to.to(device), torch.full((len(x),), args.w, device=device)
     wanted = ("teacher", "encoder") if args.command == "encode" else tuple(SAMPLERS)
     if stage not in wanted:

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 import infra
 import sample
 from config import UserError, get_config
-from data import (DATASETS, FASHION_CLASSES, caption_of_class, load_dataset, read_data_file,
+from data import (FASHION_CLASSES, caption_of_class, load_dataset, n_classes, read_data_file,
                   to_float)
 from features import feature_size, features
 from files import read_npz
@@ -230,7 +230,7 @@ def class_probe(cfg, extract, stats_dir, data_dir, n_train=5000, n_test=2000):
         feats = torch.from_numpy(features(extract, to_float(images[:n_train]))[0]).float()  # (n, d)
         mu, sd = feats.mean(0), feats.std(0) + 1e-6  # (d,) each: standardize the features
         f, y = (feats - mu) / sd, labels[:n_train]
-        lin = torch.nn.Linear(f.shape[1], DATASETS[cfg["dataset"]]["n_classes"])
+        lin = torch.nn.Linear(f.shape[1], n_classes(cfg))
         opt = torch.optim.LBFGS(lin.parameters(), max_iter=300, line_search_fn="strong_wolfe")
 
         def closure():

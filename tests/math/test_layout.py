@@ -6,8 +6,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 # Support first (the core leans on it), then the core in reading order.
-ORDER = ["config", "files", "precision", "readers", "data", "ddpm", "unet", "infra", "guidance",
-         "stage1", "stage2", "sample", "obedience", "evaluate"]
+ORDER = ["config", "files", "precision", "readers", "readers_imagenet", "data", "ddpm", "unet",
+         "infra", "guidance", "stage1", "stage2", "sample", "obedience", "evaluate"]
 SUPPORT_OF_EVALUATE = ["features", "report"]  # evaluate's feature networks and report writer
 EXTENSIONS = sorted(p.stem for p in (ROOT / "extensions").glob("*.py") if p.stem != "__init__")
 
