@@ -1,4 +1,4 @@
-"""Datasets as in-memory uint8 tensors, and random batches scaled to [-1, 1].
+"""Datasets as uint8 tensors (in memory or memory-mapped), and random batches in [-1, 1].
 
     fashion, cifar10    read from --data-dir by readers.py (where each is looked for, in what
                         formats, what is checked, the decode cache)

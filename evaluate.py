@@ -161,14 +161,14 @@ def row_key(r):
     return f"{r['model']}_{r['sampler']}{r['N']}_w{r['w']:g}"
 
 
-def protocol(cfg, ref, classes, device, seed):
+def protocol(cfg, ref, device, seed):
     return dict(metrics="FID, KID, IS", features=cfg["eval_features"],
                 feature_size=feature_size(cfg),
                 is_features=f"effnet at {cfg['eval_feature_size']} px",
                 n=cfg["eval_n"],
                 reference=f"{cfg['dataset']} {cfg['eval_ref_split']} split, first "
                           f"{int(ref['n'])} images at {cfg['resolution']} px", seed=seed,
-                classes=f"image k has class k % {classes}, noise seed k (rows are paired)",
+                classes=f"image k has class k % {n_classes(cfg)}, noise seed k (rows are paired)",
                 batch_size=cfg["eval_batch"], device=str(device),
                 torch_threads=torch.get_num_threads())
 
@@ -220,8 +220,7 @@ def report(run, cfg, seed, device, stats_dir, data_dir, progress=True):
     infra.check_run_files(run, [r["file"] for r in rows])
     extract = feature_net(cfg["eval_features"], cfg["eval_feature_size"], device)
     ref = reference_stats(cfg, extract, stats_dir, data_dir)
-    classes = n_classes(cfg)
-    proto = protocol(cfg, ref, classes, device, seed)
+    proto, classes = protocol(cfg, ref, device, seed), n_classes(cfg)
     # Finished rows under the same protocol (each is kept if its checkpoint's hash matches).
     done = {row_key(r): r for r in old["rows"]} if old.get("protocol") == proto else {}
 
@@ -335,7 +334,7 @@ def main(argv=None):
     r = score(x, ref, extract)
     if not infra.is_main():
         return
-    proto = protocol(cfg, ref, n_classes(cfg), device, args.seed)
+    proto = protocol(cfg, ref, device, args.seed)
     fid_name = f"{cfg['eval_features']}-{feature_size(cfg)}"  # the FID's network and size
     print(f"{Path(args.ckpt).name} {args.sampler} N={row['N']} w={args.w:g}, n={cfg['eval_n']}: "
           f"FID ({fid_name}) {r['fid']:.2f}, KID {r['kid']:.4f}, "

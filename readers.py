@@ -205,7 +205,7 @@ def decode_files(root, split, paths, labels, size):
     for evaluate.py's eval_ref_n and KID's reference images), and the cache's story in words."""
     key = hashlib.sha256(f"order: seed {ORDER_SEED}\n".encode())  # the cache's key: the order,
     for p in paths:  # every file's name and bytes (a copy that kept size and time is noticed)
-        key.update(f"{Path(p).relative_to(root)}\n".encode())
+        key.update(f"{p.relative_to(root)}\n".encode())
         key.update(hashlib.sha256(_read_bytes(p)).digest())
     order = np.random.default_rng(ORDER_SEED).permutation(len(paths))  # (N,)
 

@@ -47,14 +47,20 @@ def tiny_root(data_dir):
                     f"{Path(data_dir) / 'tiny-imagenet-200'}; {DATASETS['tinyimagenet']['get']}")
 
 
-def tiny_classes(data_dir):
-    """-> (wnids, names): the classes in wnids.txt's order, each named by words.txt's first
-    synonym ('n01443537' -> 'goldfish'; the wnid itself where words.txt has none)."""
-    root = tiny_root(data_dir)
+def _wnids(root):
+    """The classes: the lines of root/wnids.txt, in order, each once."""
     wnids = _lines(root / "wnids.txt")
     if not wnids or len(set(wnids)) != len(wnids):
         raise UserError(f"{root / 'wnids.txt'}: {'no classes' if not wnids else 'a class twice'}; "
                         "it lists one wnid per line, each once")
+    return wnids
+
+
+def tiny_classes(data_dir):
+    """-> (wnids, names): the classes in wnids.txt's order, each named by words.txt's first
+    synonym ('n01443537' -> 'goldfish'; the wnid itself where words.txt has none)."""
+    root = tiny_root(data_dir)
+    wnids = _wnids(root)
     words = {}
     if (root / "words.txt").is_file():
         for line in _lines(root / "words.txt"):
@@ -65,7 +71,7 @@ def tiny_classes(data_dir):
 
 def read_tinyimagenet(data_dir, train):
     root = tiny_root(data_dir)
-    wnids, _ = tiny_classes(root)
+    wnids = _wnids(root)  # (words.txt's names are only for display: tiny_classes)
     label_of = {wnid: c for c, wnid in enumerate(wnids)}
     paths, labels = [], []
     if train:  # train/<wnid>/images/*.JPEG for every class of wnids.txt

@@ -38,9 +38,8 @@ GPU_BYTES = 80e9  # H100 memory; the plan leaves 20 % of it free
 
 def batch(cfg, n, device):
     """n training inputs of the preset: z_t (n, C, H, W), t (n,), y (n,), w (n,)."""
-    classes = n_classes(cfg)
     return (torch.randn(n, *data_shape(cfg), device=device), torch.rand(n, device=device),
-            torch.randint(classes, (n,), device=device), torch.rand(n, device=device))
+            torch.randint(n_classes(cfg), (n,), device=device), torch.rand(n, device=device))
 
 
 def count_flops(cfg):
