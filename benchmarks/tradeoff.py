@@ -12,7 +12,8 @@ w in --w (default 0, 0.5, 1, 2, 4; w = 0 is unguided, diffusers' guidance_scale 
 FID with the standard FID Inception (features.py) against all test images, IS with
 EfficientNet-Lite0's softmax (the FID Inception has no logits), n = 2,000 per row; image k has
 class k % n_classes and noise seed k in every row (paired). The rise of IS from w = 0 to the
-largest w is printed per model, as a fraction of the teacher's rise (the goal: >= 0.8). Rows are
+largest w is printed per model, as a fraction of the teacher's rise (the goal: >= 0.8; none where
+the teacher's IS does not rise: a ratio of two falls is no share of a rise). Rows are
 kept in <run>/report/tradeoff.json by checkpoint hash and protocol (an interrupted call resumes);
 the plot is <run>/report/tradeoff.png.
 
@@ -72,9 +73,13 @@ def table(rows, ws):
         r = [cell.get((model, N, w)) for w in ws]
         cells = " | ".join(f"{x['fid']:.2f} | {x['inception_score']:.2f}" if x else "– | –"
                            for x in r)
-        ratio = rise[f"{model}_{N}"] / teacher if teacher else float("nan")
-        verdict = "–" if model == "teacher" else \
-            goal_cell(ratio, ratio >= IS_RISE_GOAL, [IS_RISE_GOAL])
+        if model == "teacher":
+            verdict = "–"
+        elif teacher is None or teacher <= 0:  # no rise to keep a share of: no goal to meet
+            verdict = "– (the teacher's IS does not rise)"
+        else:
+            ratio = rise[f"{model}_{N}"] / teacher
+            verdict = goal_cell(ratio, ratio >= IS_RISE_GOAL, [IS_RISE_GOAL])
         lines.append(f"| {model} | {N} | {cells} | {verdict} |")
     return "\n".join(lines) + "\n"
 

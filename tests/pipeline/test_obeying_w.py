@@ -58,15 +58,30 @@ def test_tradeoff_scores_every_model_at_every_w_and_its_is_rise_against_the_teac
     assert {(x["model"], x["N"], x["w"]) for x in rows} == {
         (m, N, w) for m, N in [("teacher", 4), ("stage1", 4), ("stage2", 4)] for w in (0.0, 1.0)}
     IS = {(x["model"], x["w"]): x["inception_score"] for x in rows}
-    rise = (IS["stage2", 1.0] - IS["stage2", 0.0]) / (IS["teacher", 1.0] - IS["teacher", 0.0])
+    teacher_rise = IS["teacher", 1.0] - IS["teacher", 0.0]
+    rise = (IS["stage2", 1.0] - IS["stage2", 0.0]) / teacher_rise
+    cell = report.goal_cell(rise, rise >= 0.8, [0.8]) if teacher_rise > 0 else \
+        "– (the teacher's IS does not rise)"
     assert "| stage2 | 4 | " in (folder / "tradeoff.md").read_text()
-    assert f"| {report.goal_cell(rise, rise >= 0.8, [0.8])} |" in (folder / "tradeoff.md"
-                                                                     ).read_text()
+    assert f"| {cell} |" in (folder / "tradeoff.md").read_text()
     assert (folder / "tradeoff.png").stat().st_size > 0
     # A second call keeps every row (same protocol, same checkpoints).
     assert cli(cmd).returncode == 0
     assert json.loads((folder / "tradeoff.json").read_text())["rows"] == rows
     assert tradeoff.is_rise(rows)["teacher_4"] == IS["teacher", 1.0] - IS["teacher", 0.0]
+
+
+def test_the_is_rise_goal_is_a_share_of_a_rise_and_none_where_the_teacher_does_not_rise():
+    """IS 8 -> 12 for the teacher and 6 -> 9 for a student: 3 / 4 = 0.75, missed. Where the
+    teacher's IS falls (8 -> 7) a student falling by 0.9 is no 0.9 share of a rise: no verdict."""
+    def rows(teacher, student):
+        return [dict(model=m, N=N, w=w, fid=1.0, inception_score=v)
+                for m, N, ends in [("teacher", 64, teacher), ("stage2", 4, student)]
+                for w, v in zip((0.0, 4.0), ends)]
+    rising = tradeoff.table(rows((8.0, 12.0), (6.0, 9.0)), [0.0, 4.0])
+    assert rising.splitlines()[-1].endswith("| 0.75 missed |")
+    falling = tradeoff.table(rows((8.0, 7.0), (6.0, 5.1)), [0.0, 4.0])
+    assert falling.splitlines()[-1].endswith("| – (the teacher's IS does not rise) |")
 
 
 def test_a_goal_cell_never_rounds_onto_its_bound():
