@@ -108,6 +108,7 @@ def fid_vs_is(rows, ws, path, title="quality / diversity across w (labels: w)"):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import StrMethodFormatter
     fig, ax = plt.subplots(figsize=(5, 4))
     for model, sampler, N, label in [("teacher", "ddim", None, "teacher DDIM"),
                                      ("stage1", "ddim", None, "stage-1 DDIM"),
@@ -129,8 +130,8 @@ def fid_vs_is(rows, ws, path, title="quality / diversity across w (labels: w)"):
     ax.set(xlabel="FID (lower is better)", xscale="log",
            ylabel="IS, EfficientNet-Lite0 (higher is better)",
            title=title)
-    ax.xaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:g}"))  # 100, not 10^2
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.StrMethodFormatter("{x:g}"))
+    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))  # 100, not 10^2
+    ax.xaxis.set_minor_formatter(StrMethodFormatter("{x:g}"))
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
