@@ -1,6 +1,7 @@
 """The layout the README promises: imports run one way, the core never imports an extension,
 every file stays readable (<= 350 lines, <= 100 columns), and every link of the docs resolves."""
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -78,21 +79,21 @@ def test_every_file_and_function_the_paper_map_names_exists():
             scope = found[0]
 
 
-
 def test_every_relative_link_in_the_readme_and_docs_points_to_a_file_and_heading_of_the_clone():
     """A picture or page the docs link to (`[text](path)`, `![alt](path#heading)`) must be in the
     clone, and a `#heading` of a page must be one of its headings (GitHub's anchors: lower case,
     punctuation dropped, spaces as dashes): a moved plot or a renamed section breaks a page."""
-    def anchors(page):
+    @functools.cache
+    def anchors(page):  # a page is linked to many times: read its headings once
         heads = re.findall(r"^#+ (.*)$", page.read_text(), re.M)
         return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     broken = []
     for page in pages:
         for target, anchor in re.findall(r"\]\(([^)\s#]*)(?:#([^)]*))?\)", page.read_text()):
-            file = page.parent / target if target else page
             if "://" in target:
                 continue
+            file = (page.parent / target).resolve() if target else page
             if not file.exists():
                 broken.append(f"{page.relative_to(ROOT)} -> {target}")
             elif anchor and file.suffix == ".md" and anchor not in anchors(file):
