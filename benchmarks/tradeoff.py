@@ -75,7 +75,9 @@ def table(rows, ws):
                            for x in r)
         if model == "teacher":
             verdict = "–"
-        elif teacher is None or teacher <= 0:  # no rise to keep a share of: no goal to meet
+        elif teacher is None:
+            verdict = "– (no teacher row)"
+        elif teacher <= 0:  # no rise to keep a share of: no goal to meet
             verdict = "– (the teacher's IS does not rise)"
         else:
             ratio = rise[f"{model}_{N}"] / teacher

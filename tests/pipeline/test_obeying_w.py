@@ -74,7 +74,8 @@ def test_tradeoff_scores_every_model_at_every_w_and_its_is_rise_against_the_teac
 
 def test_the_is_rise_goal_is_a_share_of_a_rise_and_none_where_the_teacher_does_not_rise():
     """IS 8 -> 12 for the teacher and 6 -> 9 for a student: 3 / 4 = 0.75, missed. Where the
-    teacher's IS falls (8 -> 7) a student falling by 0.9 is no 0.9 share of a rise: no verdict."""
+    teacher's IS falls (8 -> 7) a student falling by 0.9 is no 0.9 share of a rise: no verdict;
+    without a teacher row there is nothing to take a share of."""
     def rows(teacher, student):
         return [dict(model=m, N=N, w=w, fid=1.0, inception_score=v)
                 for m, N, ends in [("teacher", 64, teacher), ("stage2", 4, student)]
@@ -83,6 +84,8 @@ def test_the_is_rise_goal_is_a_share_of_a_rise_and_none_where_the_teacher_does_n
     assert rising.splitlines()[-1].endswith("| 0.75 missed |")
     falling = tradeoff.table(rows((8.0, 7.0), (6.0, 5.1)), [0.0, 4.0])
     assert falling.splitlines()[-1].endswith("| – (the teacher's IS does not rise) |")
+    no_teacher = tradeoff.table(rows((8.0, 12.0), (6.0, 9.0))[2:], [0.0, 4.0])
+    assert no_teacher.splitlines()[-1].endswith("| – (no teacher row) |")
 
 
 def test_a_goal_cell_never_rounds_onto_its_bound():
