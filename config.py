@@ -207,15 +207,16 @@ PRESETS = {
     # Tiny ImageNet (200 ImageNet classes, 64x64 colour, 100k images), teacher -> stage 1 -> 64
     # -> ... -> 1 steps within 150 minutes on 2 CPU cores [here]: the cifar10_cpu network with a
     # 64 px level in front (16 channels): 1.1M parameters, twice cifar10_cpu's FLOPs per image.
-    # Sized by benchmarks/throughput.py --precisions (bf16, AMD EPYC, 2 cores): 865, 1613 and
-    # 1263 ms per teacher, stage-1 and stage-2 step at batch 128, so 36 + 54 + 21 = 111 training
-    # minutes to 1 step, the rest of the 150 for grids, checkpoints and the data's first decode.
+    # Sized by benchmarks/throughput.py --precisions on the slower of two AMD EPYC machines (bf16,
+    # 2 cores): 1410, 2570 and 2063 ms per teacher, stage-1 and stage-2 step at batch 128, so
+    # 35 + 34 + 21 = 90 training minutes to 1 step (56 on the faster machine: 865, 1613 and
+    # 1263 ms), the rest of the 150 for grids, checkpoints and the data's first decode.
     "tinyimagenet_cpu": dict(dataset="tinyimagenet", resolution=64, randflip=True, ch=16,
                              ch_mult=(1, 1, 2, 4, 4), num_res_blocks=1, attn_resolutions=(8,),
                              dropout=0.1, batch_size=128, lr=1e-3, warmup=200, ema_decay=0.998,
-                             teacher_iters=2500, ckpt_every=500, grid_steps=64,
-                             stage1_iters=2000, stage1_lr=3e-4, stage2_start_N=64,
-                             stage2_iters=100, stage2_iters_small=200, stage2_lr=5e-4,
+                             teacher_iters=1500, ckpt_every=500, grid_steps=64,
+                             stage1_iters=800, stage1_lr=3e-4, stage2_start_N=64,
+                             stage2_iters=60, stage2_iters_small=120, stage2_lr=5e-4,
                              distill_ckpt_every=100, eval_n=200, eval_feature_size=128,
                              eval_all_w_max_N=64),
     # 2-D points of a 3-class Gaussian mixture (data.py's mixture2d) through the whole pipeline,
