@@ -160,12 +160,12 @@ def check(dirs, numbers=None, limit=TIME_LIMIT):
 
 # ---------------------------------------------------------------- export: ready-made weights
 EXPORTS = {"teacher.pt": "teacher", "stage2_N4.pt": "student_N4", "stage2_N1.pt": "student_N1"}
-PREFIX = {"cifar10_cpu": "cifar10"}  # the files' first word: the preset's name, or this
+PREFIX = {"cifar10_cpu": "cifar10", "tinyimagenet_cpu": "tinyimagenet"}  # else the preset
 
 
 def export(run, out):
     """A run's teacher and 4- and 1-step students (those it has) as <prefix>_<name>.pt in out
-    (prefix: the preset's name, cifar10 for cifar10_cpu): the sampling weights (EMA) with the
+    (prefix: the preset's name, or PREFIX's): the sampling weights (EMA) with the
     config, stage, N, w range; no optimizer or random state. The bytes depend only on the
     weights, so the same run gives the same files -> {path: sha256}. All or nothing: every file
     is read and checked first, written beside its destination, and renamed only when all are."""
