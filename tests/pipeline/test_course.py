@@ -125,6 +125,6 @@ def test_export_loads_and_samples_and_the_shipped_hashes_are_the_documented_ones
                                  (ROOT / "docs" / "course.md").read_text()))
     shipped = sorted(f"weights/{p.name}" for p in (ROOT / "weights").glob("*.pt"))
     assert sorted(documented) == shipped
-    assert len(documented) == 6, documented  # the cpu and the cifar10_cpu presets' three
+    assert len(documented) == 9, documented  # three per preset: cpu, cifar10_cpu, tinyimagenet_cpu
     for name, digest in documented.items():
         assert hashlib.sha256((ROOT / name).read_bytes()).hexdigest() == digest, name
