@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from config import UserError
 from data import to_uint8
@@ -215,7 +216,10 @@ def feature_net(backend, size, device):
 
 def features(extract, x, batch_size=128):
     """All images x (n, C, H, W) in [-1, 1] -> (features (n, d), probabilities (n, 1000)) numpy."""
-    out = [extract(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    starts = range(0, len(x), batch_size)
+    # A progress bar where it takes minutes (10,000 test images at 299 px: ~20 min on 2 cores).
+    bar = tqdm(starts, desc="features", leave=False, disable=len(starts) < 10)
+    out = [extract(x[i:i + batch_size]) for i in bar]
     return torch.cat([f for f, _ in out]).numpy(), torch.cat([p for _, p in out]).numpy()
 
 
