@@ -204,9 +204,10 @@ def test_headline_targets_are_ratios_against_their_goals():
     assert "DDIM 4" not in md  # no such row, no ratio
     md = headline.targets(rows + [row("teacher", 1024, 40.0, 0.020)], ["effnet"], 1024)
     assert "| student 4 / teacher 1024 | ≤ 1.1 | 1 | 1.50 missed |" in md
-    # The cifar10_cpu preset's 1-step goal; the ratios take DDIM rows, never the stochastic ones.
-    md = headline.targets(rows, ["effnet"], 1024, "cifar10_cpu")
-    assert "| student 1 / teacher 64 | ≤ 1.6 | 1 | 1.40 met | 2.00 missed |" in md
+    # The CPU presets' 1-step goal; the ratios take DDIM rows, never the stochastic ones.
+    for preset in ("cifar10_cpu", "tinyimagenet_cpu"):
+        md = headline.targets(rows, ["effnet"], 1024, preset)
+        assert "| student 1 / teacher 64 | ≤ 1.6 | 1 | 1.40 met | 2.00 missed |" in md
     # A ratio that rounds to its goal shows a third digit, so "missed" never reads 1.10 <= 1.1.
     md = headline.targets([row("teacher", 64, 100.0, 0.1), row("stage2", 4, 110.3, 0.1)],
                           ["effnet"], 1024)
